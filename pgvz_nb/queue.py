@@ -1,0 +1,438 @@
+"""The work queue: catalog, queue and failed tables, triggers, claim / fail / retry, status.
+
+This module holds the logic; the statements themselves live in ``sql``. One ``Queue`` is
+one registered vectorizer: a catalog row, a queue table, a failed table, one trigger
+function and four statement-level triggers on the source table.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import sql as q
+from .errors import ConfigConflict, NoPrimaryKey, NotATable, NotFound
+
+__all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY"]
+
+Rel = q.Rel
+
+DEFAULT_POLICY = {"max_attempts": 5, "backoff_base": 10.0, "backoff_max": 3600.0}
+_ERROR_TEXT_LIMIT = 4000
+
+
+@dataclass
+class ClaimedRow:
+    """One claimed key: its attempts so far, when it was first queued, and the source row."""
+
+    key: tuple
+    attempts: int
+    queued_at: datetime
+    values: dict[str, Any]  # every claimed source column; all None when the row is gone
+    deleted: bool
+
+
+@dataclass
+class QueueState:
+    """Counts behind a claim that came back empty, and the answer they give."""
+
+    rows: int
+    claimable: int
+    retrying: int
+    failed: int
+    oldest: datetime | None
+    next_retry: datetime | None
+
+    @property
+    def answer(self) -> str:
+        """'empty' (nothing queued), 'waiting' (all in backoff) or 'busy' (held by other workers)."""
+        if self.rows == 0:
+            return "empty"
+        if self.claimable == 0:
+            return "waiting"
+        return "busy"
+
+
+@dataclass
+class ProcessResult:
+    """What one claim-and-process round did."""
+
+    claimed: int = 0
+    succeeded: int = 0
+    failed_keys: list[tuple] = field(default_factory=list)
+    moved_to_failed: int = 0
+    errors: list[BaseException] = field(default_factory=list)
+    state: QueueState | None = None  # set when nothing was claimed
+
+    @property
+    def answer(self) -> str:
+        """'processed', or why nothing was: 'empty', 'waiting', 'busy'."""
+        return "processed" if self.claimed else (self.state.answer if self.state else "empty")
+
+
+def _error_text(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}"
+    return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 3] + "..."
+
+
+def _json_default(value: Any) -> str:
+    # uuid, datetime, Decimal, date: their str() is what PostgreSQL's input functions read
+    if isinstance(value, (bytes, memoryview)):
+        return "\\x" + bytes(value).hex()
+    return str(value)
+
+
+class Queue:
+    """A registered vectorizer's queue machinery (see module docs)."""
+
+    def __init__(self, row: Sequence[Any]):
+        self.id, self.name, src_schema, src_table, q_schema, q_table, config, self.created_at = row
+        self.source: Rel = (src_schema, src_table)
+        self.queue: Rel = (q_schema, q_table)
+        self.config: dict[str, Any] = config
+        self.keys: list[str] = config["keys"]
+        self.watched: list[str] | None = config.get("watched")
+        self.failed: Rel = tuple(config["failed"])  # type: ignore[assignment]
+        self.function: Rel = tuple(config["function"])  # type: ignore[assignment]
+        self.triggers: dict[str, str] = config["triggers"]
+        self.policy: dict[str, float] = {**DEFAULT_POLICY, **config.get("policy", {})}
+
+    def __repr__(self) -> str:
+        return f"Queue(id={self.id}, name={self.name!r}, source={'.'.join(self.source)!r})"
+
+    # --- registration ------------------------------------------------------------------
+
+    @classmethod
+    def ensure_catalog(cls, conn: psycopg.Connection) -> None:
+        """Create the pgvz schema and catalog if missing (caller holds the install lock)."""
+        if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
+            return
+        conn.execute(q.create_catalog_schema())
+        conn.execute(q.create_catalog())
+
+    @classmethod
+    def open(cls, conn: psycopg.Connection, name: str) -> Queue:
+        """The registered queue called ``name``; NotFound if there is none."""
+        found = cls.find(conn, name)
+        if found is None:
+            raise NotFound(
+                f"no vectorizer named {name!r} in this database; "
+                "list them with pgvz_nb.vectorizers(db), or create it first"
+            )
+        return found
+
+    @classmethod
+    def find(cls, conn: psycopg.Connection, name: str) -> Queue | None:
+        if not conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
+            return None
+        row = conn.execute(q.catalog_get(), [name]).fetchone()
+        return cls(row) if row else None
+
+    @classmethod
+    def list_all(cls, conn: psycopg.Connection) -> list[Queue]:
+        if not conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
+            return []
+        return [cls(r) for r in conn.execute(q.catalog_list()).fetchall()]
+
+    @classmethod
+    def register(
+        cls,
+        conn: psycopg.Connection,
+        *,
+        name: str,
+        source: Rel,
+        queue: Rel,
+        failed: Rel,
+        function: Rel,
+        triggers: dict[str, str],
+        keys: Sequence[str] | None = None,
+        watched: Sequence[str] | None = None,
+        policy: dict[str, float] | None = None,
+        extra: dict[str, Any] | None = None,
+    ) -> Queue:
+        """Install (or find installed) the queue for ``source``; idempotent.
+
+        The catalog row, tables, function and triggers are created and the existing rows
+        back-filled in one transaction: CREATE TRIGGER locks out writers until commit, so
+        each row is queued exactly once, by the backfill or by the trigger.
+        """
+        with conn.transaction():
+            conn.execute(q.install_lock())
+            cls.ensure_catalog(conn)
+            columns = describe_table(conn, source)
+            key_cols = resolve_keys(conn, source, columns, keys)
+            watched_cols = None if watched is None else list(dict.fromkeys(watched))
+            if watched_cols is not None:
+                missing = [c for c in watched_cols if c not in columns]
+                if missing:
+                    raise NotFound(
+                        f"column(s) {missing} not found in {'.'.join(source)}; "
+                        f"its columns are {list(columns)}"
+                    )
+            clash = [k for k in key_cols if k in q.QUEUE_COLUMNS or k in q.FAILED_COLUMNS]
+            if clash:
+                raise ConfigConflict(
+                    f"key column(s) {clash} of {'.'.join(source)} share a name with the queue's "
+                    f"bookkeeping columns {q.QUEUE_COLUMNS + q.FAILED_COLUMNS}; rename the column "
+                    "or key the vectorizer on another unique column"
+                )
+            config = {
+                "keys": key_cols,
+                "watched": watched_cols,
+                "failed": list(failed),
+                "function": list(function),
+                "triggers": dict(triggers),
+                "policy": {**DEFAULT_POLICY, **(policy or {})},
+                **(extra or {}),
+            }
+            existing = cls.find(conn, name)
+            if existing is not None:
+                same = (
+                    existing.source == source
+                    and existing.queue == queue
+                    and existing.keys == key_cols
+                    and existing.watched == watched_cols
+                )
+                if not same:
+                    raise ConfigConflict(
+                        f"vectorizer {name!r} exists with source {'.'.join(existing.source)}, "
+                        f"keys {existing.keys}, watched columns {existing.watched}; asked for "
+                        f"{'.'.join(source)}, keys {key_cols}, watched {watched_cols}; "
+                        "drop it first or choose another name"
+                    )
+                if existing.installed(conn):
+                    return existing
+                existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
+                conn.execute(q.catalog_delete(), [existing.id])
+            cls._check_names_free(conn, source, queue, failed, triggers)
+            vid, created = conn.execute(
+                q.catalog_insert(), [name, *source, *queue, Jsonb(config)]
+            ).fetchone()
+            self = cls((vid, name, *source, *queue, config, created))
+            conn.execute(q.create_queue(queue, source, key_cols))
+            conn.execute(q.create_failed(failed, source, key_cols))
+            body = q.trigger_body(queue, source, key_cols, watched_cols).as_string(conn)
+            conn.execute(q.create_trigger_function(function, body))
+            conn.execute(q.create_triggers(source, function, triggers))
+            conn.execute(q.backfill(queue, source, key_cols))
+            return self
+
+    @staticmethod
+    def _check_names_free(conn, source: Rel, queue: Rel, failed: Rel, triggers: dict[str, str]) -> None:
+        for rel in (queue, failed):
+            if conn.execute(q.find_relation(), list(rel)).fetchone() is not None:
+                owner = conn.execute(q.catalog_get_by_queue(), list(rel)).fetchone()
+                who = f"vectorizer {owner[1]!r}" if owner else "something other than pgvz_nb"
+                raise ConfigConflict(
+                    f"{'.'.join(rel)} already exists (made by {who}); pass another queue name "
+                    "(work_queue_table_name=...), or drop the old table if it is a leftover "
+                    "(an old timescale_vector PgVectorizer queue, say)"
+                )
+        taken = {r[0] for r in conn.execute(q.trigger_names_on(), list(source)).fetchall()}
+        clash = sorted(taken & set(triggers.values()))
+        if clash:
+            raise ConfigConflict(
+                f"trigger(s) {clash} already exist on {'.'.join(source)}; pass another trigger_name, "
+                "or drop the old trigger if it is a leftover (timescale_vector's "
+                "track_changes_for_embedding, say)"
+            )
+
+    def installed(self, conn: psycopg.Connection) -> bool:
+        """True if the queue, failed table and all four triggers are in place."""
+        for rel in (self.queue, self.failed):
+            if conn.execute(q.find_relation(), list(rel)).fetchone() is None:
+                return False
+        taken = {r[0] for r in conn.execute(q.trigger_names_on(), list(self.source)).fetchall()}
+        return set(self.triggers.values()) <= taken
+
+    def _uninstall_objects(self, conn: psycopg.Connection) -> None:
+        if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:
+            conn.execute(q.drop_triggers(self.source, list(self.triggers.values())))
+        conn.execute(q.drop_function(self.function))
+        conn.execute(q.drop_table(self.queue))
+        conn.execute(q.drop_table(self.failed))
+
+    def drop(self, conn: psycopg.Connection) -> None:
+        """Remove triggers, function, queue, failed table and catalog row (not the source)."""
+        with conn.transaction():
+            conn.execute(q.install_lock())
+            self._uninstall_objects(conn)
+            conn.execute(q.catalog_delete(), [self.id])
+
+    def set_extra(self, conn: psycopg.Connection, **extra: Any) -> None:
+        """Store extra configuration (the pipeline's) in the catalog row."""
+        self.config.update(extra)
+        conn.execute(q.catalog_set_config(), [Jsonb(self.config), self.id])
+
+    # --- claim and process -------------------------------------------------------------
+
+    def claim(
+        self, conn: psycopg.Connection, limit: int, columns: Sequence[str] | None = None
+    ) -> tuple[list[str], list[ClaimedRow]]:
+        """Claim up to ``limit`` queue rows in the caller's open transaction.
+
+        Returns the source column names and the claimed rows, one per key. The claim
+        lasts until that transaction ends: commit dequeues, rollback puts them back.
+        """
+        if columns is not None:  # the key columns tell a live row from a deleted one
+            columns = list(self.keys) + [c for c in columns if c not in self.keys]
+        cur = conn.execute(
+            q.claim(self.queue, self.failed, self.source, self.keys, columns),
+            {"limit": int(limit), "vid": self.id},
+        )
+        nk = len(self.keys)
+        names = [d.name for d in cur.description[nk + 2 :]]
+        key_at = [nk + 2 + names.index(k) for k in self.keys]
+        out = []
+        for rec in cur.fetchall():
+            deleted = all(rec[i] is None for i in key_at)
+            values = dict(zip(names, rec[nk + 2 :]))
+            out.append(ClaimedRow(tuple(rec[:nk]), rec[nk], rec[nk + 1], values, deleted))
+        return names, out
+
+    def process(
+        self,
+        conn: psycopg.Connection,
+        handler: Callable[[list[ClaimedRow]], None],
+        *,
+        limit: int = 10,
+        columns: Sequence[str] | None = None,
+        isolate_failures: bool = True,
+    ) -> ProcessResult:
+        """Claim a batch, run ``handler`` on it, record failures; one transaction.
+
+        The handler runs inside a savepoint. If it raises, the batch is split in halves
+        and retried until the failing keys are isolated; those get attempts + 1 and a
+        backoff (or move to the failed table), and the rest commit as done.
+        """
+        result = ProcessResult()
+        with conn.transaction():
+            _, rows = self.claim(conn, limit, columns)
+            result.claimed = len(rows)
+            if not rows:
+                result.state = self.state(conn)
+                return result
+            failures: list[tuple[list[ClaimedRow], BaseException]] = []
+
+            def attempt(batch: list[ClaimedRow]) -> None:
+                try:
+                    with conn.transaction():
+                        handler(batch)
+                except Exception as exc:  # the handler is user code: any error is per item
+                    if isolate_failures and len(batch) > 1:
+                        mid = len(batch) // 2
+                        attempt(batch[:mid])
+                        attempt(batch[mid:])
+                    else:
+                        failures.append((batch, exc))
+
+            attempt(rows)
+            if failures:
+                result.moved_to_failed = self.record_failures(conn, failures)
+                result.failed_keys = [r.key for batch, _ in failures for r in batch]
+                result.errors = [exc for _, exc in failures]
+            result.succeeded = result.claimed - len(result.failed_keys)
+        return result
+
+    def record_failures(
+        self, conn: psycopg.Connection, failures: list[tuple[list[ClaimedRow], BaseException]]
+    ) -> int:
+        """Re-queue failed rows with backoff or move them to the failed table; returns moved."""
+        records = []
+        for batch, exc in failures:
+            text = _error_text(exc)
+            for r in batch:
+                rec = dict(zip(self.keys, r.key))
+                rec.update(attempts=r.attempts + 1, queued_at=r.queued_at, last_error=text)
+                records.append(rec)
+        payload = Jsonb(records, dumps=lambda o: json.dumps(o, default=_json_default))
+        conn.execute(
+            q.record_failures(self.queue, self.failed, self.keys),
+            {"rows": payload, **self.policy},
+        )
+        return sum(1 for r in records if r["attempts"] >= self.policy["max_attempts"])
+
+    # --- views ---------------------------------------------------------------------------
+
+    def state(self, conn: psycopg.Connection) -> QueueState:
+        rows, claimable, retrying, oldest, next_retry, failed = conn.execute(
+            q.queue_state(self.queue, self.failed)
+        ).fetchone()
+        return QueueState(rows, claimable, retrying, failed, oldest, next_retry)
+
+    def pending_keys(self, conn: psycopg.Connection) -> int:
+        return conn.execute(q.queue_keys_count(self.queue, self.keys)).fetchone()[0]
+
+    def retry_failed(self, conn: psycopg.Connection) -> int:
+        """Re-queue every key in the failed table with fresh attempts; returns how many."""
+        with conn.transaction():
+            return conn.execute(q.retry_failed(self.queue, self.failed, self.keys)).rowcount
+
+
+# --- source introspection ---------------------------------------------------------------
+
+
+def describe_table(conn: psycopg.Connection, source: Rel) -> dict[str, tuple[str, bool]]:
+    """{column: (type, not null)} of a table; NotFound / NotATable with what to do."""
+    schema, table = source
+    found = conn.execute(q.find_relation(), [schema, table]).fetchone()
+    if found is None:
+        if not conn.execute(q.schema_exists(), [schema]).fetchone()[0]:
+            raise NotFound(
+                f"schema {schema!r} does not exist; expected an existing schema "
+                f"holding table {table!r}; check the spelling (names are case-sensitive)"
+            )
+        raise NotFound(
+            f"table {schema}.{table} does not exist; expected an existing table "
+            "(names are case-sensitive and taken as given, without quotes); create it first"
+        )
+    kind = found[0]
+    if kind not in ("r", "p"):
+        what = {"v": "a view", "m": "a materialized view", "S": "a sequence", "f": "a foreign table",
+                "i": "an index", "c": "a composite type"}.get(kind, f"a relation of kind {kind!r}")
+        raise NotATable(
+            f"{schema}.{table} is {what}; expected a table, since changes are tracked with "
+            "triggers on it; attach the vectorizer to the underlying table instead"
+        )
+    rows = conn.execute(q.table_columns(), [schema, table]).fetchall()
+    return {name: (typ, notnull) for name, typ, notnull in rows}
+
+
+def resolve_keys(
+    conn: psycopg.Connection, source: Rel, columns: dict[str, tuple[str, bool]],
+    requested: Sequence[str] | None,
+) -> list[str]:
+    """The key columns: the primary key, or ``requested`` if it is a unique NOT NULL key."""
+    uniques = conn.execute(q.unique_keys(), list(source)).fetchall()
+    pk = next((list(cols) for primary, cols in uniques if primary), None)
+    where = ".".join(source)
+    if requested is None:
+        if pk is None:
+            raise NoPrimaryKey(
+                f"{where} has no primary key; expected one to identify rows by; add one "
+                "(ALTER TABLE ... ADD PRIMARY KEY (...)) or name a unique NOT NULL column"
+            )
+        return pk
+    requested = list(requested)
+    missing = [c for c in requested if c not in columns]
+    if missing:
+        hint = f"its primary key is {pk}" if pk else "it has no primary key"
+        raise NotFound(
+            f"key column(s) {missing} not found in {where}; {hint}; "
+            f"pass id_column_name= one of its columns {list(columns)}"
+        )
+    if any(set(cols) == set(requested) for _, cols in uniques):
+        nullable = [c for c in requested if not columns[c][1]]
+        if not nullable:
+            return requested
+    hint = f"its primary key is {pk}" if pk else "it has no primary key"
+    raise NoPrimaryKey(
+        f"{requested} is not a unique NOT NULL key of {where}; expected a key that names one "
+        f"row; {hint}: key on that, or add a unique index and NOT NULL on {requested}"
+    )

@@ -1,0 +1,97 @@
+"""The destination table (Timescale Vector's collection layout) and search over it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import sql as q
+from .errors import DimensionMismatch, PgvzError
+from .frames import search_frame
+
+__all__ = ["Collection"]
+
+
+class Collection:
+    """A table of ``id uuid, metadata jsonb, contents text, embedding vector(n)``.
+
+    Methods take an open psycopg 3 connection with pgvector's adapter registered
+    (``Database.connect(vector=True)``), so callers choose the transaction: inside a
+    ``Vectorize`` callback, ``vectorizer.connection`` makes the writes atomic with the dequeue.
+    """
+
+    def __init__(self, table: str, schema: str = "public", dimensions: int = 384):
+        self.rel: q.Rel = (schema, table)
+        self.dimensions = dimensions
+
+    def __repr__(self) -> str:
+        return f"Collection({'.'.join(self.rel)!r}, dimensions={self.dimensions})"
+
+    def create(self, conn: psycopg.Connection) -> None:
+        """Create the table if missing; DimensionMismatch if it exists with another size."""
+        found = conn.execute(q.collection_dimensions(), list(self.rel)).fetchone()
+        if found is not None:
+            if found[0] != self.dimensions:
+                raise DimensionMismatch(
+                    f"{'.'.join(self.rel)} holds vector({found[0]}), expected vector({self.dimensions}); "
+                    "use an embedder of the same size, or another destination table"
+                )
+            return
+        conn.execute(q.create_collection(self.rel, self.dimensions))
+
+    def delete_by_metadata(self, conn: psycopg.Connection, filters: Sequence[dict[str, Any]]) -> int:
+        """Delete rows whose metadata contains any of ``filters``; returns rows deleted."""
+        if not filters:
+            return 0
+        return conn.execute(
+            q.collection_delete_by_metadata(self.rel), [[Jsonb(f) for f in filters]]
+        ).rowcount
+
+    def add(
+        self,
+        conn: psycopg.Connection,
+        contents: Sequence[str],
+        metadatas: Sequence[dict[str, Any]],
+        embeddings: Sequence[Sequence[float]] | np.ndarray,
+        ids: Sequence[uuid.UUID | str] | None = None,
+    ) -> int:
+        """Write rows with binary COPY; returns how many."""
+        if ids is None:
+            ids = [uuid.uuid4() for _ in contents]
+        if not (len(ids) == len(contents) == len(metadatas) == len(embeddings)):
+            raise PgvzError(
+                f"add() got {len(contents)} contents, {len(metadatas)} metadatas, "
+                f"{len(embeddings)} embeddings and {len(ids)} ids; expected equal lengths"
+            )
+        with conn.cursor().copy(q.collection_copy(self.rel)) as copy:
+            copy.set_types(["uuid", "jsonb", "text", "vector"])
+            for id_, text, meta, emb in zip(ids, contents, metadatas, embeddings):
+                vec = np.asarray(emb, dtype=np.float32)
+                if vec.shape != (self.dimensions,):
+                    raise DimensionMismatch(
+                        f"an embedding has shape {vec.shape}, expected ({self.dimensions},) for "
+                        f"{'.'.join(self.rel)}; use an embedder of that size or another destination"
+                    )
+                copy.write_row((uuid.UUID(str(id_)), Jsonb(meta), text, vec))
+        return len(contents)
+
+    def search(
+        self,
+        conn: psycopg.Connection,
+        query_embedding: Sequence[float],
+        k: int = 5,
+        filter: dict[str, Any] | None = None,
+    ) -> pd.DataFrame:
+        """k nearest rows by cosine distance as a DataFrame (rank, distance, contents, metadata..., id)."""
+        vec = np.asarray(query_embedding, dtype=np.float32)
+        rows = conn.execute(
+            q.collection_search(self.rel),
+            {"q": vec, "k": int(k), "filter": Jsonb(filter) if filter else None},
+        ).fetchall()
+        return search_frame(rows)

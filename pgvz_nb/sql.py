@@ -1,0 +1,489 @@
+"""Every SQL statement of pgvz_nb, one named function each, composed with ``psycopg.sql``.
+
+Names arrive as plain strings and leave as ``sql.Identifier``; values are ``%s`` /
+``%(name)s`` placeholders bound by the caller. A relation is a ``(schema, name)`` pair.
+No other module holds SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from psycopg import sql
+
+Rel = tuple[str, str]
+
+CATALOG: Rel = ("pgvz", "vectorizers")
+# pg_advisory_xact_lock key serialising catalog installs and registrations: a
+# constant (not an OID) so that every database and every version agree on it.
+INSTALL_LOCK_KEY = 0x7067767A_00000001
+
+QUEUE_COLUMNS = ("queued_at", "attempts", "retry_after", "last_error")
+FAILED_COLUMNS = ("attempts", "last_error", "first_queued_at", "failed_at")
+
+
+def ident(rel: Rel) -> sql.Identifier:
+    return sql.Identifier(*rel)
+
+
+def _cols(names: Sequence[str], prefix: str | None = None) -> sql.Composed:
+    if prefix is None:
+        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
+    return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
+
+
+def _match(left: str, right: str, names: Sequence[str]) -> sql.Composed:
+    """``left.k1 = right.k1 AND ...`` over the key columns."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{} = {}").format(sql.Identifier(left, n), sql.Identifier(right, n)) for n in names
+    )
+
+
+# --- extension and server -------------------------------------------------------------
+
+
+def vector_extension_installed() -> sql.Composed:
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'vector')").format()
+
+
+def vector_extension_available() -> sql.Composed:
+    return sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'vector')"
+    ).format()
+
+
+def create_vector_extension() -> sql.Composed:
+    return sql.SQL("CREATE EXTENSION IF NOT EXISTS vector").format()
+
+
+# --- catalog ---------------------------------------------------------------------------
+
+
+def install_lock() -> sql.Composed:
+    """Serialise installs: two ``CREATE TABLE IF NOT EXISTS`` racing still collide in pg_type."""
+    return sql.SQL("SELECT pg_advisory_xact_lock({})").format(sql.Literal(INSTALL_LOCK_KEY))
+
+
+def create_catalog_schema() -> sql.Composed:
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CATALOG[0]))
+
+
+def create_catalog() -> sql.Composed:
+    """One row per vectorizer; names, never OIDs, so a dump and restore keeps it valid."""
+    return sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+            id            serial PRIMARY KEY,
+            name          text NOT NULL UNIQUE,
+            source_schema text NOT NULL,
+            source_table  text NOT NULL,
+            queue_schema  text NOT NULL,
+            queue_table   text NOT NULL,
+            config        jsonb NOT NULL DEFAULT '{{}}',
+            created_at    timestamptz NOT NULL DEFAULT now(),
+            UNIQUE (queue_schema, queue_table)
+        )"""
+    ).format(ident(CATALOG))
+
+
+def catalog_exists() -> sql.Composed:
+    return sql.SQL("SELECT to_regclass(%s) IS NOT NULL").format()
+
+
+def catalog_get() -> sql.Composed:
+    return sql.SQL(
+        "SELECT id, name, source_schema, source_table, queue_schema, queue_table, config, created_at "
+        "FROM {} WHERE name = %s"
+    ).format(ident(CATALOG))
+
+
+def catalog_get_by_queue() -> sql.Composed:
+    return sql.SQL("SELECT id, name FROM {} WHERE queue_schema = %s AND queue_table = %s").format(
+        ident(CATALOG)
+    )
+
+
+def catalog_list() -> sql.Composed:
+    return sql.SQL(
+        "SELECT id, name, source_schema, source_table, queue_schema, queue_table, config, created_at "
+        "FROM {} ORDER BY id"
+    ).format(ident(CATALOG))
+
+
+def catalog_insert() -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {} (name, source_schema, source_table, queue_schema, queue_table, config) "
+        "VALUES (%s, %s, %s, %s, %s, %s) RETURNING id, created_at"
+    ).format(ident(CATALOG))
+
+
+def catalog_set_config() -> sql.Composed:
+    return sql.SQL("UPDATE {} SET config = %s WHERE id = %s").format(ident(CATALOG))
+
+
+def catalog_delete() -> sql.Composed:
+    return sql.SQL("DELETE FROM {} WHERE id = %s").format(ident(CATALOG))
+
+
+# --- introspection ---------------------------------------------------------------------
+
+
+def find_relation() -> sql.Composed:
+    """relkind of schema.name, looked up by name so hostile names need no quoting at all."""
+    return sql.SQL(
+        "SELECT c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s"
+    ).format()
+
+
+def schema_exists() -> sql.Composed:
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = %s)").format()
+
+
+def table_columns() -> sql.Composed:
+    """Live columns in table order, with their type as SQL would spell it and NOT NULL."""
+    return sql.SQL(
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
+        "FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped "
+        "ORDER BY a.attnum"
+    ).format()
+
+
+def unique_keys() -> sql.Composed:
+    """Primary key first, then unique indexes, each as its column names in index order."""
+    return sql.SQL(
+        "SELECT i.indisprimary, array_agg(a.attname ORDER BY k.ord) "
+        "FROM pg_index i JOIN pg_class c ON c.oid = i.indrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+        "JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum "
+        "WHERE n.nspname = %s AND c.relname = %s AND i.indisunique AND i.indpred IS NULL "
+        "AND i.indexprs IS NULL "
+        "GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid"
+    ).format()
+
+
+def trigger_names_on() -> sql.Composed:
+    return sql.SQL(
+        "SELECT t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND NOT t.tgisinternal"
+    ).format()
+
+
+# --- queue DDL -------------------------------------------------------------------------
+
+
+def create_queue(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Key columns copied from the source with CREATE TABLE AS, so types (uuid, domains,
+    typmods, collations) come from the catalog and no type name is ever spelled in SQL."""
+    return sql.SQL(
+        "CREATE TABLE {queue} AS SELECT {keys} FROM {source} WITH NO DATA; "
+        "ALTER TABLE {queue} "
+        "ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now(), "
+        "ADD COLUMN attempts integer NOT NULL DEFAULT 0, "
+        "ADD COLUMN retry_after timestamptz, "
+        "ADD COLUMN last_error text; "
+        # claim order (oldest first) and the per-key delete of duplicates
+        "CREATE INDEX ON {queue} (queued_at); "
+        "CREATE INDEX ON {queue} ({keys})"
+    ).format(queue=ident(queue), source=ident(source), keys=_cols(keys))
+
+
+def create_failed(failed: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Keys that used up their attempts: one row per key, kept until a retry or a success."""
+    return sql.SQL(
+        "CREATE TABLE {failed} AS SELECT {keys} FROM {source} WITH NO DATA; "
+        "ALTER TABLE {failed} "
+        "ADD COLUMN attempts integer NOT NULL, "
+        "ADD COLUMN last_error text, "
+        "ADD COLUMN first_queued_at timestamptz, "
+        "ADD COLUMN failed_at timestamptz NOT NULL DEFAULT now(), "
+        "ADD PRIMARY KEY ({keys})"
+    ).format(failed=ident(failed), source=ident(source), keys=_cols(keys))
+
+
+def trigger_body(
+    queue: Rel, source: Rel, keys: Sequence[str], watched: Sequence[str] | None
+) -> sql.Composed:
+    """PL/pgSQL body of the statement-level trigger: one set-based INSERT per statement.
+
+    UPDATE joins the transition tables on the key (as text, so it needs no equality
+    operator from outside pg_catalog) and queues a key only when it appeared, vanished
+    or one of the watched columns changed its text form. ``watched=None`` compares the
+    whole row. TRUNCATE fires BEFORE, the only moment the doomed keys can still be read.
+    """
+    kcols = _cols(keys)
+    kalias = [f"k{i}" for i in range(len(keys))]
+    side_cols: list[sql.Composable] = [
+        sql.SQL("{} AS {}").format(sql.Identifier("t", k), sql.Identifier(a))
+        for k, a in zip(keys, kalias)
+    ]
+    if watched is None:
+        walias = ["w0"]
+        side_cols.append(sql.SQL("t::text AS w0"))
+    else:
+        walias = [f"w{i}" for i in range(len(watched))]
+        side_cols += [
+            sql.SQL("{}::text AS {}").format(sql.Identifier("t", w), sql.Identifier(a))
+            for w, a in zip(watched, walias)
+        ]
+    side_cols.append(sql.SQL("true AS present"))
+    side = sql.SQL(", ").join(side_cols)
+    pick = sql.SQL(", ").join(
+        sql.SQL("CASE WHEN n.present THEN {n} ELSE {o} END").format(
+            n=sql.Identifier("n", a), o=sql.Identifier("o", a)
+        )
+        for a in kalias
+    )
+    join_on = sql.SQL(" AND ").join(
+        sql.SQL("{}::text = {}::text").format(sql.Identifier("n", a), sql.Identifier("o", a))
+        for a in kalias
+    )
+    if walias:
+        changed = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
+            _cols(walias, "n"), _cols(walias, "o")
+        )
+    else:
+        changed = sql.SQL("false")
+    return sql.SQL(
+        """
+BEGIN
+  IF TG_OP = 'INSERT' THEN
+    INSERT INTO {queue} ({kcols}) SELECT {kcols} FROM pgvz_new;
+  ELSIF TG_OP = 'DELETE' THEN
+    INSERT INTO {queue} ({kcols}) SELECT {kcols} FROM pgvz_old;
+  ELSIF TG_OP = 'UPDATE' THEN
+    INSERT INTO {queue} ({kcols})
+    SELECT {pick}
+    FROM (SELECT {side} FROM pgvz_new AS t) AS n
+    FULL JOIN (SELECT {side} FROM pgvz_old AS t) AS o ON {join_on}
+    WHERE n.present IS NULL OR o.present IS NULL OR {changed};
+  ELSIF TG_OP = 'TRUNCATE' THEN
+    INSERT INTO {queue} ({kcols}) SELECT {kcols} FROM {source};
+  END IF;
+  RETURN NULL;
+END
+"""
+    ).format(
+        queue=ident(queue), source=ident(source), kcols=kcols, pick=pick, side=side,
+        join_on=join_on, changed=changed,
+    )
+
+
+def create_trigger_function(function: Rel, body: str) -> sql.Composed:
+    """SECURITY DEFINER so a role that may only write the source still queues its changes;
+    the pinned search_path keeps a look-alike function or operator from being picked up."""
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}; "
+        "REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC"
+    ).format(fn=ident(function), body=sql.Literal(body))
+
+
+def create_triggers(source: Rel, function: Rel, names: dict[str, str]) -> sql.Composed:
+    """Transition tables allow one event per trigger, hence four triggers on one function."""
+    return sql.SQL(
+        "CREATE TRIGGER {ins} AFTER INSERT ON {src} REFERENCING NEW TABLE AS pgvz_new "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}(); "
+        "CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS pgvz_old "
+        "NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}(); "
+        "CREATE TRIGGER {dele} AFTER DELETE ON {src} REFERENCING OLD TABLE AS pgvz_old "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}(); "
+        "CREATE TRIGGER {trunc} BEFORE TRUNCATE ON {src} "
+        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
+    ).format(
+        src=ident(source), fn=ident(function),
+        ins=sql.Identifier(names["insert"]), upd=sql.Identifier(names["update"]),
+        dele=sql.Identifier(names["delete"]), trunc=sql.Identifier(names["truncate"]),
+    )
+
+
+def drop_triggers(source: Rel, names: Sequence[str]) -> sql.Composed:
+    return sql.SQL("; ").join(
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(n), ident(source)) for n in names
+    )
+
+
+def drop_function(function: Rel) -> sql.Composed:
+    return sql.SQL("DROP FUNCTION IF EXISTS {}()").format(ident(function))
+
+
+def drop_table(rel: Rel) -> sql.Composed:
+    return sql.SQL("DROP TABLE IF EXISTS {}").format(ident(rel))
+
+
+def backfill(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Queue every existing row; run after the triggers exist, in the same transaction."""
+    return sql.SQL("INSERT INTO {} ({k}) SELECT {k} FROM {}").format(
+        ident(queue), ident(source), k=_cols(keys)
+    )
+
+
+# --- claim and process -----------------------------------------------------------------
+
+
+def claim(
+    queue: Rel, failed: Rel, source: Rel, keys: Sequence[str], columns: Sequence[str] | None
+) -> sql.Composed:
+    """Claim up to %(limit)s queue rows, dequeue their keys and read the source rows, in one
+    statement so the dequeue and the read share a snapshot (a change committed later keeps
+    its own queue row and is processed again).
+
+    SKIP LOCKED passes over rows other workers hold; the per-key transaction advisory lock
+    (vectorizer id, hash of the key) stops two workers taking duplicates of one key. The
+    key's other queue rows are dequeued too, except those another worker holds (they
+    come back later; the chunk hashes make that cheap). The result: the key columns,
+    attempts so far, oldest queued_at, then the source columns (NULL for a deleted row).
+    """
+    k = _cols(keys)
+    src_cols = sql.SQL("s.*") if columns is None else _cols(columns, "s")
+    return sql.SQL(
+        """
+WITH cand AS MATERIALIZED (
+    SELECT {k} FROM {queue}
+    WHERE retry_after IS NULL OR retry_after <= now()
+    ORDER BY queued_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+), picked AS MATERIALIZED (
+    SELECT DISTINCT {k} FROM cand
+), locked AS MATERIALIZED (
+    SELECT {k} FROM picked
+    WHERE pg_try_advisory_xact_lock(%(vid)s::int4, hashtext(ROW({k})::text))
+), gone AS (
+    DELETE FROM {queue} WHERE ctid = ANY (ARRAY(
+        SELECT qq.ctid FROM {queue} AS qq JOIN locked AS l ON {qq_l}
+        FOR UPDATE OF qq SKIP LOCKED))
+    RETURNING {k}, attempts, queued_at
+), cleared AS (
+    DELETE FROM {failed} AS f USING locked AS l WHERE {f_l}
+), claimed AS (
+    SELECT {k}, max(attempts) AS attempts, min(queued_at) AS queued_at FROM gone GROUP BY {k}
+)
+SELECT {ck}, c.attempts, c.queued_at, {src_cols}
+FROM claimed AS c LEFT JOIN {source} AS s ON {s_c}
+ORDER BY {ck}
+"""
+    ).format(
+        k=k, queue=ident(queue), failed=ident(failed), source=ident(source),
+        qq_l=_match("qq", "l", keys), f_l=_match("f", "l", keys), s_c=_match("s", "c", keys),
+        ck=_cols(keys, "c"), src_cols=src_cols,
+    )
+
+
+def record_failures(queue: Rel, failed: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Re-queue failed keys with attempts raised and an exponential backoff, or move those
+    that reached %(max_attempts)s to the failed table. %(rows)s is a jsonb array of objects
+    with the key columns, attempts, queued_at and last_error; jsonb_populate_recordset
+    turns them back into the queue's own column types."""
+    k = _cols(keys)
+    return sql.SQL(
+        """
+WITH f AS (
+    SELECT {k}, attempts, queued_at, last_error
+    FROM jsonb_populate_recordset(NULL::{queue}, %(rows)s)
+), moved AS (
+    INSERT INTO {failed} ({k}, attempts, last_error, first_queued_at, failed_at)
+    SELECT {k}, attempts, last_error, queued_at, now() FROM f WHERE attempts >= %(max_attempts)s
+    ON CONFLICT ({k}) DO UPDATE SET attempts = excluded.attempts,
+        last_error = excluded.last_error, failed_at = excluded.failed_at
+)
+INSERT INTO {queue} ({k}, queued_at, attempts, retry_after, last_error)
+SELECT {k}, queued_at, attempts,
+       now() + make_interval(secs => least(%(backoff_max)s::float8,
+                                          %(backoff_base)s::float8 * power(2, attempts - 1))),
+       last_error
+FROM f WHERE attempts < %(max_attempts)s
+"""
+    ).format(k=k, queue=ident(queue), failed=ident(failed))
+
+
+def queue_state(queue: Rel, failed: Rel) -> sql.Composed:
+    """Why a claim came back empty: nothing queued, all in backoff, or held by other workers."""
+    return sql.SQL(
+        """
+SELECT count(*) AS rows,
+       count(*) FILTER (WHERE retry_after IS NULL OR retry_after <= now()) AS claimable,
+       count(*) FILTER (WHERE retry_after > now()) AS retrying,
+       min(queued_at) AS oldest,
+       min(retry_after) FILTER (WHERE retry_after > now()) AS next_retry,
+       (SELECT count(*) FROM {failed}) AS failed
+FROM {queue}
+"""
+    ).format(queue=ident(queue), failed=ident(failed))
+
+
+def queue_keys_count(queue: Rel, keys: Sequence[str]) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {} FROM {}) AS d").format(
+        _cols(keys), ident(queue)
+    )
+
+
+def queue_rows(queue: Rel, keys: Sequence[str]) -> sql.Composed:
+    return sql.SQL(
+        "SELECT {k}, queued_at, attempts, retry_after, last_error FROM {q} "
+        "ORDER BY queued_at, {k} LIMIT %s"
+    ).format(k=_cols(keys), q=ident(queue))
+
+
+def failed_rows(failed: Rel, keys: Sequence[str]) -> sql.Composed:
+    return sql.SQL(
+        "SELECT {k}, attempts, last_error, first_queued_at, failed_at FROM {f} ORDER BY failed_at, {k}"
+    ).format(k=_cols(keys), f=ident(failed))
+
+
+def retry_failed(queue: Rel, failed: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Move every failed key back to the queue with fresh attempts."""
+    return sql.SQL(
+        "WITH moved AS (DELETE FROM {f} RETURNING {k}) "
+        "INSERT INTO {q} ({k}) SELECT {k} FROM moved"
+    ).format(k=_cols(keys), f=ident(failed), q=ident(queue))
+
+
+# --- destination (the Timescale Vector collection layout) -------------------------------
+
+
+def create_collection(table: Rel, dimensions: int) -> sql.Composed:
+    """id uuid, metadata jsonb, contents text, embedding vector(n): Timescale Vector's layout."""
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {t} ("
+        "id uuid PRIMARY KEY, metadata jsonb, contents text, embedding vector({n}) NOT NULL); "
+        # containment filters and the per-key delete both use @>
+        "CREATE INDEX IF NOT EXISTS {ix} ON {t} USING gin (metadata jsonb_path_ops)"
+    ).format(
+        t=ident(table), n=sql.Literal(int(dimensions)),
+        ix=sql.Identifier(table[1].encode()[:50].decode(errors="ignore") + "_metadata_idx"),
+    )
+
+
+def collection_dimensions() -> sql.Composed:
+    """The n of the embedding vector(n) column, or NULL if the table does not exist."""
+    return sql.SQL(
+        "SELECT a.atttypmod FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'embedding' AND NOT a.attisdropped"
+    ).format()
+
+
+def collection_delete_by_metadata(table: Rel) -> sql.Composed:
+    """Delete rows whose metadata contains any of the objects in %s (a jsonb[] array)."""
+    return sql.SQL("DELETE FROM {} WHERE metadata @> ANY (%s::jsonb[])").format(ident(table))
+
+
+def collection_copy(table: Rel) -> sql.Composed:
+    """Binary COPY: about five times text COPY for vector rows (FACTS.md)."""
+    return sql.SQL(
+        "COPY {} (id, metadata, contents, embedding) FROM STDIN WITH (FORMAT BINARY)"
+    ).format(ident(table))
+
+
+def collection_search(table: Rel) -> sql.Composed:
+    """k nearest by cosine distance, with an optional metadata containment filter
+    (%(filter)s NULL means none). ORDER BY the bare operator so an HNSW index applies."""
+    return sql.SQL(
+        "SELECT embedding <=> %(q)s AS distance, contents, metadata, id FROM {} "
+        "WHERE %(filter)s::jsonb IS NULL OR metadata @> %(filter)s::jsonb "
+        "ORDER BY embedding <=> %(q)s LIMIT %(k)s"
+    ).format(ident(table))
