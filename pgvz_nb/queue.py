@@ -98,6 +98,7 @@ class Queue:
         self.config: dict[str, Any] = config
         self.keys: list[str] = config["keys"]
         self.watched: list[str] | None = config.get("watched")
+        self.inbox: Rel = tuple(config["inbox"])  # type: ignore[assignment]
         self.failed: Rel = tuple(config["failed"])  # type: ignore[assignment]
         self.function: Rel = tuple(config["function"])  # type: ignore[assignment]
         self.triggers: dict[str, str] = config["triggers"]
@@ -148,6 +149,7 @@ class Queue:
         name: str,
         source: Rel,
         queue: Rel,
+        inbox: Rel,
         failed: Rel,
         function: Rel,
         triggers: dict[str, str],
@@ -185,6 +187,7 @@ class Queue:
             config = {
                 "keys": key_cols,
                 "watched": watched_cols,
+                "inbox": list(inbox),
                 "failed": list(failed),
                 "function": list(function),
                 "triggers": dict(triggers),
@@ -210,22 +213,23 @@ class Queue:
                     return existing
                 existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
                 conn.execute(q.catalog_delete(), [existing.id])
-            cls._check_names_free(conn, source, queue, failed, triggers)
+            cls._check_names_free(conn, source, (queue, inbox, failed), triggers)
             vid, created = conn.execute(
                 q.catalog_insert(), [name, *source, *queue, Jsonb(config)]
             ).fetchone()
             self = cls((vid, name, *source, *queue, config, created))
             conn.execute(q.create_queue(queue, source, key_cols))
+            conn.execute(q.create_inbox(inbox, source, key_cols))
             conn.execute(q.create_failed(failed, source, key_cols))
-            body = q.trigger_body(queue, source, key_cols, watched_cols).as_string(conn)
+            body = q.trigger_body(inbox, source, key_cols, watched_cols).as_string(conn)
             conn.execute(q.create_trigger_function(function, body))
             conn.execute(q.create_triggers(source, function, triggers))
             conn.execute(q.backfill(queue, source, key_cols))
             return self
 
     @staticmethod
-    def _check_names_free(conn, source: Rel, queue: Rel, failed: Rel, triggers: dict[str, str]) -> None:
-        for rel in (queue, failed):
+    def _check_names_free(conn, source: Rel, tables: tuple[Rel, ...], triggers: dict[str, str]) -> None:
+        for rel in tables:
             if conn.execute(q.find_relation(), list(rel)).fetchone() is not None:
                 owner = conn.execute(q.catalog_get_by_queue(), list(rel)).fetchone()
                 who = f"vectorizer {owner[1]!r}" if owner else "something other than pgvz_nb"
@@ -244,8 +248,8 @@ class Queue:
             )
 
     def installed(self, conn: psycopg.Connection) -> bool:
-        """True if the queue, failed table and all four triggers are in place."""
-        for rel in (self.queue, self.failed):
+        """True if the queue, inbox, failed table and all four triggers are in place."""
+        for rel in (self.queue, self.inbox, self.failed):
             if conn.execute(q.find_relation(), list(rel)).fetchone() is None:
                 return False
         taken = {r[0] for r in conn.execute(q.trigger_names_on(), list(self.source)).fetchall()}
@@ -255,8 +259,8 @@ class Queue:
         if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:
             conn.execute(q.drop_triggers(self.source, list(self.triggers.values())))
         conn.execute(q.drop_function(self.function))
-        conn.execute(q.drop_table(self.queue))
-        conn.execute(q.drop_table(self.failed))
+        for rel in (self.queue, self.inbox, self.failed):
+            conn.execute(q.drop_table(rel))
 
     def drop(self, conn: psycopg.Connection) -> None:
         """Remove triggers, function, queue, failed table and catalog row (not the source)."""
@@ -271,6 +275,13 @@ class Queue:
         conn.execute(q.catalog_set_config(), [Jsonb(self.config), self.id])
 
     # --- claim and process -------------------------------------------------------------
+
+    def expand(self, conn: psycopg.Connection, limit: int = 1000) -> int:
+        """Move keys from the inbox to the queue (its own transaction); returns keys moved."""
+        with conn.transaction():
+            return conn.execute(
+                q.expand_inbox(self.inbox, self.queue, self.keys), {"limit": int(limit)}
+            ).rowcount
 
     def claim(
         self, conn: psycopg.Connection, limit: int, columns: Sequence[str] | None = None
@@ -312,6 +323,7 @@ class Queue:
         backoff (or move to the failed table), and the rest commit as done.
         """
         result = ProcessResult()
+        self.expand(conn)
         with conn.transaction():
             _, rows = self.claim(conn, limit, columns)
             result.claimed = len(rows)
@@ -362,12 +374,14 @@ class Queue:
 
     def state(self, conn: psycopg.Connection) -> QueueState:
         rows, claimable, retrying, oldest, next_retry, failed = conn.execute(
-            q.queue_state(self.queue, self.failed)
+            q.queue_state(self.inbox, self.queue, self.failed, self.keys[0])
         ).fetchone()
         return QueueState(rows, claimable, retrying, failed, oldest, next_retry)
 
-    def pending_keys(self, conn: psycopg.Connection) -> int:
-        return conn.execute(q.queue_keys_count(self.queue, self.keys)).fetchone()[0]
+    def pending(self, conn: psycopg.Connection, limit: int = 1000) -> tuple[list[str], list[tuple]]:
+        """(column names, rows) of pending keys, oldest first, inbox included."""
+        cur = conn.execute(q.pending_rows(self.inbox, self.queue, self.keys), [int(limit)])
+        return [d.name for d in cur.description], cur.fetchall()
 
     def retry_failed(self, conn: psycopg.Connection) -> int:
         """Re-queue every key in the failed table with fresh attempts; returns how many."""

@@ -204,17 +204,34 @@ def create_failed(failed: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed
     ).format(failed=ident(failed), source=ident(source), keys=_cols(keys))
 
 
+def create_inbox(inbox: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Where the triggers write: one row per statement, the keys as arrays.
+
+    No index and one row per statement, so a bulk write pays for one small insert, not
+    one queue row (and two index entries) per changed row; workers move the keys to
+    the queue (``expand_inbox``). Column types come from ``array_agg`` over the source.
+    """
+    aggs = sql.SQL(", ").join(
+        sql.SQL("array_agg({k}) AS {k}").format(k=sql.Identifier(k)) for k in keys
+    )
+    return sql.SQL(
+        "CREATE TABLE {inbox} AS SELECT {aggs} FROM {source} WITH NO DATA; "
+        "ALTER TABLE {inbox} ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now()"
+    ).format(inbox=ident(inbox), source=ident(source), aggs=aggs)
+
+
 def trigger_body(
-    queue: Rel, source: Rel, keys: Sequence[str], watched: Sequence[str] | None
+    inbox: Rel, source: Rel, keys: Sequence[str], watched: Sequence[str] | None
 ) -> sql.Composed:
-    """PL/pgSQL body of the statement-level trigger: one set-based INSERT per statement.
+    """PL/pgSQL body of the statement-level trigger: at most one inbox row per statement.
 
     UPDATE joins the transition tables on the key (as text, so it needs no equality
-    operator from outside pg_catalog) and queues a key only when it appeared, vanished
+    operator from outside pg_catalog) and keeps a key only when it appeared, vanished
     or one of the watched columns changed its text form. ``watched=None`` compares the
     whole row. TRUNCATE fires BEFORE, the only moment the doomed keys can still be read.
     """
     kcols = _cols(keys)
+    aggs = sql.SQL(", ").join(sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in keys)
     kalias = [f"k{i}" for i in range(len(keys))]
     side_cols: list[sql.Composable] = [
         sql.SQL("{} AS {}").format(sql.Identifier("t", k), sql.Identifier(a))
@@ -232,7 +249,7 @@ def trigger_body(
     side_cols.append(sql.SQL("true AS present"))
     side = sql.SQL(", ").join(side_cols)
     pick = sql.SQL(", ").join(
-        sql.SQL("CASE WHEN n.present THEN {n} ELSE {o} END").format(
+        sql.SQL("array_agg(CASE WHEN n.present THEN {n} ELSE {o} END)").format(
             n=sql.Identifier("n", a), o=sql.Identifier("o", a)
         )
         for a in kalias
@@ -251,24 +268,46 @@ def trigger_body(
         """
 BEGIN
   IF TG_OP = 'INSERT' THEN
-    INSERT INTO {queue} ({kcols}) SELECT {kcols} FROM pgvz_new;
+    INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_new HAVING count(*) > 0;
   ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO {queue} ({kcols}) SELECT {kcols} FROM pgvz_old;
+    INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_old HAVING count(*) > 0;
   ELSIF TG_OP = 'UPDATE' THEN
-    INSERT INTO {queue} ({kcols})
+    INSERT INTO {inbox} ({kcols})
     SELECT {pick}
     FROM (SELECT {side} FROM pgvz_new AS t) AS n
     FULL JOIN (SELECT {side} FROM pgvz_old AS t) AS o ON {join_on}
-    WHERE n.present IS NULL OR o.present IS NULL OR {changed};
+    WHERE n.present IS NULL OR o.present IS NULL OR {changed}
+    HAVING count(*) > 0;
   ELSIF TG_OP = 'TRUNCATE' THEN
-    INSERT INTO {queue} ({kcols}) SELECT {kcols} FROM {source};
+    INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM {source} HAVING count(*) > 0;
   END IF;
   RETURN NULL;
 END
 """
     ).format(
-        queue=ident(queue), source=ident(source), kcols=kcols, pick=pick, side=side,
-        join_on=join_on, changed=changed,
+        inbox=ident(inbox), source=ident(source), kcols=kcols, aggs=aggs, pick=pick,
+        side=side, join_on=join_on, changed=changed,
+    )
+
+
+def expand_inbox(inbox: Rel, queue: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Move up to %(limit)s inbox rows into the queue, one queue row per key, keeping
+    queued_at. One statement: the inbox rows go exactly when their keys arrive. SKIP
+    LOCKED lets several workers expand at once; no ORDER BY, as the inbox has no index
+    and heap order is close to arrival order."""
+    return sql.SQL(
+        """
+WITH taken AS (
+    DELETE FROM {inbox} WHERE ctid = ANY (ARRAY(
+        SELECT ctid FROM {inbox} LIMIT %(limit)s FOR UPDATE SKIP LOCKED))
+    RETURNING {k}, queued_at
+)
+INSERT INTO {queue} ({k}, queued_at)
+SELECT {uk}, t.queued_at FROM taken AS t CROSS JOIN LATERAL unnest({tk}) AS u({k})
+"""
+    ).format(
+        inbox=ident(inbox), queue=ident(queue), k=_cols(keys), uk=_cols(keys, "u"),
+        tk=_cols(keys, "t"),
     )
 
 
@@ -400,32 +439,37 @@ FROM f WHERE attempts < %(max_attempts)s
     ).format(k=k, queue=ident(queue), failed=ident(failed))
 
 
-def queue_state(queue: Rel, failed: Rel) -> sql.Composed:
-    """Why a claim came back empty: nothing queued, all in backoff, or held by other workers."""
+def queue_state(inbox: Rel, queue: Rel, failed: Rel, first_key: str) -> sql.Composed:
+    """Why a claim came back empty: nothing queued, all in backoff, or held by other workers.
+    Keys still in the inbox count as queued and claimable."""
     return sql.SQL(
         """
-SELECT count(*) AS rows,
-       count(*) FILTER (WHERE retry_after IS NULL OR retry_after <= now()) AS claimable,
-       count(*) FILTER (WHERE retry_after > now()) AS retrying,
-       min(queued_at) AS oldest,
-       min(retry_after) FILTER (WHERE retry_after > now()) AS next_retry,
+WITH ib AS (
+    SELECT coalesce(sum(cardinality({k})), 0)::bigint AS n, min(queued_at) AS oldest FROM {inbox}
+)
+SELECT count(q.*) + ib.n AS rows,
+       count(q.*) FILTER (WHERE q.retry_after IS NULL OR q.retry_after <= now()) + ib.n AS claimable,
+       count(q.*) FILTER (WHERE q.retry_after > now()) AS retrying,
+       least(min(q.queued_at), ib.oldest) AS oldest,
+       min(q.retry_after) FILTER (WHERE q.retry_after > now()) AS next_retry,
        (SELECT count(*) FROM {failed}) AS failed
-FROM {queue}
+FROM ib LEFT JOIN {queue} AS q ON true
+GROUP BY ib.n, ib.oldest
 """
-    ).format(queue=ident(queue), failed=ident(failed))
+    ).format(inbox=ident(inbox), queue=ident(queue), failed=ident(failed), k=sql.Identifier(first_key))
 
 
-def queue_keys_count(queue: Rel, keys: Sequence[str]) -> sql.Composed:
-    return sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {} FROM {}) AS d").format(
-        _cols(keys), ident(queue)
-    )
-
-
-def queue_rows(queue: Rel, keys: Sequence[str]) -> sql.Composed:
+def pending_rows(inbox: Rel, queue: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Every pending key, oldest first, up to %s rows: queue rows, then inbox keys (not yet
+    moved to the queue: attempts 0)."""
     return sql.SQL(
+        "SELECT * FROM ("
         "SELECT {k}, queued_at, attempts, retry_after, last_error FROM {q} "
-        "ORDER BY queued_at, {k} LIMIT %s"
-    ).format(k=_cols(keys), q=ident(queue))
+        "UNION ALL "
+        "SELECT {uk}, t.queued_at, 0, NULL::timestamptz, NULL::text "
+        "FROM {i} AS t CROSS JOIN LATERAL unnest({tk}) AS u({k})"
+        ") AS p ORDER BY queued_at, {k} LIMIT %s"
+    ).format(k=_cols(keys), uk=_cols(keys, "u"), tk=_cols(keys, "t"), q=ident(queue), i=ident(inbox))
 
 
 def failed_rows(failed: Rel, keys: Sequence[str]) -> sql.Composed:

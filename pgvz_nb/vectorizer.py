@@ -134,6 +134,7 @@ class Vectorize:
                 name=self.name,
                 source=(schema, table),
                 queue=(schema, self.work_queue_table_name_unquoted),
+                inbox=(schema, _create_ident(table, "embedding_inbox")),
                 failed=(schema, _create_ident(table, "embedding_failed")),
                 function=(schema, self.trigger_name_fn_unquoted),
                 triggers={ev: _with_suffix(trig, ev) for ev in ("insert", "update", "delete", "truncate")},

@@ -48,10 +48,10 @@ def schema(db):
 
 
 def queued(conn: psycopg.Connection, schema: str, queue: str, key: str = "id") -> list:
-    """Keys in a queue table, sorted, duplicates kept."""
-    return sorted(
-        r[0]
-        for r in conn.execute(
-            sql.SQL("SELECT {} FROM {}").format(sql.Identifier(key), sql.Identifier(schema, queue))
-        )
-    )
+    """Pending keys of the vectorizer whose queue is schema.queue (inbox included), sorted,
+    duplicates kept."""
+    found = Queue.find(conn, f"{schema}.{queue}")
+    assert found is not None, f"no vectorizer with queue {schema}.{queue}"
+    names, rows = found.pending(conn, limit=1_000_000)
+    at = names.index(key)
+    return sorted(r[at] for r in rows)

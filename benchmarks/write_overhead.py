@@ -1,0 +1,163 @@
+"""Write overhead of change tracking: COPY 200k blog rows, and 5,000 single-row INSERTs in
+one transaction, into a table with no vectorizer, with pgvz_nb attached, and with the
+original timescale_vector PgVectorizer attached (row-level trigger), side by side.
+
+A fourth variant, ``empty_stmt_trigger``, has a statement-level AFTER INSERT trigger
+with a transition table and an empty body: the cost of the capture alone, the floor
+for any design built on transition tables.
+
+Rounds interleave the variants and the medians are compared, as ratios of rows/s to
+the no-trigger table in the same run (this machine is shared and noisy).
+
+    .venv/bin/python benchmarks/write_overhead.py [--rows 200000] [--rounds 3] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import random
+import statistics
+import time
+from datetime import datetime, timedelta, timezone
+
+from psycopg import sql
+
+import pgvz_nb as pgvz
+from pgvz_nb.sample import BLOG_DDL_COLUMNS, BLOG_POSTS
+
+try:
+    from timescale_vector import pgvectorizer as original
+except ImportError:  # `make bench` installs it; without it that column is skipped
+    original = None
+
+SCHEMA = "public"  # the original's trigger names its queue unqualified: it only works in public
+
+
+def make_copy_data(n: int, seed: int = 1) -> bytes:
+    """n rows of COPY text for (title, author, contents, category, published_time)."""
+    rng = random.Random(seed)
+    start = datetime(2020, 1, 1, tzinfo=timezone.utc)
+    buf = io.StringIO()
+    for i in range(n):
+        title, author, category, _, contents = BLOG_POSTS[rng.randrange(len(BLOG_POSTS))]
+        published = start + timedelta(minutes=i)
+        buf.write(f"{title} #{i}\t{author}\t{contents}\t{category}\t{published.isoformat()}\n")
+    return buf.getvalue().encode()
+
+
+def setup(db: pgvz.Database, table: str, variant: str) -> None:
+    ident = sql.Identifier(SCHEMA, table)
+    with db.connect() as conn:
+        for stale in pgvz.queue.Queue.list_all(conn):
+            if stale.source == (SCHEMA, table):
+                conn.rollback()
+                stale.drop(conn)
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(ident))
+        for suffix in ("embedding_work_queue", "embedding_failed"):
+            conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(SCHEMA, f"{table}_{suffix}")))
+        conn.execute(sql.SQL("CREATE TABLE {} (" + BLOG_DDL_COLUMNS + ")").format(ident))
+    if variant == "pgvz_nb":
+        pgvz.Vectorize(db, table, schema_name=SCHEMA).register()
+    elif variant == "timescale_vector":
+        original.Vectorize(db.dsn, table).register()
+    elif variant == "empty_stmt_trigger":
+        with db.connect() as conn:
+            conn.execute(sql.SQL(
+                "CREATE OR REPLACE FUNCTION {}() RETURNS trigger LANGUAGE plpgsql AS "
+                "'BEGIN RETURN NULL; END'").format(sql.Identifier(SCHEMA, f"{table}_wq_for_embedding")))
+            conn.execute(sql.SQL(
+                "CREATE TRIGGER floor AFTER INSERT ON {} REFERENCING NEW TABLE AS n "
+                "FOR EACH STATEMENT EXECUTE FUNCTION {}()").format(
+                    ident, sql.Identifier(SCHEMA, f"{table}_wq_for_embedding")))
+    with db.connect(autocommit=True) as conn:
+        conn.execute("CHECKPOINT")  # earlier runs' dirty pages must not be flushed during this one
+
+
+def teardown(db: pgvz.Database, table: str, variant: str) -> None:
+    if variant == "pgvz_nb":
+        pgvz.Vectorize(db, table, schema_name=SCHEMA).unregister()
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA, table)))
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(
+            sql.Identifier(SCHEMA, f"{table}_embedding_work_queue")))
+        conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {}()").format(
+            sql.Identifier(SCHEMA, f"{table}_wq_for_embedding")))
+
+
+def time_copy(db: pgvz.Database, table: str, data: bytes) -> float:
+    copy_sql = sql.SQL(
+        "COPY {} (title, author, contents, category, published_time) FROM STDIN"
+    ).format(sql.Identifier(SCHEMA, table))
+    with db.connect() as conn:
+        t0 = time.perf_counter()
+        with conn.cursor().copy(copy_sql) as copy:
+            for i in range(0, len(data), 1 << 20):
+                copy.write(data[i : i + (1 << 20)])
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def time_single_inserts(db: pgvz.Database, table: str, n: int) -> float:
+    insert = sql.SQL(
+        "INSERT INTO {} (title, author, contents, category, published_time) "
+        "VALUES (%s, %s, %s, %s, now())"
+    ).format(sql.Identifier(SCHEMA, table))
+    post = BLOG_POSTS[1]
+    with db.connect() as conn:
+        t0 = time.perf_counter()
+        for i in range(n):
+            conn.execute(insert, (f"t{i}", post[1], post[4], post[2]))
+        conn.commit()
+        return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=200_000)
+    ap.add_argument("--inserts", type=int, default=5_000)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+
+    db = pgvz.connect()
+    variants = ["none", "empty_stmt_trigger", "pgvz_nb"] + (["timescale_vector"] if original else [])
+    data = make_copy_data(args.rows)
+    copy_s: dict[str, list[float]] = {v: [] for v in variants}
+    ins_s: dict[str, list[float]] = {v: [] for v in variants}
+    for r in range(args.rounds):
+        order = variants[r % len(variants):] + variants[: r % len(variants)]
+        for v in order:
+            table = f"bench_write_{v}"
+            setup(db, table, v)
+            copy_s[v].append(time_copy(db, table, data))
+            teardown(db, table, v)
+            setup(db, table, v)
+            ins_s[v].append(time_single_inserts(db, table, args.inserts))
+            teardown(db, table, v)
+        print(f"round {r + 1}/{args.rounds} done", flush=True)
+
+    report = {"rows": args.rows, "inserts": args.inserts, "rounds": args.rounds, "variants": {}}
+    base_copy = statistics.median(copy_s["none"])
+    base_ins = statistics.median(ins_s["none"])
+    print(f"\nCOPY of {args.rows:,} rows and {args.inserts:,} single-row INSERTs (one transaction); "
+          f"median of {args.rounds} rounds")
+    print(f"{'variant':<18}{'COPY rows/s':>14}{'vs none':>9}{'INSERT rows/s':>16}{'vs none':>9}")
+    for v in variants:
+        c, i = statistics.median(copy_s[v]), statistics.median(ins_s[v])
+        report["variants"][v] = {
+            "copy_seconds": copy_s[v], "insert_seconds": ins_s[v],
+            "copy_ratio": base_copy / c, "insert_ratio": base_ins / i,
+        }
+        print(f"{v:<18}{args.rows / c:>14,.0f}{base_copy / c:>8.2f}x"
+              f"{args.inserts / i:>16,.0f}{base_ins / i:>8.2f}x")
+    if not original:
+        print("(timescale_vector not installed: `make bench` installs it beside psycopg2-binary)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(report, fh, indent=2)
+
+
+if __name__ == "__main__":
+    main()
