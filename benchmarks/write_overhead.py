@@ -7,7 +7,9 @@ with a transition table and an empty body: the cost of the capture alone, the fl
 for any design built on transition tables.
 
 Rounds interleave the variants and the medians are compared, as ratios of rows/s to
-the no-trigger table in the same run (this machine is shared and noisy).
+the no-trigger table in the same run (this machine is shared and noisy). Beside wall
+time, the server backend's own CPU time (from /proc, when the server is local) is
+compared too: it does not count time spent waiting for other processes.
 
     .venv/bin/python benchmarks/write_overhead.py [--rows 200000] [--rounds 3] [--json out.json]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import random
 import statistics
 import time
@@ -86,46 +89,59 @@ def teardown(db: pgvz.Database, table: str, variant: str) -> None:
             sql.Identifier(SCHEMA, f"{table}_wq_for_embedding")))
 
 
-def time_copy(db: pgvz.Database, table: str, data: bytes) -> float:
+def backend_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by a local server process; NaN if remote."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def time_copy(db: pgvz.Database, table: str, data: bytes) -> tuple[float, float]:
+    """(wall seconds, backend CPU seconds) of one COPY including its commit."""
     copy_sql = sql.SQL(
         "COPY {} (title, author, contents, category, published_time) FROM STDIN"
     ).format(sql.Identifier(SCHEMA, table))
     with db.connect() as conn:
-        t0 = time.perf_counter()
+        pid = conn.info.backend_pid
+        c0, t0 = backend_cpu(pid), time.perf_counter()
         with conn.cursor().copy(copy_sql) as copy:
             for i in range(0, len(data), 1 << 20):
                 copy.write(data[i : i + (1 << 20)])
         conn.commit()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, backend_cpu(pid) - c0
 
 
-def time_single_inserts(db: pgvz.Database, table: str, n: int) -> float:
+def time_single_inserts(db: pgvz.Database, table: str, n: int) -> tuple[float, float]:
+    """(wall seconds, backend CPU seconds) of n single-row INSERTs in one transaction."""
     insert = sql.SQL(
         "INSERT INTO {} (title, author, contents, category, published_time) "
         "VALUES (%s, %s, %s, %s, now())"
     ).format(sql.Identifier(SCHEMA, table))
     post = BLOG_POSTS[1]
     with db.connect() as conn:
-        t0 = time.perf_counter()
+        pid = conn.info.backend_pid
+        c0, t0 = backend_cpu(pid), time.perf_counter()
         for i in range(n):
             conn.execute(insert, (f"t{i}", post[1], post[4], post[2]))
         conn.commit()
-        return time.perf_counter() - t0
+        return time.perf_counter() - t0, backend_cpu(pid) - c0
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--inserts", type=int, default=5_000)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=7)
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
 
     db = pgvz.connect()
     variants = ["none", "empty_stmt_trigger", "pgvz_nb"] + (["timescale_vector"] if original else [])
     data = make_copy_data(args.rows)
-    copy_s: dict[str, list[float]] = {v: [] for v in variants}
-    ins_s: dict[str, list[float]] = {v: [] for v in variants}
+    copy_s: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    ins_s: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
@@ -138,20 +154,33 @@ def main() -> None:
             teardown(db, table, v)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
-    report = {"rows": args.rows, "inserts": args.inserts, "rounds": args.rounds, "variants": {}}
-    base_copy = statistics.median(copy_s["none"])
-    base_ins = statistics.median(ins_s["none"])
+    def med(samples: list[tuple[float, float]], i: int) -> float:
+        return statistics.median(s[i] for s in samples)
+
+    def ratio(samples: dict, v: str, i: int) -> float:
+        """Median over rounds of (no-trigger time / variant time) within the same round:
+        pairs measured minutes apart would carry the machine's drift into the ratio."""
+        return statistics.median(b[i] / x[i] for b, x in zip(samples["none"], samples[v]))
+
+    report: dict = {"rows": args.rows, "inserts": args.inserts, "rounds": args.rounds, "variants": {}}
     print(f"\nCOPY of {args.rows:,} rows and {args.inserts:,} single-row INSERTs (one transaction); "
-          f"median of {args.rounds} rounds")
-    print(f"{'variant':<18}{'COPY rows/s':>14}{'vs none':>9}{'INSERT rows/s':>16}{'vs none':>9}")
+          f"{args.rounds} rounds; rates are medians, ratios the median of per-round ratios "
+          "to 'none'; 'cpu' compares the server backend's CPU time")
+    print(f"{'variant':<20}{'COPY rows/s':>12}{'wall':>7}{'cpu':>7}"
+          f"{'INSERT rows/s':>15}{'wall':>7}{'cpu':>7}")
     for v in variants:
-        c, i = statistics.median(copy_s[v]), statistics.median(ins_s[v])
-        report["variants"][v] = {
-            "copy_seconds": copy_s[v], "insert_seconds": ins_s[v],
-            "copy_ratio": base_copy / c, "insert_ratio": base_ins / i,
+        row = {
+            "copy_wall_s": [s[0] for s in copy_s[v]], "copy_cpu_s": [s[1] for s in copy_s[v]],
+            "insert_wall_s": [s[0] for s in ins_s[v]], "insert_cpu_s": [s[1] for s in ins_s[v]],
+            "copy_ratio": ratio(copy_s, v, 0),
+            "copy_cpu_ratio": ratio(copy_s, v, 1),
+            "insert_ratio": ratio(ins_s, v, 0),
+            "insert_cpu_ratio": ratio(ins_s, v, 1),
         }
-        print(f"{v:<18}{args.rows / c:>14,.0f}{base_copy / c:>8.2f}x"
-              f"{args.inserts / i:>16,.0f}{base_ins / i:>8.2f}x")
+        report["variants"][v] = row
+        print(f"{v:<20}{args.rows / med(copy_s[v], 0):>12,.0f}{row['copy_ratio']:>6.2f}x"
+              f"{row['copy_cpu_ratio']:>6.2f}x{args.inserts / med(ins_s[v], 0):>15,.0f}"
+              f"{row['insert_ratio']:>6.2f}x{row['insert_cpu_ratio']:>6.2f}x")
     if not original:
         print("(timescale_vector not installed: `make bench` installs it beside psycopg2-binary)")
     if args.json:
