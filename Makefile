@@ -11,14 +11,14 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) install -e .
 	touch $@
 
+# The original timescale_vector, to test and benchmark against: --no-deps, or it
+# builds psycopg2 from source (psycopg2-binary and asyncpg come with the test extra).
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -e '.[test]'
+	$(PIP) install --no-deps 'timescale-vector==0.0.7'
 	touch $@
 
-# The original timescale_vector, to benchmark against: --no-deps, or it builds psycopg2 from source.
 $(VENV)/.bench: $(VENV)/.test
-	$(PIP) install psycopg2-binary asyncpg
-	$(PIP) install --no-deps timescale-vector
 	touch $@
 
 demo: $(VENV)/.core
