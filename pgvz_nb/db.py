@@ -178,14 +178,13 @@ class Database:
         if vector:
             from pgvector.psycopg import register_vector
 
-            register_vector(conn)
+            try:
+                register_vector(conn)
+            except psycopg.ProgrammingError:  # the type is not there: create it, or say how
+                conn.rollback()
+                ensure_vector_extension(conn, self)
+                register_vector(conn)
         return conn
-
-    def execute(self, query, params=None) -> list[tuple]:
-        """Run one statement in its own transaction; return its rows (empty if none)."""
-        with self.connect() as conn:
-            cur = conn.execute(query, params)
-            return cur.fetchall() if cur.description else []
 
     def __repr__(self) -> str:
         kind = "embedded" if self.embedded else "external"

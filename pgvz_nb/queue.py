@@ -210,6 +210,9 @@ class Queue:
                         "drop it first or choose another name"
                     )
                 if existing.installed(conn):
+                    if existing.policy != config["policy"]:  # not structural: just update it
+                        existing.set_extra(conn, policy=config["policy"])
+                        existing.policy = dict(config["policy"])
                     return existing
                 existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
                 conn.execute(q.catalog_delete(), [existing.id])

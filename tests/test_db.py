@@ -12,6 +12,8 @@ from types import SimpleNamespace
 from pathlib import Path
 
 import psycopg
+import psycopg.conninfo
+import psycopg.sql
 import psycopg2
 import pytest
 
@@ -144,3 +146,23 @@ def test_root_runs_the_server_from_a_copy_when_the_wheel_is_behind_a_closed_dir(
         assert stat.S_IMODE(closed.stat().st_mode) == 0o700, "the closed directory was opened"
     finally:
         shutil.rmtree(closed, ignore_errors=True)
+
+
+def test_fresh_database_gets_pgvector_on_first_use(db, conn):
+    """A database where nobody ran CREATE EXTENSION vector: connect() and Vectorize create it."""
+    name = f"fresh_{os.getpid()}"
+    conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {}").format(psycopg.sql.Identifier(name)))
+    conn.execute(psycopg.sql.SQL("CREATE DATABASE {}").format(psycopg.sql.Identifier(name)))
+    try:
+        dsn = psycopg.conninfo.make_conninfo(db.dsn, dbname=name)
+        with psycopg.connect(dsn, autocommit=True) as c:
+            c.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+            c.execute("INSERT INTO docs VALUES (1, 'x')")
+        v = pgvz.Vectorize(dsn, "docs")
+        assert v.process(lambda rows, vec: None) == 1
+        v.close()
+        with psycopg.connect(dsn) as c:
+            assert c.execute("SELECT count(*) FROM pg_extension WHERE extname = 'vector'").fetchone()[0] == 1
+    finally:
+        conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+            psycopg.sql.Identifier(name)))

@@ -452,3 +452,14 @@ def test_app_role_that_only_writes_the_source_still_queues(db, conn, schema):
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_max_attempts_of_a_later_registration_applies(db, conn, schema):
+    make_blog(conn, schema, n=1)
+    pgvz.Vectorize(db.dsn, "blog", schema_name=schema, max_attempts=5).register()
+    v = pgvz.Vectorize(db.dsn, "blog", schema_name=schema, max_attempts=1)
+    with pytest.raises(CallbackFailed):
+        v.process(lambda rows, _: 1 / 0)
+    assert queued(conn, schema, Q) == []
+    assert [f["id"] for f in v.failed()] == [1]
+    assert "ZeroDivisionError" in v.failed()[0]["last_error"]
