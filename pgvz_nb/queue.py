@@ -287,7 +287,8 @@ class Queue:
             ).rowcount
 
     def claim(
-        self, conn: psycopg.Connection, limit: int, columns: Sequence[str] | None = None
+        self, conn: psycopg.Connection, limit: int, columns: Sequence[str] | None = None,
+        where: Any = None,
     ) -> tuple[list[str], list[ClaimedRow]]:
         """Claim up to ``limit`` queue rows in the caller's open transaction.
 
@@ -297,7 +298,7 @@ class Queue:
         if columns is not None:  # the key columns tell a live row from a deleted one
             columns = list(self.keys) + [c for c in columns if c not in self.keys]
         cur = conn.execute(
-            q.claim(self.queue, self.failed, self.source, self.keys, columns),
+            q.claim(self.queue, self.failed, self.source, self.keys, columns, where),
             {"limit": int(limit), "vid": self.id},
         )
         nk = len(self.keys)
@@ -317,6 +318,7 @@ class Queue:
         *,
         limit: int = 10,
         columns: Sequence[str] | None = None,
+        where: Any = None,
         isolate_failures: bool = True,
     ) -> ProcessResult:
         """Claim a batch, run ``handler`` on it, record failures; one transaction.
@@ -328,7 +330,7 @@ class Queue:
         result = ProcessResult()
         self.expand(conn)
         with conn.transaction():
-            _, rows = self.claim(conn, limit, columns)
+            _, rows = self.claim(conn, limit, columns, where)
             result.claimed = len(rows)
             if not rows:
                 result.state = self.state(conn)

@@ -13,9 +13,43 @@ from psycopg.types.json import Jsonb
 
 from . import sql as q
 from .errors import DimensionMismatch, PgvzError
-from .frames import search_frame
+from .frames import search_frame as search_frame_from_rows
 
-__all__ = ["Collection"]
+__all__ = ["Collection", "search_frame"]
+
+
+def search_frame(
+    conn: psycopg.Connection,
+    rel: q.Rel,
+    query_embedding: Sequence[float],
+    query_text: str | None,
+    k: int = 5,
+    *,
+    filter: dict[str, Any] | None = None,
+    start: Any = None,
+    end: Any = None,
+    hybrid: bool = False,
+) -> pd.DataFrame:
+    """k nearest rows of a collection-layout table as a DataFrame (rank, distance, contents,
+    metadata keys, id; ``score`` too when hybrid)."""
+    if k < 1:
+        raise PgvzError(f"k must be at least 1, got {k}")
+    if filter is not None and not isinstance(filter, dict):
+        raise PgvzError(f"filter must be a dict of metadata values, got {type(filter).__name__}")
+    if hybrid and not query_text:
+        raise PgvzError("hybrid=True ranks by the query's words too: it needs the query text")
+    params = {
+        "q": np.asarray(query_embedding, dtype=np.float32), "k": int(k),
+        "filter": Jsonb(filter) if filter else None, "start": start, "end": end,
+        "text": query_text, "pool": max(int(k) * 4, 40),
+    }
+    stmt = q.search(rel, hybrid=hybrid, time_range=start is not None or end is not None)
+    cur = conn.execute(stmt, params)
+    rows = cur.fetchall()
+    frame = search_frame_from_rows([r[:4] for r in rows])
+    if hybrid:
+        frame.insert(2, "score", [float(r[4]) for r in rows])
+    return frame
 
 
 class Collection:
@@ -89,9 +123,4 @@ class Collection:
         filter: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         """k nearest rows by cosine distance as a DataFrame (rank, distance, contents, metadata..., id)."""
-        vec = np.asarray(query_embedding, dtype=np.float32)
-        rows = conn.execute(
-            q.collection_search(self.rel),
-            {"q": vec, "k": int(k), "filter": Jsonb(filter) if filter else None},
-        ).fetchall()
-        return search_frame(rows)
+        return search_frame(conn, self.rel, query_embedding, None, k, filter=filter)

@@ -364,7 +364,8 @@ def backfill(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
 
 
 def claim(
-    queue: Rel, failed: Rel, source: Rel, keys: Sequence[str], columns: Sequence[str] | None
+    queue: Rel, failed: Rel, source: Rel, keys: Sequence[str], columns: Sequence[str] | None,
+    where: sql.Composable | None = None,
 ) -> sql.Composed:
     """Claim up to %(limit)s queue rows, dequeue their keys and read the source rows, in one
     statement so the dequeue and the read share a snapshot (a change committed later keeps
@@ -374,10 +375,13 @@ def claim(
     (vectorizer id, hash of the key) stops two workers taking duplicates of one key. The
     key's other queue rows are dequeued too, except those another worker holds (they
     come back later; the chunk hashes make that cheap). The result: the key columns,
-    attempts so far, oldest queued_at, then the source columns (NULL for a deleted row).
+    attempts so far, oldest queued_at, then the source columns (NULL for a deleted row),
+    then, if ``where`` is given, whether the row passes it (column ``pgvz_where``).
     """
     k = _cols(keys)
     src_cols = sql.SQL("s.*") if columns is None else _cols(columns, "s")
+    if where is not None:
+        src_cols = sql.SQL("{}, {} AS pgvz_where").format(src_cols, where_test(where))
     return sql.SQL(
         """
 WITH cand AS MATERIALIZED (
@@ -410,6 +414,12 @@ ORDER BY {ck}
         qq_l=_match("qq", "l", keys), f_l=_match("f", "l", keys), s_c=_match("s", "c", keys),
         ck=_cols(keys, "c"), src_cols=src_cols,
     )
+
+
+def where_test(where: sql.Composable) -> sql.Composed:
+    """The vectorizer's ``where`` filter for source row ``s``, evaluated in a scope that
+    holds only the source's columns (so ``id`` is never ambiguous with the queue's)."""
+    return sql.SQL("(SELECT ({}) IS TRUE FROM (SELECT s.*) AS pgvz_row)").format(where)
 
 
 def record_failures(queue: Rel, failed: Rel, keys: Sequence[str]) -> sql.Composed:
@@ -523,11 +533,149 @@ def collection_copy(table: Rel) -> sql.Composed:
     ).format(ident(table))
 
 
-def collection_search(table: Rel) -> sql.Composed:
-    """k nearest by cosine distance, with an optional metadata containment filter
-    (%(filter)s NULL means none). ORDER BY the bare operator so an HNSW index applies."""
+# --- the built-in pipeline's destination ----------------------------------------------
+
+DEST_FIXED = ("id", "metadata", "contents", "embedding", "chunk_seq", "chunk_hash")
+
+
+def create_destination(
+    dest: Rel, source: Rel, src_keys: Sequence[str], dest_keys: Sequence[str], dimensions: int
+) -> sql.Composed:
+    """The collection layout (id uuid, metadata jsonb, contents text, embedding vector(n))
+    plus the source key (typed as in the source, via CREATE TABLE AS) and the chunk's
+    position and hash. The key index serves the per-key delete of the worker."""
+    keys = sql.SQL(", ").join(
+        sql.SQL("s.{} AS {}").format(sql.Identifier(k), sql.Identifier(d))
+        for k, d in zip(src_keys, dest_keys)
+    )
     return sql.SQL(
-        "SELECT embedding <=> %(q)s AS distance, contents, metadata, id FROM {} "
-        "WHERE %(filter)s::jsonb IS NULL OR metadata @> %(filter)s::jsonb "
-        "ORDER BY embedding <=> %(q)s LIMIT %(k)s"
-    ).format(ident(table))
+        "CREATE TABLE {dest} AS SELECT NULL::uuid AS id, NULL::jsonb AS metadata, "
+        "NULL::text AS contents, NULL::vector({n}) AS embedding, {keys}, "
+        "NULL::integer AS chunk_seq, NULL::text AS chunk_hash FROM {source} AS s WITH NO DATA; "
+        "ALTER TABLE {dest} ADD PRIMARY KEY (id), "
+        "ALTER COLUMN metadata SET NOT NULL, ALTER COLUMN metadata SET DEFAULT '{{}}', "
+        "ALTER COLUMN embedding SET NOT NULL, ALTER COLUMN chunk_seq SET NOT NULL, "
+        "ALTER COLUMN chunk_hash SET NOT NULL; "
+        "CREATE INDEX ON {dest} ({dk}); "
+        "CREATE INDEX ON {dest} USING gin (metadata jsonb_path_ops)"
+    ).format(dest=ident(dest), source=ident(source), keys=keys, n=sql.Literal(int(dimensions)),
+             dk=_cols(dest_keys))
+
+
+def column_types() -> sql.Composed:
+    """Column name -> type OID of a table (binary COPY needs the exact types)."""
+    return sql.SQL(
+        "SELECT a.attname, a.atttypid FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.attnum > 0 AND NOT a.attisdropped"
+    ).format()
+
+
+def _key_match(src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
+    return sql.SQL(" AND ").join(
+        sql.SQL("d.{} = k.{}").format(sql.Identifier(d), sql.Identifier(s))
+        for s, d in zip(src_keys, dest_keys)
+    )
+
+
+def destination_rows(dest: Rel, queue: Rel, src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
+    """The stored chunks of the keys in %(keys)s (a jsonb array of key objects; the queue's
+    row type turns them back into the key's own types): key, id, seq, hash, metadata."""
+    return sql.SQL(
+        "SELECT {dk}, d.id, d.chunk_seq, d.chunk_hash, d.metadata "
+        "FROM jsonb_populate_recordset(NULL::{q}, %(keys)s) AS k JOIN {dest} AS d ON {m}"
+    ).format(dk=_cols(dest_keys, "d"), q=ident(queue), dest=ident(dest), m=_key_match(src_keys, dest_keys))
+
+
+def destination_delete(dest: Rel, queue: Rel, src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
+    """Delete every stored chunk of the keys in %(keys)s."""
+    return sql.SQL(
+        "DELETE FROM {dest} AS d USING jsonb_populate_recordset(NULL::{q}, %(keys)s) AS k WHERE {m}"
+    ).format(q=ident(queue), dest=ident(dest), m=_key_match(src_keys, dest_keys))
+
+
+def destination_embeddings_of(dest: Rel) -> sql.Composed:
+    """Stored vectors by id, to reuse for chunks whose hash did not change."""
+    return sql.SQL("SELECT id, embedding FROM {} WHERE id = ANY(%s)").format(ident(dest))
+
+
+def destination_copy(dest: Rel, dest_keys: Sequence[str]) -> sql.Composed:
+    return sql.SQL(
+        "COPY {} (id, metadata, contents, embedding, {}, chunk_seq, chunk_hash) "
+        "FROM STDIN WITH (FORMAT BINARY)"
+    ).format(ident(dest), _cols(dest_keys))
+
+
+def count_rows(rel: Rel) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM {}").format(ident(rel))
+
+
+def count_distinct(rel: Rel, columns: Sequence[str]) -> sql.Composed:
+    return sql.SQL("SELECT count(*) FROM (SELECT DISTINCT {} FROM {}) AS d").format(
+        _cols(columns), ident(rel)
+    )
+
+
+def count_where(source: Rel, where: sql.Composable | None) -> sql.Composed:
+    """Source rows the vectorizer should cover: those passing its filter."""
+    if where is None:
+        return count_rows(source)
+    return sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS TRUE").format(ident(source), where)
+
+
+def check_where(source: Rel, where: sql.Composable) -> sql.Composed:
+    """Plan and run the filter over no rows: a syntax or column error shows up now."""
+    return sql.SQL("SELECT ({}) IS TRUE FROM {} LIMIT 0").format(where, ident(source))
+
+
+def create_hnsw_index(dest: Rel) -> sql.Composed:
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops)"
+    ).format(sql.Identifier(dest[1].encode()[:50].decode(errors="ignore") + "_hnsw"), ident(dest))
+
+
+def create_fts_index(dest: Rel) -> sql.Composed:
+    return sql.SQL(
+        "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (to_tsvector('english', coalesce(contents, '')))"
+    ).format(sql.Identifier(dest[1].encode()[:50].decode(errors="ignore") + "_fts"), ident(dest))
+
+
+def search(rel: Rel, *, hybrid: bool, time_range: bool) -> sql.Composed:
+    """k nearest chunks by cosine distance, filtered by metadata containment
+    (%(filter)s, NULL for none) and, with ``time_range``, by the time inside v1 ids
+    (%(start)s inclusive, %(end)s exclusive, either NULL). ``hybrid`` fuses the vector
+    ranking with PostgreSQL full-text ranking (%(text)s) by reciprocal rank fusion over
+    the top %(pool)s of each; rows are ordered by ``score``."""
+    conds = [sql.SQL("(%(filter)s::jsonb IS NULL OR d.metadata @> %(filter)s::jsonb)")]
+    if time_range:
+        conds.append(sql.SQL(
+            "(%(start)s::timestamptz IS NULL OR uuid_extract_timestamp(d.id) >= %(start)s::timestamptz) "
+            "AND (%(end)s::timestamptz IS NULL OR uuid_extract_timestamp(d.id) < %(end)s::timestamptz)"
+        ))
+    where = sql.SQL(" AND ").join(conds)
+    if not hybrid:
+        return sql.SQL(
+            "SELECT d.embedding <=> %(q)s AS distance, d.contents, d.metadata, d.id "
+            "FROM {rel} AS d WHERE {where} ORDER BY d.embedding <=> %(q)s LIMIT %(k)s"
+        ).format(rel=ident(rel), where=where)
+    return sql.SQL(
+        """
+WITH vec AS (
+    SELECT d.id, row_number() OVER (ORDER BY d.embedding <=> %(q)s) AS r
+    FROM {rel} AS d WHERE {where} ORDER BY d.embedding <=> %(q)s LIMIT %(pool)s
+), txt AS (
+    SELECT d.id, row_number() OVER (
+        ORDER BY ts_rank_cd(to_tsvector('english', coalesce(d.contents, '')), query) DESC) AS r
+    FROM {rel} AS d, plainto_tsquery('english', %(text)s) AS query
+    WHERE {where} AND to_tsvector('english', coalesce(d.contents, '')) @@ query
+    ORDER BY r LIMIT %(pool)s
+), fused AS (
+    SELECT coalesce(vec.id, txt.id) AS id,
+           coalesce(1.0 / (60 + vec.r), 0) + coalesce(1.0 / (60 + txt.r), 0) AS score
+    FROM vec FULL JOIN txt ON vec.id = txt.id
+)
+SELECT d.embedding <=> %(q)s AS distance, d.contents, d.metadata, d.id, f.score
+FROM fused AS f JOIN {rel} AS d ON d.id = f.id
+ORDER BY f.score DESC, distance LIMIT %(k)s
+"""
+    ).format(rel=ident(rel), where=where)

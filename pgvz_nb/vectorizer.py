@@ -1,4 +1,5 @@
-"""User-facing vectorizers: ``Vectorize``, the callback API of timescale_vector's PgVectorizer.
+"""User-facing vectorizers: ``Vectorizer`` (the built-in pipeline) and ``Vectorize`` (the
+callback API of timescale_vector's PgVectorizer).
 
 ``Vectorize`` keeps the original's constructor, attributes, ``register()`` and
 ``process(embed_and_write, batch_size=10, autoregister=True) -> int``, and fixes what
@@ -9,17 +10,28 @@ advisory lock key is the table OID, and an UPDATE that changes nothing re-queues
 
 from __future__ import annotations
 
+import hashlib
 import re
+import time
+import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 
+from . import sql as q
 from .db import Database, connect
-from .errors import CallbackFailed, NotFound, translate
-from .queue import ClaimedRow, ProcessResult, Queue, QueueState
+from .errors import (CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError,
+                     translate)
+from .queue import ClaimedRow, ProcessResult, Queue, QueueState, describe_table, resolve_keys
 
-__all__ = ["Vectorize", "Row"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Vectorizer", "Vectorize", "Row", "SyncReport", "vectorizers"]
 
 
 def _create_ident(base: str, suffix: str) -> str:
@@ -245,3 +257,523 @@ class Vectorize:
             self._conn.close()
             self._conn = None
 
+
+
+# --- the built-in pipeline ------------------------------------------------------------------
+
+
+@dataclass
+class SyncReport:
+    """What ``Vectorizer.sync()`` did."""
+
+    processed: int = 0  # source keys brought up to date (inserted, updated, deleted, filtered)
+    embedded: int = 0  # chunks sent to the model
+    unchanged: int = 0  # chunks whose stored vector was reused
+    failed: int = 0  # keys that failed this time (they stay queued, or moved to failed)
+    seconds: float = 0.0
+    embed_seconds: float = 0.0
+    embed_calls: int = 0
+    answer: str = "empty"  # why it stopped: empty, waiting (backoff), busy (other workers)
+
+    def __str__(self) -> str:
+        return (f"processed {self.processed} rows in {self.seconds:.1f} s: {self.embedded} chunks "
+                f"embedded, {self.unchanged} unchanged, {self.failed} failed; queue {self.answer}")
+
+
+def _split_table(table: str, schema: str | None) -> tuple[str, str]:
+    if schema is not None:
+        return schema, table
+    if "." in table:
+        s, t = table.split(".", 1)
+        return s, t
+    return "public", table
+
+
+def _fit(name: str, limit: int = 63) -> str:
+    """A name within PostgreSQL's 63 bytes; a cut name gets a hash so two cut names differ."""
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return name.encode()[: limit - 9].decode(errors="ignore") + "_" + digest
+
+
+def _embedder_config(embedder: Any) -> dict[str, Any]:
+    from .embedders import HashingEmbedder, MiniLMEmbedder, embedder_dimensions, embedder_identity
+
+    dims = embedder_dimensions(embedder)
+    cfg: dict[str, Any] = {"identity": embedder_identity(embedder), "dimensions": dims,
+                           "class": f"{type(embedder).__module__}.{type(embedder).__qualname__}"}
+    if isinstance(embedder, MiniLMEmbedder):
+        cfg.update(kind="default", backend=embedder.backend)
+    elif isinstance(embedder, HashingEmbedder):
+        cfg.update(kind="hashing")
+    elif type(embedder).__name__ == "OpenAIEmbeddings":
+        cfg.update(kind="openai", model=embedder.model,
+                   base_url=getattr(embedder, "openai_api_base", None),
+                   check_embedding_ctx_length=getattr(embedder, "check_embedding_ctx_length", True))
+        if getattr(embedder, "dimensions", None):
+            cfg["request_dimensions"] = embedder.dimensions
+    else:
+        cfg.update(kind="custom")
+    return cfg
+
+
+def _embedder_from_config(cfg: dict[str, Any]) -> Any:
+    kind = cfg.get("kind")
+    if kind == "default":
+        from .embedders import MiniLMEmbedder, default_embedder
+
+        return default_embedder() if cfg.get("backend", "onnx") == "onnx" else MiniLMEmbedder(
+            backend=cfg["backend"])
+    if kind == "hashing":
+        from .embedders import HashingEmbedder
+
+        return HashingEmbedder(cfg["dimensions"])
+    if kind == "openai":
+        from langchain_openai import OpenAIEmbeddings  # the API key comes from OPENAI_API_KEY
+
+        kwargs: dict[str, Any] = {"model": cfg["model"],
+                                  "check_embedding_ctx_length": cfg.get("check_embedding_ctx_length", True)}
+        if cfg.get("base_url"):
+            kwargs["base_url"] = cfg["base_url"]
+        if cfg.get("request_dimensions"):
+            kwargs["dimensions"] = cfg["request_dimensions"]
+        return OpenAIEmbeddings(**kwargs)
+    raise PgvzError(
+        f"this vectorizer embeds with {cfg.get('class')}, which pgvz_nb cannot rebuild by itself; "
+        "pass the same embedder: Vectorizer.open(db, name, embedder=...)"
+    )
+
+
+def _where_columns(where: str, columns: Sequence[str]) -> list[str]:
+    """Columns a ``where`` filter may read: every column whose name appears in it as a word
+    or quoted. Watching one too many costs a queue entry; one too few would lose changes."""
+    found = []
+    for c in columns:
+        plain = re.search(rf"(?<![\w$]){re.escape(c)}(?![\w$])", where, flags=re.IGNORECASE)
+        quoted = '"' + c.replace('"', '""') + '"' in where
+        if plain or quoted:
+            found.append(c)
+    return found
+
+
+class Vectorizer:
+    """Keeps ``<table>_embedding`` in sync with ``table`` through the built-in pipeline.
+
+    ``Vectorizer(db, "blog", template=..., chunk_column=...)`` only describes it; ``create()``
+    installs it (idempotent), ``sync()`` drains the queue. ``Vectorizer.open(db, name)``
+    rebuilds the same one from the catalog in another process.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        table: str,
+        *,
+        schema: str | None = None,
+        template: str | None = None,
+        chunk_column: str | None = None,
+        chunk_size: int = 1000,
+        chunk_overlap: int = 200,
+        metadata: Sequence[str] = (),
+        time_column: str | None = None,
+        where: str | None = None,
+        embedder: Any = None,
+        destination: str | None = None,
+        name: str | None = None,
+        batch_size: int = 64,
+        max_attempts: int = 5,
+    ) -> None:
+        from .pipeline import PipelineConfig
+
+        self.db = db
+        self.source: q.Rel = _split_table(table, schema)
+        if template is None:
+            if chunk_column is None:
+                raise PgvzError(
+                    "expected template= (for example 'Author {author}, title: {title}, "
+                    "contents:{chunk}') or chunk_column= (then the template is '{chunk}'); got neither"
+                )
+            template = "{chunk}"
+        if "{chunk}" in template and chunk_column is None:
+            raise PgvzError(
+                f"the template {template!r} uses {{chunk}} but no chunk_column= says which column "
+                "to split into chunks; pass chunk_column=, or name the column itself in the template"
+            )
+        if chunk_overlap >= chunk_size:
+            raise PgvzError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})")
+        if destination is None:
+            dest = (self.source[0], _fit(f"{self.source[1]}_embedding"))
+        else:
+            dest = _split_table(destination, None if "." in destination else self.source[0])
+        self.name = name or (dest[1] if dest[0] == "public" else f"{dest[0]}.{dest[1]}")
+        if embedder is None:
+            from .embedders import default_embedder
+
+            embedder = default_embedder()
+        self.embedder = embedder
+        self._max_attempts = max_attempts
+        self.config = PipelineConfig(
+            template=template, destination=list(dest), dest_keys=[], metadata_key=_fit(f"{self.source[1]}_id"),
+            embedder={}, chunk_column=chunk_column, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
+            metadata=list(metadata), time_column=time_column, where=where, batch_size=batch_size,
+        )
+        self._queue: Queue | None = None
+        self._pipeline = None
+        self._conn: psycopg.Connection | None = None
+
+    def __repr__(self) -> str:
+        state = "created" if self._queue is not None else "not created"
+        return (f"Vectorizer({self.name!r}, source={'.'.join(self.source)!r}, "
+                f"destination={'.'.join(self.config.destination)!r}, {state})")
+
+    @property
+    def destination(self) -> q.Rel:
+        return tuple(self.config.destination)  # type: ignore[return-value]
+
+    # --- catalog -------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, db: Database, name: str, *, embedder: Any = None) -> Vectorizer:
+        """The vectorizer called ``name`` as stored in the catalog, with its own embedder."""
+        from .pipeline import PipelineConfig
+
+        with db.connect() as conn:
+            queue = Queue.open(conn, name)
+        if queue.config.get("kind") != "pipeline":
+            raise PgvzError(
+                f"{name!r} is a callback vectorizer (Vectorize); open it with "
+                f"pgvz_nb.Vectorize(db, {queue.source[1]!r}, schema_name={queue.source[0]!r})"
+            )
+        self = cls.__new__(cls)
+        self.db = db
+        self.source = queue.source
+        self.name = name
+        self.config = PipelineConfig.from_json(queue.config["pipeline"])
+        self.embedder = embedder if embedder is not None else _embedder_from_config(self.config.embedder)
+        self._max_attempts = int(queue.policy["max_attempts"])
+        self._queue = queue
+        self._pipeline = None
+        self._conn = None
+        return self
+
+    def create(self, *, replace: bool = False) -> Vectorizer:
+        """Install catalog row, queue, triggers and destination, and queue every existing row.
+
+        Idempotent: with the same settings a second call changes nothing. ``replace=True``
+        drops this vectorizer and its destination first and rebuilds both.
+        """
+        cfg = self.config
+        try:
+            with self.db.connect(vector=True) as conn, conn.transaction():
+                conn.execute(q.install_lock())
+                Queue.ensure_catalog(conn)
+                columns = describe_table(conn, self.source)
+                self._validate(conn, columns)
+                keys = resolve_keys(conn, self.source, columns, None)
+                cfg.dest_keys = [cfg.metadata_key] if len(keys) == 1 else [
+                    _fit(f"{self.source[1]}_{k}") for k in keys]
+                cfg.dest_keys = [k + "_key" if k in q.DEST_FIXED else k for k in cfg.dest_keys]
+                cfg.embedder = _embedder_config(self.embedder)
+                existing = Queue.find(conn, self.name)
+                if existing is not None and replace:
+                    existing.drop(conn)
+                    conn.execute(q.drop_table(tuple(existing.config.get("pipeline", {}).get(
+                        "destination", cfg.destination))))
+                    existing = None
+                if existing is not None:
+                    self._check_same(existing)
+                self._prepare_destination(conn, existing, keys)
+                tag = hashlib.sha1(self.name.encode()).hexdigest()[:8]
+                base = re.sub(r"[^a-z0-9_]", "_", self.name.lower())[:30]
+                watched = list(dict.fromkeys(
+                    cfg.source_columns() + (_where_columns(cfg.where, list(columns)) if cfg.where else [])))
+                self._queue = Queue.register(
+                    conn,
+                    name=self.name,
+                    source=self.source,
+                    queue=("pgvz", f"q_{base}_{tag}"),
+                    inbox=("pgvz", f"i_{base}_{tag}"),
+                    failed=("pgvz", f"f_{base}_{tag}"),
+                    function=("pgvz", f"t_{base}_{tag}"),
+                    triggers={ev: f"pgvz_{tag}_{ev}" for ev in ("insert", "update", "delete", "truncate")},
+                    keys=keys,
+                    watched=watched,
+                    policy={"max_attempts": self._max_attempts},
+                    extra={"kind": "pipeline", "pipeline": cfg.to_json()},
+                )
+        except psycopg.Error as exc:
+            raise translate(exc, f"creating vectorizer {self.name!r} on {'.'.join(self.source)}") from exc
+        self._pipeline = None
+        return self
+
+    def _validate(self, conn: psycopg.Connection, columns: dict[str, tuple[str, bool]]) -> None:
+        from .pipeline import template_fields
+
+        cfg = self.config
+        where = ".".join(self.source)
+        missing = [f for f in template_fields(cfg.template) if f != "chunk" and f not in columns]
+        if missing:
+            raise NotFound(
+                f"the template names column(s) {missing}, which {where} does not have; "
+                f"its columns are {list(columns)}; write {{column}} with one of those"
+            )
+        for what, cols in (("chunk_column", [cfg.chunk_column] if cfg.chunk_column else []),
+                           ("metadata", cfg.metadata),
+                           ("time_column", [cfg.time_column] if cfg.time_column else [])):
+            bad = [c for c in cols if c not in columns]
+            if bad:
+                raise NotFound(f"{what} {bad} not found in {where}; its columns are {list(columns)}")
+        if cfg.time_column:
+            typ = columns[cfg.time_column][0]
+            if not (typ.startswith("timestamp") or typ == "date"):
+                raise PgvzError(
+                    f"time_column {cfg.time_column!r} is {typ}; expected a timestamp with time zone "
+                    "(or timestamp, date); time-based ids and time filters need a point in time"
+                )
+        if cfg.where:
+            try:
+                with conn.transaction():
+                    conn.execute(q.check_where(self.source, sql.SQL(cfg.where)))
+            except psycopg.Error as exc:
+                raise PgvzError(
+                    f"where={cfg.where!r} is not a valid SQL condition on {where}: "
+                    f"{str(exc).strip()}; expected a boolean expression over its columns, "
+                    "such as \"published_time IS NOT NULL\""
+                ) from None
+
+    def _check_same(self, existing: Queue) -> None:
+        old = existing.config.get("pipeline")
+        if existing.config.get("kind") != "pipeline" or old is None:
+            raise ConfigConflict(
+                f"{self.name!r} is already a callback vectorizer (Vectorize); pick another name="
+            )
+        new = self.config.to_json()
+        if old["embedder"]["dimensions"] != new["embedder"]["dimensions"]:
+            raise DimensionMismatch(
+                f"{'.'.join(old['destination'])} holds vectors of {old['embedder']['dimensions']} "
+                f"dimensions; this embedder makes {new['embedder']['dimensions']}; "
+                "to re-embed everything with it, create(replace=True) (drops and rebuilds the "
+                "destination), or give it its own destination= and name="
+            )
+        diff = sorted(k for k in new if new[k] != old.get(k))
+        if diff:
+            raise ConfigConflict(
+                f"vectorizer {self.name!r} exists with other settings ({', '.join(diff)} differ: "
+                f"stored {[old.get(k) for k in diff]}, asked {[new[k] for k in diff]}); "
+                "use Vectorizer.open(db, name) to use it as it is, or create(replace=True) to rebuild it"
+            )
+
+    def _prepare_destination(self, conn: psycopg.Connection, existing: Queue | None,
+                             keys: list[str]) -> None:
+        cfg = self.config
+        dest = self.destination
+        dims = cfg.embedder["dimensions"]
+        for other in Queue.list_all(conn):
+            pipe = other.config.get("pipeline")
+            if other.name != self.name and pipe and tuple(pipe["destination"]) == dest:
+                raise ConfigConflict(
+                    f"{'.'.join(dest)} is already the destination of vectorizer {other.name!r}; "
+                    "two vectorizers cannot write one table: give this one destination=..."
+                )
+        found = conn.execute(q.collection_dimensions(), list(dest)).fetchone()
+        if found is None:
+            if conn.execute(q.find_relation(), list(dest)).fetchone() is not None:
+                raise ConfigConflict(
+                    f"{'.'.join(dest)} exists but is not an embedding table (no embedding column); "
+                    "choose another destination="
+                )
+            conn.execute(q.create_destination(dest, self.source, keys, cfg.dest_keys, dims))
+            return
+        if found[0] != dims:
+            raise DimensionMismatch(
+                f"{'.'.join(dest)} holds vector({found[0]}); this embedder makes {dims} dimensions; "
+                "use an embedder of the same size, or create(replace=True) to drop and re-embed, "
+                "or give this vectorizer its own destination="
+            )
+        types = dict(conn.execute(q.column_types(), list(dest)).fetchall())
+        if existing is None and not set(cfg.dest_keys + ["chunk_hash"]) <= set(types):
+            raise ConfigConflict(
+                f"{'.'.join(dest)} exists but was not made by a pgvz_nb Vectorizer (it lacks "
+                f"{[c for c in cfg.dest_keys + ['chunk_hash'] if c not in types]}); choose another "
+                "destination=, or drop that table"
+            )
+
+    # --- running ------------------------------------------------------------------------
+
+    def _ready(self):
+        from .pipeline import Pipeline, PipelineConfig
+
+        if self._queue is None:
+            raise NotFound(f"vectorizer {self.name!r} is not created yet; call create() first")
+        if self._conn is None or self._conn.closed or self._conn.broken:
+            self._conn = self.db.connect(vector=True)
+        if self._pipeline is None:
+            self.config = PipelineConfig.from_json(self._queue.config["pipeline"])
+            self._pipeline = Pipeline(self._queue, self.config, self.embedder)
+        return self._queue, self._pipeline, self._conn
+
+    def process(self, batch_size: int | None = None) -> tuple[ProcessResult, Any]:
+        """One claim-embed-write round; returns (result, stats)."""
+        from .pipeline import SyncStats
+
+        queue, pipe, conn = self._ready()
+        total = SyncStats()
+
+        def handler(rows: list[ClaimedRow]) -> None:
+            part = SyncStats()
+            pipe.handle(conn, rows, part)
+            for f in ("rows", "chunks", "embedded", "unchanged", "embed_calls"):
+                setattr(total, f, getattr(total, f) + getattr(part, f))
+            total.embed_seconds += part.embed_seconds
+
+        where = sql.SQL(self.config.where) if self.config.where else None
+        try:
+            result = queue.process(conn, handler, limit=batch_size or self.config.batch_size,
+                                   columns=self.config.source_columns(), where=where)
+        except psycopg.Error as exc:
+            raise translate(exc, f"syncing {self.name!r}") from exc
+        return result, total
+
+    def sync(self, *, progress: bool = True, max_batches: int | None = None) -> SyncReport:
+        """Drain the queue; a progress bar shows rows, rate and ETA. Returns a SyncReport."""
+        queue, _, conn = self._ready()
+        with conn.transaction():
+            pending = queue.state(conn).rows
+        report = SyncReport()
+        t0 = time.perf_counter()
+        bar = _progress(pending, self.name) if progress and pending else None
+        batches = 0
+        try:
+            while max_batches is None or batches < max_batches:
+                result, stats = self.process()
+                batches += 1
+                if result.claimed == 0:
+                    report.answer = result.answer
+                    break
+                report.processed += result.succeeded
+                report.failed += len(result.failed_keys)
+                report.embedded += stats.embedded
+                report.unchanged += stats.unchanged
+                report.embed_calls += stats.embed_calls
+                report.embed_seconds += stats.embed_seconds
+                if bar is not None:
+                    if bar.n + result.claimed > bar.total:
+                        bar.total = bar.n + result.claimed
+                    bar.update(result.claimed)
+            else:
+                report.answer = "stopped"
+        finally:
+            if bar is not None:
+                bar.close()
+        report.seconds = time.perf_counter() - t0
+        self.last_report = report
+        return report
+
+    # --- views -------------------------------------------------------------------------
+
+    def status(self) -> pd.DataFrame:
+        """One row: queue counts, embedded chunks and source coverage, oldest pending age."""
+        import pandas as pd
+
+        queue, _, conn = self._ready()
+        with conn.transaction():
+            st = queue.state(conn)
+            chunks = conn.execute(q.count_rows(self.destination)).fetchone()[0]
+            covered = conn.execute(q.count_distinct(self.destination, self.config.dest_keys)).fetchone()[0]
+            where = sql.SQL(self.config.where) if self.config.where else None
+            source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
+        now = datetime.now(timezone.utc)
+        return pd.DataFrame([{
+            "name": self.name, "source": ".".join(self.source),
+            "destination": ".".join(self.destination),
+            "pending": st.rows, "claimable": st.claimable, "retrying": st.retrying, "failed": st.failed,
+            "embedded_chunks": chunks, "embedded_rows": covered, "source_rows": source_rows,
+            "coverage_pct": round(100.0 * covered / source_rows, 1) if source_rows else 100.0,
+            "oldest_pending_age": (now - st.oldest) if st.oldest else pd.NaT,
+            "next_retry": st.next_retry,
+        }])
+
+    def queue(self, limit: int = 1000) -> pd.DataFrame:
+        """Pending keys, oldest first (inbox included)."""
+        import pandas as pd
+
+        queue, _, conn = self._ready()
+        with conn.transaction():
+            names, rows = queue.pending(conn, limit)
+        return pd.DataFrame.from_records(rows, columns=names)
+
+    def errors(self) -> pd.DataFrame:
+        """Keys that used up their attempts, with the last error."""
+        queue, _, conn = self._ready()
+        with conn.transaction():
+            cur = conn.execute(q.failed_rows(queue.failed, queue.keys))
+            from .frames import from_cursor
+
+            return from_cursor(cur)
+
+    def retry_failed(self) -> int:
+        """Put every failed key back in the queue with fresh attempts."""
+        queue, _, conn = self._ready()
+        return queue.retry_failed(conn)
+
+    def search(self, query: str, k: int = 5, *, filter: dict[str, Any] | None = None,
+               start: datetime | None = None, end: datetime | None = None,
+               hybrid: bool = False) -> pd.DataFrame:
+        """Nearest chunks to ``query`` as a DataFrame: rank, distance, contents, one column per
+        metadata key, id (and score with ``hybrid=True``)."""
+        from .search import search_frame
+
+        _, _, conn = self._ready()
+        if (start or end) and not self.config.time_column:
+            raise PgvzError("start/end filter on time, but this vectorizer has no time_column; "
+                            "create it with time_column= to get time-based ids")
+        with conn.transaction():
+            return search_frame(conn, self.destination, self.embedder.embed_query(query), query, k,
+                                filter=filter, start=start, end=end, hybrid=hybrid)
+
+    def create_index(self, *, hybrid: bool = False) -> None:
+        """An HNSW index for cosine search (and, with ``hybrid``, a full-text GIN index)."""
+        _, _, conn = self._ready()
+        with conn.transaction():
+            conn.execute(q.create_hnsw_index(self.destination))
+            if hybrid:
+                conn.execute(q.create_fts_index(self.destination))
+
+    def drop(self, *, keep_destination: bool = False) -> None:
+        """Remove triggers, queue, catalog row and (unless kept) the destination table."""
+        queue, _, conn = self._ready()
+        queue.drop(conn)
+        if not keep_destination:
+            with conn.transaction():
+                conn.execute(q.drop_table(self.destination))
+        self.close()
+        self._queue = None
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+
+def _progress(total: int, name: str):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tqdm.auto warns when ipywidgets is missing
+        from tqdm.auto import tqdm
+    return tqdm(total=total, desc=f"sync {name}", unit="row", dynamic_ncols=True)
+
+
+def vectorizers(db: Database) -> pd.DataFrame:
+    """Every vectorizer in the database, one row each."""
+    import pandas as pd
+
+    with db.connect() as conn:
+        rows = Queue.list_all(conn)
+    return pd.DataFrame([{
+        "name": v.name, "kind": v.config.get("kind", "callback"), "source": ".".join(v.source),
+        "destination": ".".join(v.config["pipeline"]["destination"]) if "pipeline" in v.config else None,
+        "embedder": v.config["pipeline"]["embedder"]["identity"] if "pipeline" in v.config else None,
+        "dimensions": v.config["pipeline"]["embedder"]["dimensions"] if "pipeline" in v.config else None,
+        "created_at": v.created_at,
+    } for v in rows], columns=["name", "kind", "source", "destination", "embedder", "dimensions",
+                               "created_at"])

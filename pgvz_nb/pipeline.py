@@ -1,0 +1,279 @@
+"""The built-in embed-and-write: format, chunk, hash, embed only what changed, write.
+
+It runs inside the claim's transaction (``Queue.process``), so the dequeue, the delete of
+a key's old chunks and the binary COPY of its new ones commit together or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import string
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import sql as q
+from .queue import ClaimedRow, Queue
+from .uuids import time_from_uuid, uuid_from_time
+
+__all__ = ["PipelineConfig", "Pipeline", "SyncStats", "template_fields"]
+
+
+def template_fields(template: str) -> list[str]:
+    """The ``{names}`` a template uses, in order, without repeats."""
+    names = []
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name is not None:
+            base = name.split(".")[0].split("[")[0]
+            if base and base not in names:
+                names.append(base)
+    return names
+
+
+class _Formatter(string.Formatter):
+    def format_field(self, value: Any, format_spec: str) -> str:
+        if value is None:
+            return ""
+        if isinstance(value, (dict, list)):
+            return json.dumps(value, default=str, ensure_ascii=False)
+        return super().format_field(value, format_spec)
+
+
+_FORMATTER = _Formatter()
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Decimal):
+        return float(value)
+    if isinstance(value, (uuid.UUID, bytes, memoryview)):
+        return str(value) if isinstance(value, uuid.UUID) else bytes(value).hex()
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    return value
+
+
+@dataclass
+class PipelineConfig:
+    """What the pipeline does, as stored in the catalog (``config["pipeline"]``)."""
+
+    template: str
+    destination: list[str]  # [schema, table]
+    dest_keys: list[str]  # destination columns holding the source key
+    metadata_key: str  # metadata entry holding the source key, e.g. "blog_id"
+    embedder: dict[str, Any]  # kind, identity, dimensions (+ model, base_url for openai)
+    chunk_column: str | None = None
+    chunk_size: int = 1000
+    chunk_overlap: int = 200
+    metadata: list[str] = field(default_factory=list)
+    time_column: str | None = None
+    where: str | None = None
+    batch_size: int = 64
+
+    def source_columns(self) -> list[str]:
+        """The source columns the pipeline reads (and so the triggers watch)."""
+        cols = [c for c in template_fields(self.template) if c != "chunk"]
+        for extra in (self.chunk_column, self.time_column, *self.metadata):
+            if extra and extra not in cols:
+                cols.append(extra)
+        return cols
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PipelineConfig:
+        return cls(**data)
+
+
+@dataclass
+class SyncStats:
+    """Counts a sync adds up."""
+
+    rows: int = 0  # keys processed (live, deleted or filtered out)
+    chunks: int = 0  # chunks written
+    embedded: int = 0  # chunks sent to the model
+    unchanged: int = 0  # chunks whose stored vector was reused
+    embed_calls: int = 0
+    embed_seconds: float = 0.0
+
+
+@dataclass
+class _Chunk:
+    seq: int
+    text: str
+    hash: str
+    metadata: dict[str, Any]
+    time: datetime | None
+
+
+class Pipeline:
+    """Turns claimed rows into destination rows (see module docs)."""
+
+    def __init__(self, queue: Queue, config: PipelineConfig, embedder: Any):
+        self.queue = queue
+        self.config = config
+        self.embedder = embedder
+        self.dest: q.Rel = tuple(config.destination)  # type: ignore[assignment]
+        self.identity = config.embedder["identity"]
+        self._splitter = None
+        if config.chunk_column:
+            from langchain_text_splitters import RecursiveCharacterTextSplitter
+
+            self._splitter = RecursiveCharacterTextSplitter(
+                chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap
+            )
+        self._copy_types: list[int] | None = None
+
+    # --- pure parts ----------------------------------------------------------------------
+
+    def chunks(self, key: tuple, values: dict[str, Any]) -> list[_Chunk]:
+        """The formatted chunks of one source row, each with its hash and metadata."""
+        cfg = self.config
+        if self._splitter is not None:
+            text = values.get(cfg.chunk_column)
+            pieces = self._splitter.split_text(str(text)) if text not in (None, "") else [""]
+        else:
+            pieces = [""]
+        key_value = key[0] if len(key) == 1 else list(key)
+        meta = {c: _jsonable(values.get(c)) for c in cfg.metadata}
+        meta[cfg.metadata_key] = _jsonable(key_value)
+        when = values.get(cfg.time_column) if cfg.time_column else None
+        out = []
+        for seq, piece in enumerate(pieces):
+            formatted = _FORMATTER.format(cfg.template, **{**values, "chunk": piece})
+            if not formatted.strip():
+                continue  # nothing to embed: a NULL or empty text with an empty template
+            digest = hashlib.sha256(f"{self.identity}\x00{formatted}".encode()).hexdigest()
+            out.append(_Chunk(seq, formatted, digest, meta, when))
+        return out
+
+    # --- the handler ---------------------------------------------------------------------
+
+    def handle(self, conn: psycopg.Connection, rows: list[ClaimedRow], stats: SyncStats) -> None:
+        """Bring the destination in line with ``rows`` (inside the claim's transaction)."""
+        keys_json = self._keys_json([r.key for r in rows])
+        existing: dict[tuple, list[tuple]] = {}
+        nk = len(self.config.dest_keys)
+        for rec in conn.execute(
+            q.destination_rows(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
+            {"keys": keys_json},
+        ):
+            existing.setdefault(tuple(rec[:nk]), []).append(rec[nk:])  # (id, seq, hash, metadata)
+
+        wanted: dict[tuple, list[_Chunk]] = {}
+        for r in rows:
+            live = not r.deleted and r.values.get("pgvz_where", True)
+            wanted[r.key] = self.chunks(r.key, r.values) if live else []
+
+        changed = []
+        for key, chunks in wanted.items():
+            old = sorted(existing.get(key, []), key=lambda e: e[1])
+            same = len(old) == len(chunks) and all(
+                o[2] == c.hash and o[3] == c.metadata and self._id_fits(o[0], c)
+                for o, c in zip(old, chunks)
+            )
+            if same:
+                stats.unchanged += len(chunks)
+            else:
+                changed.append(key)
+        stats.rows += len(rows)
+        if not changed:
+            return
+
+        # vectors: reuse any stored one with the same hash (same text, same model)
+        by_hash: dict[str, uuid.UUID] = {}
+        ids_for_reuse: dict[tuple, dict[str, list[uuid.UUID]]] = {}
+        for key, olds in existing.items():
+            for id_, _seq, h, _meta in olds:
+                by_hash.setdefault(h, id_)
+                ids_for_reuse.setdefault(key, {}).setdefault(h, []).append(id_)
+        needed = {c.hash for k in changed for c in wanted[k]}
+        reuse_ids = [by_hash[h] for h in needed if h in by_hash]
+        vectors: dict[str, np.ndarray] = {}
+        if reuse_ids:
+            stored = dict(conn.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
+            for h in needed:
+                if h in by_hash and by_hash[h] in stored:
+                    vectors[h] = np.asarray(stored[by_hash[h]], dtype=np.float32)
+        texts: dict[str, str] = {}
+        for k in changed:
+            for c in wanted[k]:
+                if c.hash not in vectors:
+                    texts.setdefault(c.hash, c.text)
+        if texts:
+            import time
+
+            t0 = time.perf_counter()
+            embedded = self._embed(list(texts.values()))
+            stats.embed_seconds += time.perf_counter() - t0
+            stats.embed_calls += 1
+            stats.embedded += len(texts)
+            vectors.update(zip(texts.keys(), embedded))
+        stats.unchanged += sum(1 for k in changed for c in wanted[k] if c.hash not in texts)
+
+        changed_json = self._keys_json(changed)
+        conn.execute(
+            q.destination_delete(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
+            {"keys": changed_json},
+        )
+        self._write(conn, [(k, wanted[k]) for k in changed], vectors, ids_for_reuse)
+        stats.chunks += sum(len(wanted[k]) for k in changed)
+
+    def _id_fits(self, id_: uuid.UUID, chunk: _Chunk) -> bool:
+        """A stored id can be kept unless the time it encodes is no longer the row's."""
+        if not self.config.time_column or chunk.time is None:
+            return True
+        return id_.version == 1 and time_from_uuid(id_) == chunk.time
+
+    def _embed(self, texts: list[str]) -> np.ndarray:
+        if hasattr(self.embedder, "encode"):
+            arr = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+        else:
+            arr = np.asarray(self.embedder.embed_documents(texts), dtype=np.float32)
+        dims = self.config.embedder["dimensions"]
+        if arr.shape != (len(texts), dims):
+            from .errors import DimensionMismatch
+
+            raise DimensionMismatch(
+                f"the embedder returned vectors of shape {arr.shape[1:]}, expected ({dims},) "
+                f"for {'.'.join(self.dest)}; use an embedder of {dims} dimensions or "
+                "recreate the vectorizer with replace=True"
+            )
+        return arr
+
+    def _keys_json(self, keys: Sequence[tuple]) -> Jsonb:
+        rows = [dict(zip(self.queue.keys, k)) for k in keys]
+        return Jsonb(rows, dumps=lambda o: json.dumps(o, default=str))
+
+    def _write(self, conn, items, vectors, ids_for_reuse) -> None:
+        if self._copy_types is None:
+            types = dict(conn.execute(q.column_types(), list(self.dest)).fetchall())
+            self._copy_types = [types[c] for c in
+                                ("id", "metadata", "contents", "embedding", *self.config.dest_keys,
+                                 "chunk_seq", "chunk_hash")]
+        with conn.cursor().copy(q.destination_copy(self.dest, self.config.dest_keys)) as copy:
+            copy.set_types(self._copy_types)
+            for key, chunks in items:
+                spare = {h: list(ids) for h, ids in ids_for_reuse.get(key, {}).items()}
+                for c in chunks:
+                    id_ = None
+                    for candidate in spare.get(c.hash, []):
+                        if self._id_fits(candidate, c):
+                            id_ = candidate
+                            spare[c.hash].remove(candidate)
+                            break
+                    if id_ is None:
+                        id_ = uuid_from_time(c.time) if c.time is not None else uuid.uuid4()
+                    copy.write_row((id_, Jsonb(c.metadata), c.text, vectors[c.hash], *key, c.seq, c.hash))
