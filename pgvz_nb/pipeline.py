@@ -206,7 +206,9 @@ class Pipeline:
             stored = dict(conn.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
             for h in needed:
                 if h in by_hash and by_hash[h] in stored:
-                    vectors[h] = np.asarray(stored[by_hash[h]], dtype=np.float32)
+                    vec = stored[by_hash[h]]
+                    vectors[h] = np.asarray(vec.to_numpy() if hasattr(vec, "to_numpy") else vec,
+                                            dtype=np.float32)
         texts: dict[str, str] = {}
         for k in changed:
             for c in wanted[k]:

@@ -15,10 +15,10 @@ from . import sql as q
 from .errors import DimensionMismatch, PgvzError
 from .frames import search_frame as search_frame_from_rows
 
-__all__ = ["Collection", "search_frame"]
+__all__ = ["Collection", "search_frame", "search_rows"]
 
 
-def search_frame(
+def search_rows(
     conn: psycopg.Connection,
     rel: q.Rel,
     query_embedding: Sequence[float],
@@ -29,9 +29,9 @@ def search_frame(
     start: Any = None,
     end: Any = None,
     hybrid: bool = False,
-) -> pd.DataFrame:
-    """k nearest rows of a collection-layout table as a DataFrame (rank, distance, contents,
-    metadata keys, id; ``score`` too when hybrid)."""
+) -> list[tuple]:
+    """k nearest rows of a collection-layout table: (distance, contents, metadata, id) tuples,
+    plus the fused ``score`` when ``hybrid``."""
     if k < 1:
         raise PgvzError(f"k must be at least 1, got {k}")
     if filter is not None and not isinstance(filter, dict):
@@ -44,10 +44,15 @@ def search_frame(
         "text": query_text, "pool": max(int(k) * 4, 40),
     }
     stmt = q.search(rel, hybrid=hybrid, time_range=start is not None or end is not None)
-    cur = conn.execute(stmt, params)
-    rows = cur.fetchall()
+    return conn.execute(stmt, params).fetchall()
+
+
+def search_frame(conn: psycopg.Connection, rel: q.Rel, query_embedding: Sequence[float],
+                 query_text: str | None, k: int = 5, **options: Any) -> pd.DataFrame:
+    """``search_rows`` as a DataFrame: rank, distance, (score,) contents, metadata keys, id."""
+    rows = search_rows(conn, rel, query_embedding, query_text, k, **options)
     frame = search_frame_from_rows([r[:4] for r in rows])
-    if hybrid:
+    if options.get("hybrid"):
         frame.insert(2, "score", [float(r[4]) for r in rows])
     return frame
 

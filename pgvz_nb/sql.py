@@ -526,6 +526,10 @@ def collection_delete_by_metadata(table: Rel) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE metadata @> ANY (%s::jsonb[])").format(ident(table))
 
 
+def collection_delete_ids(table: Rel) -> sql.Composed:
+    return sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(ident(table))
+
+
 def collection_copy(table: Rel) -> sql.Composed:
     """Binary COPY: about five times text COPY for vector rows (FACTS.md)."""
     return sql.SQL(

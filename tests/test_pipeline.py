@@ -1,0 +1,251 @@
+"""The built-in pipeline (Vectorizer) with the real default model, against the real server."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import datetime, timezone
+
+import numpy as np
+import pytest
+from psycopg import sql
+
+import pgvz_nb as pgvz
+from pgvz_nb.embedders import HashingEmbedder, MiniLMEmbedder, default_embedder
+from pgvz_nb.errors import ConfigConflict, DimensionMismatch, NotFound, PgvzError
+from pgvz_nb.sample import BLOG_POSTS, load_blog
+from pgvz_nb.uuids import time_from_uuid
+
+TEMPLATE = "Author {author}, title: {title}, contents:{chunk}"
+
+
+class Counting(MiniLMEmbedder):
+    """The real default model, counting what it is asked to embed."""
+
+    def __init__(self):
+        self.__dict__.update(default_embedder().__dict__)
+        self.calls = 0
+        self.texts = 0
+
+    def encode(self, texts):
+        self.calls += 1
+        self.texts += len(texts)
+        return super().encode(texts)
+
+
+def blog_vectorizer(db, schema, embedder=None, **kw):
+    load_blog(db, schema=schema)
+    opts = dict(template=TEMPLATE, chunk_column="contents", chunk_size=300, chunk_overlap=50,
+                metadata=["author", "category", "published_time"], time_column="published_time",
+                where="published_time IS NOT NULL", embedder=embedder)
+    opts.update(kw)
+    return pgvz.Vectorizer(db, f"{schema}.blog", **opts).create()
+
+
+def dest_rows(conn, schema, table="blog_embedding"):
+    return conn.execute(sql.SQL(
+        "SELECT blog_id, chunk_seq, chunk_hash, contents, metadata, id FROM {} ORDER BY blog_id, chunk_seq"
+    ).format(sql.Identifier(schema, table))).fetchall()
+
+
+def test_sync_embeds_published_posts_and_cats_come_first(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    report = v.sync(progress=False)
+    published = [i + 1 for i, p in enumerate(BLOG_POSTS) if p[3] is not None]
+    assert report.processed == len(BLOG_POSTS) and report.failed == 0 and report.answer == "empty"
+    rows = dest_rows(conn, schema)
+    assert sorted({r[0] for r in rows}) == published  # drafts (NULL published_time) get nothing
+    assert report.embedded == len(rows)
+    assert all(r[4]["blog_id"] == r[0] and "author" in r[4] for r in rows)
+    hits = v.search("Blogs about cats", k=3)
+    assert list(hits.columns[:3]) == ["rank", "distance", "contents"]
+    assert "cats" in hits["contents"][0].lower() and hits["blog_id"][0] == 1
+    assert hits["distance"].is_monotonic_increasing
+    v.close()
+
+
+def test_create_is_idempotent_and_refuses_other_settings(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    again = pgvz.Vectorizer(db, f"{schema}.blog", template=TEMPLATE, chunk_column="contents",
+                            chunk_size=300, chunk_overlap=50, metadata=["author", "category", "published_time"],
+                            time_column="published_time", where="published_time IS NOT NULL").create()
+    assert pgvz.vectorizers(db).query("name == @v.name").shape[0] == 1
+    assert again.status()["pending"][0] == len(BLOG_POSTS), "a second create must not queue twice"
+    with pytest.raises(ConfigConflict, match="chunk_size"):
+        pgvz.Vectorizer(db, f"{schema}.blog", template=TEMPLATE, chunk_column="contents",
+                        chunk_size=500, chunk_overlap=50, metadata=["author", "category", "published_time"],
+                        time_column="published_time", where="published_time IS NOT NULL").create()
+    v.close(), again.close()
+
+
+def test_unrelated_updates_cost_no_embedding_call(db, conn, schema):
+    counting = Counting()
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, views int DEFAULT 0)").format(
+        sql.Identifier(schema, "docs")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'document number ' || i FROM generate_series(1, 1000) i").format(
+        sql.Identifier(schema, "docs")))
+    v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=counting).create()
+    v.sync(progress=False)
+    before = counting.calls
+    for _ in range(2):  # 1,000 single-row updates of an unrelated column, twice
+        with db.connect() as c:
+            for i in range(1, 1001):
+                c.execute(sql.SQL("UPDATE {} SET views = views + 1 WHERE id = %s").format(
+                    sql.Identifier(schema, "docs")), [i])
+    report = v.sync(progress=False)
+    assert counting.calls == before and report.processed == 0 and report.embedded == 0
+    v.close()
+
+
+def test_unchanged_chunks_keep_their_vectors(db, conn, schema):
+    counting = Counting()
+    v = blog_vectorizer(db, schema, embedder=counting)
+    v.sync(progress=False)
+    before = {(r[0], r[1]): (r[2], r[5]) for r in dest_rows(conn, schema)}
+    blog = sql.Identifier(schema, "blog")
+    # metadata-only change: rows rewritten, nothing embedded
+    conn.execute(sql.SQL("UPDATE {} SET category = 'Animals' WHERE id = 2").format(blog))
+    calls = counting.texts
+    report = v.sync(progress=False)
+    assert counting.texts == calls and report.embedded == 0 and report.unchanged >= 1
+    after = {(r[0], r[1]): (r[2], r[5], r[4]) for r in dest_rows(conn, schema)}
+    assert all(after[k][2]["category"] == "Animals" for k in after if k[0] == 2)
+    assert all(after[k][:2] == before[k] for k in before), "hashes and ids must be kept"
+    # a rewrite of the same text: the trigger sees no change at all
+    conn.execute(sql.SQL("UPDATE {} SET contents = contents || '' WHERE id = 2").format(blog))
+    assert v.status()["pending"][0] == 0
+    # change the tail of a two-chunk post: only the changed chunk is embedded
+    n2 = sum(1 for k in before if k[0] == 2)
+    assert n2 >= 2
+    conn.execute(sql.SQL("UPDATE {} SET contents = contents || ' Also: she loves boxes.' WHERE id = 2").format(blog))
+    report = v.sync(progress=False)
+    assert report.embedded == 1 and report.unchanged == n2 - 1
+    v.close()
+
+
+def test_rows_leaving_and_entering_where_lose_and_gain_vectors(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    v.sync(progress=False)
+    blog = sql.Identifier(schema, "blog")
+    conn.execute(sql.SQL("UPDATE {} SET published_time = NULL WHERE id = 1").format(blog))
+    draft = next(i + 1 for i, p in enumerate(BLOG_POSTS) if p[3] is None)
+    conn.execute(sql.SQL("UPDATE {} SET published_time = '2025-06-01' WHERE id = %s").format(blog), [draft])
+    v.sync(progress=False)
+    keys = {r[0] for r in dest_rows(conn, schema)}
+    assert 1 not in keys and draft in keys
+    st = v.status()
+    assert st["coverage_pct"][0] == 100.0
+    v.close()
+
+
+def test_deleted_and_truncated_rows_lose_their_vectors(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    v.sync(progress=False)
+    blog = sql.Identifier(schema, "blog")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(blog))
+    v.sync(progress=False)
+    assert 2 not in {r[0] for r in dest_rows(conn, schema)}
+    conn.execute(sql.SQL("TRUNCATE {}").format(blog))
+    v.sync(progress=False)
+    assert dest_rows(conn, schema) == []
+    v.close()
+
+
+def test_time_column_gives_time_uuids_and_time_filters(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    v.sync(progress=False)
+    for r in dest_rows(conn, schema):
+        assert r[5].version == 1
+        assert time_from_uuid(r[5]).isoformat() == r[4]["published_time"]
+    start = datetime(2023, 1, 1, tzinfo=timezone.utc)
+    end = datetime(2024, 1, 1, tzinfo=timezone.utc)
+    hits = v.search("travel by train", k=10, start=start, end=end)
+    assert len(hits) > 0
+    assert all("2023" in t for t in hits["published_time"])
+    v.close()
+
+
+def test_filter_and_hybrid_search(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    v.sync(progress=False)
+    travel = v.search("a long journey", k=5, filter={"category": "Travel"})
+    assert len(travel) > 0 and set(travel["category"]) == {"Travel"}
+    none = v.search("a long journey", k=5, filter={"category": "No such category"})
+    assert len(none) == 0
+    v.create_index(hybrid=True)
+    hybrid = v.search("sourdough starter", k=3, hybrid=True)
+    assert "score" in hybrid.columns and hybrid["score"].is_monotonic_decreasing
+    assert "sourdough" in hybrid["contents"][0].lower()
+    indexes = {r[0] for r in conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'blog_embedding'", [schema])}
+    assert any("hnsw" in i and "vector_cosine_ops" in i for i in indexes)
+    assert any("to_tsvector" in i for i in indexes)
+    v.close()
+
+
+def test_open_in_another_process_rebuilds_the_same_pipeline(db, conn, schema):
+    v = blog_vectorizer(db, schema)
+    code = (
+        "import sys, pgvz_nb as p\n"
+        "db = p.Database(sys.argv[1])\n"
+        "v = p.Vectorizer.open(db, sys.argv[2])\n"
+        "r = v.sync(progress=False)\n"
+        "print(r.processed, r.embedded, v.config.template)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code, db.dsn, v.name], capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    processed, embedded, template = out.stdout.split(" ", 2)
+    assert int(processed) == len(BLOG_POSTS) and template.strip() == TEMPLATE
+    assert len(dest_rows(conn, schema)) == int(embedded)
+    v.close()
+
+
+def test_failing_embedder_leaves_destination_and_queue_consistent(db, conn, schema):
+    class Picky(HashingEmbedder):
+        def embed_documents(self, texts):
+            if any("sourdough" in t.lower() for t in texts):
+                raise RuntimeError("cannot embed bread")
+            return super().embed_documents(texts)
+
+    v = blog_vectorizer(db, schema, embedder=Picky(), name="picky")
+    report = v.sync(progress=False)
+    assert report.failed == 1 and report.answer == "waiting"
+    keys = {r[0] for r in dest_rows(conn, schema)}
+    bread = next(i + 1 for i, p in enumerate(BLOG_POSTS) if "Sourdough" in p[0])
+    assert bread not in keys and len(keys) == sum(1 for p in BLOG_POSTS if p[3] is not None) - 1
+    pending = v.queue()
+    assert list(pending["id"]) == [bread] and "cannot embed bread" in pending["last_error"][0]
+    v.close()
+
+
+def test_errors_name_what_was_expected(db, conn, schema):
+    load_blog(db, schema=schema)
+    with pytest.raises(NotFound, match=r"\['writer'\].*its columns are"):
+        pgvz.Vectorizer(db, f"{schema}.blog", template="{writer}: {chunk}", chunk_column="contents").create()
+    with pytest.raises(PgvzError, match="not a valid SQL condition"):
+        pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", where="published_tim IS NULL").create()
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents").create()
+    with pytest.raises(DimensionMismatch) as info:
+        pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(128)).create()
+    assert "384" in str(info.value) and "128" in str(info.value) and "replace=True" in str(info.value)
+    with pytest.raises(ConfigConflict, match="already the destination"):
+        pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="title", name="another",
+                        destination=f"{schema}.blog_embedding").create()
+    # the way out works: replace=True rebuilds with the new size
+    w = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(128)).create(
+        replace=True)
+    w.sync(progress=False)
+    dims = conn.execute("SELECT vector_dims(embedding) FROM " + f'"{schema}".blog_embedding LIMIT 1').fetchone()
+    assert dims == (128,)
+    v.close(), w.close()
+
+
+def test_default_embedder_sorts_by_length_but_keeps_order():
+    e = default_embedder()
+    texts = ["a much longer text about cats and dogs and their habits", "short", "medium length text"]
+    together = e.encode(texts)
+    alone = np.stack([e.encode([t])[0] for t in texts])
+    assert np.allclose(together, alone, atol=1e-4)
+    assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    assert together.shape == (3, 384)
