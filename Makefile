@@ -11,11 +11,15 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) install -e .
 	touch $@
 
-# The original timescale_vector, to test and benchmark against: --no-deps, or it
-# builds psycopg2 from source (psycopg2-binary and asyncpg come with the test extra).
+# Tests also need: the original timescale_vector, to test against (--no-deps, or it
+# builds psycopg2 from source; psycopg2-binary and asyncpg come with the test extra), and
+# the sentence-transformers reference of the default model (CPU torch first, pinned, so
+# pip takes the local CPU build instead of a multi-GB CUDA one).
 $(VENV)/.test: $(VENV)/.core
 	$(PIP) install -e '.[test]'
 	$(PIP) install --no-deps 'timescale-vector==0.0.7'
+	$(PIP) install 'torch==2.13.0'
+	$(PIP) install -e '.[sentence-transformers]'
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime, timezone
 
 from psycopg import sql
 
 from .db import Database
+from .errors import PgvzError
 
-__all__ = ["BLOG_POSTS", "load_blog", "BLOG_DDL_COLUMNS"]
+__all__ = ["BLOG_POSTS", "BLOG_DDL_COLUMNS", "load_blog", "load_python_docs"]
 
 
 def _t(s: str) -> datetime:
@@ -154,3 +156,49 @@ def load_blog(db: Database, table: str = "blog", schema: str = "public", *, repl
                 BLOG_POSTS,
             )
     return len(BLOG_POSTS)
+
+
+def load_python_docs(db: Database, table: str = "python_docs", schema: str = "public", *,
+                     replace: bool = False, limit: int | None = None,
+                     topics: Sequence[str] | None = None) -> int:
+    """A larger real corpus: the 79 topics of CPython's language reference that ship with
+    Python itself (``pydoc_data.topics``, about 465k characters; ~640 chunks of 1000/200).
+
+    Table ``(id serial, topic text unique, title text, body text, updated_at timestamptz)``;
+    ``limit`` keeps the first n topics, ``topics`` names the ones to load (tutorials and
+    tests shrink their work with these).
+    """
+    from pydoc_data.topics import topics as all_topics
+
+    if topics is not None:
+        unknown = sorted(set(topics) - set(all_topics))
+        if unknown:
+            raise PgvzError(f"no topics {unknown} in pydoc_data.topics; it has {sorted(all_topics)}")
+        items = [(t, all_topics[t]) for t in topics]
+    else:
+        items = sorted(all_topics.items())
+    items = items[: limit if limit is not None else None]
+    target = sql.Identifier(schema, table)
+    with db.connect() as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL(
+            "CREATE TABLE IF NOT EXISTS {} (id serial PRIMARY KEY, topic text NOT NULL UNIQUE, "
+            "title text NOT NULL, body text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+        ).format(target))
+        if replace:
+            conn.execute(sql.SQL("DELETE FROM {}").format(target))
+        with conn.cursor() as cur:
+            cur.executemany(
+                sql.SQL("INSERT INTO {} (topic, title, body) VALUES (%s, %s, %s) "
+                        "ON CONFLICT (topic) DO UPDATE SET body = excluded.body").format(target),
+                [(name, _doc_title(text, name), text) for name, text in items],
+            )
+    return len(items)
+
+
+def _doc_title(text: str, name: str) -> str:
+    """The first non-empty line of a topic, which is its heading."""
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return name

@@ -1,0 +1,40 @@
+"""OpenAI embeddings through langchain-openai, against a loopback OpenAI-compatible server."""
+
+from __future__ import annotations
+
+import pytest
+
+import pgvz_nb as pgvz
+from pgvz_nb.sample import load_blog
+
+from .openai_server import FakeOpenAI
+
+langchain_openai = pytest.importorskip("langchain_openai")
+
+
+def test_vectorizer_with_openai_embeddings_honours_base_url(db, conn, schema, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    load_blog(db, schema=schema)
+    with FakeOpenAI() as server:
+        emb = langchain_openai.OpenAIEmbeddings(model="text-embedding-3-small", base_url=server.base_url,
+                                                check_embedding_ctx_length=False)
+        v = pgvz.Vectorizer(db, f"{schema}.blog", template="{title}: {chunk}", chunk_column="contents",
+                            metadata=["category"], embedder=emb).create()
+        report = v.sync(progress=False)
+        assert report.failed == 0 and report.embedded > 0
+        assert server.requests and all(r["path"] == "/v1/embeddings" for r in server.requests)
+        assert {r["auth"] for r in server.requests} == {"Bearer sk-test-key"}
+        assert {r["body"]["model"] for r in server.requests} == {"text-embedding-3-small"}
+        hits = v.search("Blogs about cats", k=2)
+        assert "cat" in hits["contents"][0].lower()
+        # another process would rebuild the same client from the catalog (the key from the env)
+        w = pgvz.Vectorizer.open(db, v.name)
+        assert type(w.embedder).__name__ == "OpenAIEmbeddings"
+        assert w.embedder.openai_api_base == server.base_url and w.embedder.model == "text-embedding-3-small"
+        conn.execute(f'UPDATE "{schema}".blog SET title = title || \'!\' WHERE id = 1')
+        seen = len(server.requests)
+        assert w.sync(progress=False).processed == 1
+        assert len(server.requests) > seen
+        config = conn.execute("SELECT config::text FROM pgvz.vectorizers WHERE name = %s", [v.name]).fetchone()[0]
+        assert "sk-test-key" not in config, "the API key must never be stored"
+        v.close(), w.close()
