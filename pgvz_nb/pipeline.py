@@ -9,6 +9,8 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import threading
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -135,6 +137,9 @@ class Pipeline:
                 chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap
             )
         self._copy_types: list[int] | None = None
+        # sync's lanes share one model: one batch is embedded at a time, while the other
+        # lane claims, reads or writes
+        self._model_lock = threading.Lock()
 
     # --- pure parts ----------------------------------------------------------------------
 
@@ -215,11 +220,10 @@ class Pipeline:
                 if c.hash not in vectors:
                     texts.setdefault(c.hash, c.text)
         if texts:
-            import time
-
-            t0 = time.perf_counter()
-            embedded = self._embed(list(texts.values()))
-            stats.embed_seconds += time.perf_counter() - t0
+            with self._model_lock:
+                t0 = time.perf_counter()
+                embedded = self._embed(list(texts.values()))
+                stats.embed_seconds += time.perf_counter() - t0
             stats.embed_calls += 1
             stats.embedded += len(texts)
             vectors.update(zip(texts.keys(), embedded))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import threading
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -613,11 +614,14 @@ class Vectorizer:
             self._pipeline = Pipeline(self._queue, self.config, self.embedder)
         return self._queue, self._pipeline, self._conn
 
-    def process(self, batch_size: int | None = None) -> tuple[ProcessResult, Any]:
-        """One claim-embed-write round; returns (result, stats)."""
+    def process(self, batch_size: int | None = None, *,
+                conn: psycopg.Connection | None = None) -> tuple[ProcessResult, Any]:
+        """One claim-embed-write round; returns (result, stats). ``conn``: another connection
+        to run it on (sync's second lane), else the vectorizer's own."""
         from .pipeline import SyncStats
 
-        queue, pipe, conn = self._ready()
+        queue, pipe, own = self._ready()
+        conn = conn or own
         total = SyncStats()
 
         def handler(rows: list[ClaimedRow]) -> None:
@@ -635,37 +639,79 @@ class Vectorizer:
             raise translate(exc, f"syncing {self.name!r}") from exc
         return result, total
 
-    def sync(self, *, progress: bool = True, max_batches: int | None = None) -> SyncReport:
-        """Drain the queue; a progress bar shows rows, rate and ETA. Returns a SyncReport."""
+    def sync(self, *, progress: bool = True, max_batches: int | None = None,
+             lanes: int = 2) -> SyncReport:
+        """Drain the queue; a progress bar shows rows, rate and ETA. Returns a SyncReport.
+
+        With ``lanes=2`` two claims run at once on two connections, and the model is lent to
+        one at a time: while one batch is being embedded, the next one is claimed and read,
+        and the previous one written, so the model does not wait for the database.
+        """
         queue, _, conn = self._ready()
         with conn.transaction():
             pending = queue.state(conn).rows
         report = SyncReport()
         t0 = time.perf_counter()
         bar = _progress(pending, self.name) if progress and pending else None
-        batches = 0
+        lock = threading.Lock()
+        budget = [max_batches]
+        active = [max(1, lanes)]
+        errors: list[BaseException] = []
+
+        def lane(lane_conn: psycopg.Connection | None) -> None:
+            try:
+                while True:
+                    with lock:
+                        if budget[0] is not None:
+                            if budget[0] <= 0:
+                                report.answer = "stopped"
+                                return
+                            budget[0] -= 1
+                        if errors:
+                            return
+                    result, stats = self.process(conn=lane_conn)
+                    with lock:
+                        if result.claimed == 0:
+                            # another lane still holding keys: they may come back (busy)
+                            if result.answer == "busy" and active[0] > 1:
+                                pass
+                            else:
+                                report.answer = result.answer
+                                return
+                        report.processed += result.succeeded
+                        report.failed += len(result.failed_keys)
+                        report.embedded += stats.embedded
+                        report.unchanged += stats.unchanged
+                        report.embed_calls += stats.embed_calls
+                        report.embed_seconds += stats.embed_seconds
+                        if bar is not None and result.claimed:
+                            if bar.n + result.claimed > bar.total:
+                                bar.total = bar.n + result.claimed
+                            bar.update(result.claimed)
+                    if result.claimed == 0:
+                        time.sleep(0.05)
+            except BaseException as exc:  # surfaced in the calling thread below
+                with lock:
+                    errors.append(exc)
+            finally:
+                with lock:
+                    active[0] -= 1
+
+        extra = [self.db.connect(vector=True) for _ in range(max(1, lanes) - 1)]
+        threads = [threading.Thread(target=lane, args=(c,), daemon=True) for c in extra]
         try:
-            while max_batches is None or batches < max_batches:
-                result, stats = self.process()
-                batches += 1
-                if result.claimed == 0:
-                    report.answer = result.answer
-                    break
-                report.processed += result.succeeded
-                report.failed += len(result.failed_keys)
-                report.embedded += stats.embedded
-                report.unchanged += stats.unchanged
-                report.embed_calls += stats.embed_calls
-                report.embed_seconds += stats.embed_seconds
-                if bar is not None:
-                    if bar.n + result.claimed > bar.total:
-                        bar.total = bar.n + result.claimed
-                    bar.update(result.claimed)
-            else:
-                report.answer = "stopped"
+            for t in threads:
+                t.start()
+            lane(None)
+            for t in threads:
+                t.join()
         finally:
+            for c in extra:
+                c.close()
             if bar is not None:
                 bar.close()
+        if errors:
+            raise errors[0]
         report.seconds = time.perf_counter() - t0
         self.last_report = report
         return report
