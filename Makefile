@@ -33,6 +33,7 @@ test: $(VENV)/.test
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/write_overhead.py
+	$(PY) benchmarks/model_efficiency.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
