@@ -214,10 +214,15 @@ def create_inbox(inbox: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
     aggs = sql.SQL(", ").join(
         sql.SQL("array_agg({k}) AS {k}").format(k=sql.Identifier(k)) for k in keys
     )
+    # EXTERNAL: a bulk statement's key array is read once and deleted; compressing it
+    # would only slow the writer down
+    uncompressed = sql.SQL(", ").join(
+        sql.SQL("ALTER COLUMN {} SET STORAGE EXTERNAL").format(sql.Identifier(k)) for k in keys
+    )
     return sql.SQL(
         "CREATE TABLE {inbox} AS SELECT {aggs} FROM {source} WITH NO DATA; "
-        "ALTER TABLE {inbox} ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now()"
-    ).format(inbox=ident(inbox), source=ident(source), aggs=aggs)
+        "ALTER TABLE {inbox} ADD COLUMN queued_at timestamptz NOT NULL DEFAULT now(), {uncompressed}"
+    ).format(inbox=ident(inbox), source=ident(source), aggs=aggs, uncompressed=uncompressed)
 
 
 def trigger_body(
