@@ -15,6 +15,8 @@ __all__ = [
     "InvalidName",
     "ConfigConflict",
     "DimensionMismatch",
+    "RowError",
+    "EmbeddingUnavailable",
     "CallbackFailed",
     "DatabaseError",
     "translate",
@@ -59,6 +61,18 @@ class ConfigConflict(PgvzError):
 
 class DimensionMismatch(PgvzError):
     """Vectors of one size were given for a destination that holds another."""
+
+
+class RowError(PgvzError):
+    """One source row cannot be embedded as configured (retrying will not help)."""
+
+    pgvz_permanent = True
+
+
+class EmbeddingUnavailable(PgvzError):
+    """The embedding service kept failing with transient errors; the batch waits and retries."""
+
+    pgvz_whole_batch = True
 
 
 class CallbackFailed(PgvzError):

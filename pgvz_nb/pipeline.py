@@ -82,6 +82,8 @@ class PipelineConfig:
     time_column: str | None = None
     where: str | None = None
     batch_size: int = 64
+    max_chunks: int = 500  # per source row; more is a RowError (a 1 MB text, say)
+    transient_budget: float = 120.0  # seconds to wait out a rate limit or a 5xx per batch
 
     def source_columns(self) -> list[str]:
         """The source columns the pipeline reads (and so the triggers watch)."""
@@ -120,6 +122,34 @@ class _Chunk:
     time: datetime | None
 
 
+_TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+_TRANSIENT_NAMES = {"APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
+                    "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
+
+
+def transient_wait(exc: BaseException, attempt: int, base: float = 1.0, cap: float = 30.0) -> float | None:
+    """Seconds to wait before retrying after ``exc``, or None if retrying cannot help.
+
+    Transient: HTTP 408/409/425/429/5xx, timeouts and dropped connections (openai and
+    httpx exceptions, by name, so neither needs importing). A ``Retry-After`` (or
+    ``retry-after-ms``) header wins over the exponential backoff.
+    """
+    response = getattr(exc, "response", None)
+    status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+    if status not in _TRANSIENT_STATUS and type(exc).__name__ not in _TRANSIENT_NAMES \
+            and not isinstance(exc, (TimeoutError, ConnectionError)):
+        return None
+    headers = getattr(response, "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return min(float(headers["retry-after-ms"]) / 1000, cap)
+        if headers.get("retry-after"):
+            return min(float(headers["retry-after"]), cap)
+    except (TypeError, ValueError):
+        pass  # an HTTP date: fall back to the backoff
+    return min(cap, base * 2 ** attempt)
+
+
 class Pipeline:
     """Turns claimed rows into destination rows (see module docs)."""
 
@@ -156,6 +186,15 @@ class Pipeline:
         meta[cfg.metadata_key] = _jsonable(key_value)
         when = values.get(cfg.time_column) if cfg.time_column else None
         out = []
+        if len(pieces) > cfg.max_chunks:
+            from .errors import RowError
+
+            raise RowError(
+                f"row {key_value!r} splits into {len(pieces)} chunks of {cfg.chunk_size} characters, "
+                f"more than max_chunks={cfg.max_chunks} ({len(str(values.get(cfg.chunk_column)))} "
+                "characters of text); raise max_chunks= or chunk_size=, or leave such rows out "
+                "with where="
+            )
         for seq, piece in enumerate(pieces):
             formatted = _FORMATTER.format(cfg.template, **{**values, "chunk": piece})
             if not formatted.strip():
@@ -244,10 +283,32 @@ class Pipeline:
         return id_.version == 1 and time_from_uuid(id_) == chunk.time
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        if hasattr(self.embedder, "encode"):
-            arr = np.asarray(self.embedder.encode(texts), dtype=np.float32)
-        else:
-            arr = np.asarray(self.embedder.embed_documents(texts), dtype=np.float32)
+        """The model's vectors for ``texts``; rate limits, 5xx answers and dropped connections
+        are waited out (honouring Retry-After) for up to ``transient_budget`` seconds."""
+        from .errors import EmbeddingUnavailable
+
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            try:
+                if hasattr(self.embedder, "encode"):
+                    arr = np.asarray(self.embedder.encode(texts), dtype=np.float32)
+                else:
+                    arr = np.asarray(self.embedder.embed_documents(texts), dtype=np.float32)
+                break
+            except Exception as exc:
+                wait = transient_wait(exc, attempt)
+                spent = time.monotonic() - started
+                if wait is None:
+                    raise
+                if spent + wait > self.config.transient_budget:
+                    raise EmbeddingUnavailable(
+                        f"the embedding service kept failing for {spent:.0f} s "
+                        f"({type(exc).__name__}: {exc}); the batch stays queued and is retried "
+                        "after a backoff; raise transient_budget= to wait longer"
+                    ) from exc
+                attempt += 1
+                time.sleep(wait)
         dims = self.config.embedder["dimensions"]
         if arr.shape != (len(texts), dims):
             from .errors import DimensionMismatch

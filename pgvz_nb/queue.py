@@ -342,7 +342,10 @@ class Queue:
                     with conn.transaction():
                         handler(batch)
                 except Exception as exc:  # the handler is user code: any error is per item
-                    if isolate_failures and len(batch) > 1:
+                    # an error that would hit any batch (the model's service is down) is not
+                    # narrowed down by halving: the whole batch waits out a backoff
+                    whole = getattr(exc, "pgvz_whole_batch", False)
+                    if isolate_failures and len(batch) > 1 and not whole:
                         mid = len(batch) // 2
                         attempt(batch[:mid])
                         attempt(batch[mid:])
@@ -360,13 +363,19 @@ class Queue:
     def record_failures(
         self, conn: psycopg.Connection, failures: list[tuple[list[ClaimedRow], BaseException]]
     ) -> int:
-        """Re-queue failed rows with backoff or move them to the failed table; returns moved."""
+        """Re-queue failed rows with backoff or move them to the failed table; returns moved.
+
+        An error marked ``pgvz_permanent`` (retrying cannot help: the row itself is the
+        problem) moves its rows to the failed table at once."""
         records = []
+        top = int(self.policy["max_attempts"])
         for batch, exc in failures:
             text = _error_text(exc)
+            permanent = getattr(exc, "pgvz_permanent", False)
             for r in batch:
                 rec = dict(zip(self.keys, r.key))
-                rec.update(attempts=r.attempts + 1, queued_at=r.queued_at, last_error=text)
+                attempts = max(r.attempts + 1, top) if permanent else r.attempts + 1
+                rec.update(attempts=attempts, queued_at=r.queued_at, last_error=text)
                 records.append(rec)
         payload = Jsonb(records, dumps=lambda o: json.dumps(o, default=_json_default))
         conn.execute(

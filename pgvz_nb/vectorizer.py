@@ -87,6 +87,7 @@ class Vectorize:
         *,
         columns: Sequence[str] | None = None,
         max_attempts: int = 5,
+        retry_backoff: float = 10.0,
     ) -> None:
         if isinstance(service_url, Database):
             self._db = service_url
@@ -114,6 +115,7 @@ class Vectorize:
         self.trigger_name_fn = _quote_ident(trigger_name_fn)
         self._columns = None if columns is None else list(columns)
         self._max_attempts = max_attempts
+        self._backoff = float(retry_backoff)
         self._queue: Queue | None = None
         self._conn: psycopg.Connection | None = None
         self.connection: psycopg.Connection | None = None
@@ -153,7 +155,7 @@ class Vectorize:
                 triggers={ev: _with_suffix(trig, ev) for ev in ("insert", "update", "delete", "truncate")},
                 keys=self._keys,
                 watched=self._columns,
-                policy={"max_attempts": self._max_attempts},
+                policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
                 extra={"kind": "callback"},
             )
         except psycopg.Error as exc:
@@ -384,6 +386,8 @@ class Vectorizer:
         name: str | None = None,
         batch_size: int = 64,
         max_attempts: int = 5,
+        retry_backoff: float = 10.0,
+        max_chunks: int = 500,
     ) -> None:
         from .pipeline import PipelineConfig
 
@@ -414,10 +418,12 @@ class Vectorizer:
             embedder = default_embedder()
         self.embedder = embedder
         self._max_attempts = max_attempts
+        self._backoff = float(retry_backoff)
         self.config = PipelineConfig(
             template=template, destination=list(dest), dest_keys=[], metadata_key=_fit(f"{self.source[1]}_id"),
             embedder={}, chunk_column=chunk_column, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
             metadata=list(metadata), time_column=time_column, where=where, batch_size=batch_size,
+            max_chunks=max_chunks,
         )
         self._queue: Queue | None = None
         self._pipeline = None
@@ -453,6 +459,7 @@ class Vectorizer:
         self.config = PipelineConfig.from_json(queue.config["pipeline"])
         self.embedder = embedder if embedder is not None else _embedder_from_config(self.config.embedder)
         self._max_attempts = int(queue.policy["max_attempts"])
+        self._backoff = float(queue.policy["backoff_base"])
         self._queue = queue
         self._pipeline = None
         self._conn = None
@@ -500,7 +507,7 @@ class Vectorizer:
                     triggers={ev: f"pgvz_{tag}_{ev}" for ev in ("insert", "update", "delete", "truncate")},
                     keys=keys,
                     watched=watched,
-                    policy={"max_attempts": self._max_attempts},
+                    policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
                     extra={"kind": "pipeline", "pipeline": cfg.to_json()},
                 )
         except psycopg.Error as exc:

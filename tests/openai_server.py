@@ -35,9 +35,11 @@ class FakeOpenAI:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
+                import time
+
                 with outer._lock:
                     outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
-                                           "body": body})
+                                           "body": body, "at": time.monotonic()})
                     failure = outer.fail_next.pop(0) if outer.fail_next else None
                 if failure is not None:
                     status, headers = failure

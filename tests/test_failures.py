@@ -1,0 +1,135 @@
+"""Failures: poison rows, transient service errors, rows that cannot be embedded, odd values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from psycopg import sql
+
+import pgvz_nb as pgvz
+from pgvz_nb.embedders import HashingEmbedder
+
+from .openai_server import FakeOpenAI
+
+
+class Poisoned(HashingEmbedder):
+    """Fails on any batch holding a text with POISON in it."""
+
+    def embed_documents(self, texts):
+        if any("POISON" in t for t in texts):
+            raise ValueError("the model rejects this text")
+        return super().embed_documents(texts)
+
+
+def make_docs(conn, schema, n, poison=()):
+    t = sql.Identifier(schema, "docs")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'document ' || i FROM generate_series(1, %s) i").format(t), [n])
+    for k in poison:
+        conn.execute(sql.SQL("UPDATE {} SET body = 'POISON ' || id WHERE id = %s").format(t), [k])
+
+
+def dest_keys(conn, schema):
+    return sorted(r[0] for r in conn.execute(
+        sql.SQL("SELECT docs_id FROM {}").format(sql.Identifier(schema, "docs_embedding"))))
+
+
+def test_poison_rows_are_isolated_and_end_in_the_failed_table(db, conn, schema):
+    poison = [17, 90, 151]
+    make_docs(conn, schema, 200, poison)
+    emb = Poisoned()
+    v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=emb, max_attempts=3,
+                        retry_backoff=0).create()
+    report = v.sync(progress=False)
+    assert report.answer == "empty"
+    assert dest_keys(conn, schema) == [k for k in range(1, 201) if k not in poison]
+    errors = v.errors()
+    assert sorted(errors["id"]) == poison
+    assert all(errors["attempts"] == 3) and all("the model rejects this text" in e for e in errors["last_error"])
+    # halving finds them: far fewer model calls than one per row
+    assert emb.calls < 80, emb.calls
+    # retry_failed puts them back; once fixed, they embed
+    conn.execute(sql.SQL("UPDATE {} SET body = 'fixed' WHERE id = ANY(%s)").format(
+        sql.Identifier(schema, "docs")), [poison])
+    v.sync(progress=False)  # a new change re-queues the key; success clears its failure
+    assert dest_keys(conn, schema) == list(range(1, 201))
+    assert v.errors().empty
+    v.close()
+
+
+def test_retry_failed_requeues_with_fresh_attempts(db, conn, schema):
+    make_docs(conn, schema, 5, poison=[3])
+    v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=Poisoned(), max_attempts=1,
+                        retry_backoff=0).create()
+    v.sync(progress=False)
+    assert list(v.errors()["id"]) == [3]
+    assert v.retry_failed() == 1
+    pending = v.queue()
+    assert list(pending["id"]) == [3] and list(pending["attempts"]) == [0]
+    assert v.errors().empty
+    v.close()
+
+
+def test_transient_429_and_5xx_are_waited_out_and_nothing_fails(db, conn, schema, monkeypatch):
+    langchain_openai = pytest.importorskip("langchain_openai")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    make_docs(conn, schema, 30)
+    with FakeOpenAI() as server:
+        server.fail_next = [(429, {"Retry-After": "1"}), (429, {"Retry-After": "1"}), (500, {}), (503, {})]
+        emb = langchain_openai.OpenAIEmbeddings(model="m", base_url=server.base_url, max_retries=0,
+                                                check_embedding_ctx_length=False)
+        server.fail_next, pending_failures = [], server.fail_next  # let create() probe the size
+        v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=emb).create()
+        server.fail_next = pending_failures
+        start = len(server.requests)
+        report = v.sync(progress=False)
+        assert report.failed == 0 and report.processed == 30
+        assert dest_keys(conn, schema) == list(range(1, 31))
+        assert v.errors().empty and v.status()["retrying"][0] == 0
+        calls = server.requests[start:]
+        assert len(calls) >= 5  # four refused, then served
+        # Retry-After: 1 was honoured before the next attempt
+        assert calls[1]["at"] - calls[0]["at"] >= 0.9 and calls[2]["at"] - calls[1]["at"] >= 0.9
+        v.close()
+
+
+def test_a_row_too_long_to_embed_fails_alone_with_a_clear_error(db, conn, schema):
+    make_docs(conn, schema, 10)
+    conn.execute(sql.SQL("UPDATE {} SET body = repeat('lorem ipsum ', 90000) WHERE id = 4").format(
+        sql.Identifier(schema, "docs")))  # about 1 MB
+    emb = HashingEmbedder()
+    v = pgvz.Vectorizer(db, f"{schema}.docs", chunk_column="body", embedder=emb).create()
+    report = v.sync(progress=False)
+    assert set(dest_keys(conn, schema)) == {k for k in range(1, 11) if k != 4}
+    (err,) = v.errors()["last_error"]
+    assert "max_chunks=500" in err and "raise max_chunks=" in err
+    assert report.failed == 1 and v.errors()["attempts"][0] == 5  # straight to failed: retrying cannot help
+    v.close()
+
+
+def test_null_empty_and_non_text_values(db, conn, schema):
+    t = sql.Identifier(schema, "things")
+    conn.execute(sql.SQL(
+        "CREATE TABLE {} (id int PRIMARY KEY, body text, tags text[], attrs jsonb, price numeric, "
+        "seen timestamptz, n int)").format(t))
+    conn.execute(sql.SQL(
+        "INSERT INTO {} VALUES (1, NULL, NULL, NULL, NULL, NULL, NULL), (2, '', '{{}}', '{{}}', 0, NULL, 0), "
+        "(3, 'a real text', '{{red,blue}}', '{{\"size\": \"L\"}}', 9.50, '2024-05-01 12:00+00', 7)").format(t))
+    only_body = pgvz.Vectorizer(db, f"{schema}.things", chunk_column="body", embedder=HashingEmbedder(),
+                                name="only_body", destination=f"{schema}.only_body").create()
+    only_body.sync(progress=False)
+    rows = conn.execute(sql.SQL("SELECT things_id, contents FROM {}").format(
+        sql.Identifier(schema, "only_body"))).fetchall()
+    assert rows == [(3, "a real text")], "NULL and empty texts make no vectors and no errors"
+    everything = pgvz.Vectorizer(db, f"{schema}.things", template="{body} | {tags} | {attrs} | {price} | {seen} | {n}",
+                                 embedder=HashingEmbedder(), name="everything",
+                                 destination=f"{schema}.everything").create()
+    report = everything.sync(progress=False)
+    assert report.failed == 0
+    got = dict(conn.execute(sql.SQL("SELECT things_id, contents FROM {}").format(
+        sql.Identifier(schema, "everything"))).fetchall())
+    assert got[3] == 'a real text | ["red", "blue"] | {"size": "L"} | 9.50 | 2024-05-01 12:00:00+00:00 | 7'
+    assert got[2] == " | [] | {} | 0 |  | 0" and got[1] == " |  |  |  |  | "
+    assert json.loads(got[3].split(" | ")[2]) == {"size": "L"}
+    only_body.close(), everything.close()
