@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench stress clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,10 @@ test: $(VENV)/.test
 bench: $(VENV)/.bench
 	$(PY) benchmarks/write_overhead.py
 	$(PY) benchmarks/model_efficiency.py
+
+# The randomized stress test: 10,000 changes, 4 workers, a worker SIGKILLed every 400 changes.
+stress: $(VENV)/.test
+	$(PY) -m pytest -m slow -s tests/test_model_based.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -16,12 +16,31 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="load the sample blog table, sync it and search it")
     demo.add_argument("query", nargs="?", default="Blogs about cats")
     demo.add_argument("-k", type=int, default=5, help="how many results (default 5)")
+    worker = sub.add_parser("worker", help="drain vectorizers, all or the named ones, until stopped")
+    worker.add_argument("names", nargs="*", help="vectorizer names (default: every pipeline vectorizer)")
+    worker.add_argument("--once", action="store_true", help="drain the queues, then exit (1 if any row failed)")
+    worker.add_argument("--poll", type=float, default=1.0, help="seconds between rounds when idle")
+    worker.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: PGVZ_DSN, DATABASE_URL, embedded)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
             from .demo import run_demo
 
             run_demo(args.query, k=args.k)
+        elif args.command == "worker":
+            import logging
+
+            from .db import Database, resolve_dsn
+            from .worker import Worker
+
+            logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+            # no probe here: a server that is down (restarting) is waited for by the worker
+            w = Worker(Database(*resolve_dsn(args.dsn)), args.names, poll=args.poll)
+            w.install_signal_handlers()
+            stats = w.run(once=args.once)
+            print(f"pgvz worker: {stats.processed} rows processed, {stats.failed} failed, "
+                  f"{stats.reconnects} reconnects")
+            return 1 if args.once and stats.failed else 0
     except PgvzError as exc:
         print(f"pgvz: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -1,0 +1,119 @@
+"""The long-running worker behind ``pgvz worker``: drain vectorizers, survive restarts.
+
+Any number of workers, in any number of processes and machines, can drain the same
+queues: PostgreSQL's row and advisory locks keep them from processing one key twice.
+A lost connection (the server restarted, the network blinked) is retried with an
+exponential backoff; SIGTERM / SIGINT finish the current batch and exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import psycopg
+
+from .db import Database
+from .errors import ConnectionFailed, DatabaseError, PgvzError
+from .queue import Queue
+from .vectorizer import SyncReport, Vectorizer
+
+__all__ = ["Worker", "WorkerStats"]
+
+log = logging.getLogger("pgvz_nb.worker")
+
+
+@dataclass
+class WorkerStats:
+    rounds: int = 0
+    processed: int = 0
+    failed: int = 0
+    reconnects: int = 0
+    reports: list[SyncReport] = field(default_factory=list)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    if isinstance(exc, ConnectionFailed):
+        return True
+    cause = exc.__cause__ or exc.__context__
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or (
+        isinstance(exc, DatabaseError) and isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
+    )
+
+
+class Worker:
+    """Drains the named vectorizers (all pipeline vectorizers if none are named)."""
+
+    def __init__(self, db: Database, names: Sequence[str] = (), *, poll: float = 1.0,
+                 max_backoff: float = 30.0, lanes: int = 1):
+        self.db = db
+        self.names = list(names)
+        self.poll = poll
+        self.max_backoff = max_backoff
+        self.lanes = lanes
+        self.stop_event = threading.Event()
+        self.stats = WorkerStats()
+        self._open: dict[str, Vectorizer] = {}
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM and SIGINT ask for a clean stop after the current batch."""
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_event.set())
+
+    def _vectorizers(self) -> list[Vectorizer]:
+        names = self.names
+        if not names:
+            with self.db.connect() as conn:
+                names = [q.name for q in Queue.list_all(conn) if q.config.get("kind") == "pipeline"]
+        out = []
+        for name in names:
+            if name not in self._open:
+                self._open[name] = Vectorizer.open(self.db, name)
+            out.append(self._open[name])
+        return out
+
+    def _drop_connections(self) -> None:
+        for v in self._open.values():
+            v.close()
+        self._open.clear()
+
+    def run_once(self) -> int:
+        """Drain every vectorizer until its queue has nothing claimable; returns keys processed."""
+        done = 0
+        for v in self._vectorizers():
+            if self.stop_event.is_set():
+                break
+            report = v.sync(progress=False, lanes=self.lanes)
+            self.stats.reports.append(report)
+            self.stats.processed += report.processed
+            self.stats.failed += report.failed
+            done += report.processed
+        self.stats.rounds += 1
+        return done
+
+    def run(self, *, once: bool = False) -> WorkerStats:
+        """Work until stopped (or, with ``once``, until the queues are drained)."""
+        backoff = 0.5
+        while not self.stop_event.is_set():
+            try:
+                self.run_once()
+                backoff = 0.5
+                if once:
+                    break
+            except (PgvzError, psycopg.Error) as exc:
+                if not _is_connection_error(exc):
+                    raise
+                self.stats.reconnects += 1
+                self._drop_connections()
+                log.warning("connection lost (%s); retrying in %.1f s", exc, backoff)
+                if self.stop_event.wait(backoff):
+                    break
+                backoff = min(backoff * 2, self.max_backoff)
+                continue
+            self.stop_event.wait(self.poll)
+        self._drop_connections()
+        return self.stats
