@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from .errors import PgvzError
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     worker.add_argument("--once", action="store_true", help="drain the queues, then exit (1 if any row failed)")
     worker.add_argument("--poll", type=float, default=1.0, help="seconds between rounds when idle")
     worker.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: PGVZ_DSN, DATABASE_URL, embedded)")
+    worker.add_argument("--give-up-after", type=float, default=-1,
+                        help="seconds without a database before exiting (default: never; 60 with --once)")
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -35,8 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
             logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
             # no probe here: a server that is down (restarting) is waited for by the worker
-            w = Worker(Database(*resolve_dsn(args.dsn)), args.names, poll=args.poll)
+            if args.once and args.give_up_after < 0:
+                args.give_up_after = 60.0
+            w = Worker(Database(*resolve_dsn(args.dsn)), args.names, poll=args.poll,
+                       give_up_after=args.give_up_after if args.give_up_after >= 0 else None)
             w.install_signal_handlers()
+            logging.getLogger("pgvz_nb.worker").info(
+                "pgvz worker started (pid %d): %s", os.getpid(), ", ".join(args.names) or "all vectorizers")
             stats = w.run(once=args.once)
             print(f"pgvz worker: {stats.processed} rows processed, {stats.failed} failed, "
                   f"{stats.reconnects} reconnects")

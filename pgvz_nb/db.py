@@ -36,6 +36,16 @@ ROOT_BASE = Path("/var/lib/pgvz_nb")
 _servers: dict[Path, Any] = {}
 
 
+class Cursor(psycopg.Cursor):
+    """Runs pgvz_nb's own statements with parameters even when they take none, so that
+    the ``%`` in a Name (a table called ``%s``, say) is read as a ``%`` (see ``sql.Name``)."""
+
+    def execute(self, query, params=None, **kwargs):
+        if params is None and q.has_escaped(query):
+            params = ()
+        return super().execute(query, params, **kwargs)
+
+
 def embedded_data_dir() -> Path:
     """The embedded server's data directory for the current user (``PGVZ_DATA_DIR`` overrides)."""
     if os.environ.get("PGVZ_DATA_DIR"):
@@ -168,7 +178,7 @@ class Database:
     def connect(self, *, autocommit: bool = False, vector: bool = False) -> psycopg.Connection:
         """A new psycopg 3 connection; ``vector=True`` registers pgvector's adapter on it."""
         try:
-            conn = psycopg.connect(self.dsn, autocommit=autocommit)
+            conn = psycopg.connect(self.dsn, autocommit=autocommit, cursor_factory=Cursor)
         except psycopg.Error as exc:
             raise ConnectionFailed(
                 f"could not connect to {mask_dsn(self.dsn)}: {str(exc).strip()}; "

@@ -10,6 +10,7 @@ from psycopg import sql
 from .db import connect
 from .queue import Queue
 from .sample import load_blog
+from .sql import Name
 from .vectorizer import Vectorizer
 
 __all__ = ["run_demo", "SCHEMA", "TEMPLATE"]
@@ -25,7 +26,7 @@ def _reset(db) -> None:
             if old.source[0] == SCHEMA:
                 conn.rollback()
                 old.drop(conn)
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Name(SCHEMA)))
 
 
 def run_demo(query: str = "Blogs about cats", k: int = 5, out=print, progress: bool = True,

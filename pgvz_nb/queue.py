@@ -406,9 +406,27 @@ class Queue:
 # --- source introspection ---------------------------------------------------------------
 
 
+def check_name(name: Any, what: str) -> str:
+    """A name PostgreSQL can hold as given: a non-empty string of at most 63 bytes, no NUL.
+    (PostgreSQL would silently cut a longer one, and then find, or make, another object.)"""
+    from .errors import InvalidName
+
+    if not isinstance(name, str) or not name:
+        raise InvalidName(f"expected a non-empty string as the {what}, got {name!r}")
+    if "\x00" in name:
+        raise InvalidName(f"the {what} {name!r} contains a NUL character, which PostgreSQL names cannot hold")
+    size = len(name.encode())
+    if size > 63:
+        raise InvalidName(
+            f"the {what} {name[:40]!r}... is {size} bytes long; PostgreSQL names hold at most 63 "
+            "bytes (longer ones are cut, so a different object would be used); choose a shorter name"
+        )
+    return name
+
+
 def describe_table(conn: psycopg.Connection, source: Rel) -> dict[str, tuple[str, bool]]:
     """{column: (type, not null)} of a table; NotFound / NotATable with what to do."""
-    schema, table = source
+    schema, table = check_name(source[0], "schema name"), check_name(source[1], "table name")
     found = conn.execute(q.find_relation(), [schema, table]).fetchone()
     if found is None:
         if not conn.execute(q.schema_exists(), [schema]).fetchone()[0]:

@@ -9,6 +9,7 @@ from psycopg import sql
 
 from .db import Database
 from .errors import PgvzError
+from .sql import Name
 
 __all__ = ["BLOG_POSTS", "BLOG_DDL_COLUMNS", "load_blog", "load_python_docs"]
 
@@ -139,9 +140,9 @@ def load_blog(db: Database, table: str = "blog", schema: str = "public", *, repl
     Returns the number of rows inserted. With ``replace=True`` the table is emptied first.
     Unpublished drafts have a NULL ``published_time``, as in the article.
     """
-    target = sql.Identifier(schema, table)
+    target = Name(schema, table)
     with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Name(schema)))
         conn.execute(
             sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + BLOG_DDL_COLUMNS + ")").format(target)
         )
@@ -178,9 +179,9 @@ def load_python_docs(db: Database, table: str = "python_docs", schema: str = "pu
     else:
         items = sorted(all_topics.items())
     items = items[: limit if limit is not None else None]
-    target = sql.Identifier(schema, table)
+    target = Name(schema, table)
     with db.connect() as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Name(schema)))
         conn.execute(sql.SQL(
             "CREATE TABLE IF NOT EXISTS {} (id serial PRIMARY KEY, topic text NOT NULL UNIQUE, "
             "title text NOT NULL, body text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"

@@ -1,6 +1,6 @@
 """Every SQL statement of pgvz_nb, one named function each, composed with ``psycopg.sql``.
 
-Names arrive as plain strings and leave as ``sql.Identifier``; values are ``%s`` /
+Names arrive as plain strings and leave as ``Name`` (an ``sql.Identifier``); values are ``%s`` /
 ``%(name)s`` placeholders bound by the caller. A relation is a ``(schema, name)`` pair.
 No other module holds SQL text.
 """
@@ -13,6 +13,42 @@ from psycopg import sql
 
 Rel = tuple[str, str]
 
+
+class Name(sql.Identifier):
+    """An identifier whose ``%`` signs survive psycopg's placeholder processing.
+
+    psycopg reads ``%s`` and ``%(x)s`` anywhere in a query it has parameters for, quoted
+    identifiers included, so a table called ``%s`` would take a parameter's place. A Name
+    doubles its ``%``; the connections pgvz_nb opens always pass parameters (an empty
+    tuple if none) for queries that hold one, which turns ``%%`` back into ``%``."""
+
+    pct_escaped = True
+
+    def as_bytes(self, context=None) -> bytes:
+        return super().as_bytes(context).replace(b"%", b"%%")
+
+    def as_string(self, context=None) -> str:
+        return super().as_string(context).replace("%", "%%")
+
+
+class UserSQL(sql.SQL):
+    """SQL text the user wrote (a ``where`` filter), with its ``%`` escaped like a Name's."""
+
+    pct_escaped = True
+
+    def __init__(self, text: str):
+        super().__init__(text.replace("%", "%%"))
+
+    def format(self, *args, **kwargs):  # never a template: braces in it are the user's
+        raise TypeError("UserSQL is not a template")
+
+
+def has_escaped(query) -> bool:
+    """Whether a composed query holds a Name or UserSQL (then it must run with parameters)."""
+    if getattr(query, "pct_escaped", False):
+        return True
+    return any(has_escaped(part) for part in getattr(query, "_obj", ())) if isinstance(query, sql.Composed) else False
+
 CATALOG: Rel = ("pgvz", "vectorizers")
 # pg_advisory_xact_lock key serialising catalog installs and registrations: a
 # constant (not an OID) so that every database and every version agree on it.
@@ -22,20 +58,20 @@ QUEUE_COLUMNS = ("queued_at", "attempts", "retry_after", "last_error")
 FAILED_COLUMNS = ("attempts", "last_error", "first_queued_at", "failed_at")
 
 
-def ident(rel: Rel) -> sql.Identifier:
-    return sql.Identifier(*rel)
+def ident(rel: Rel) -> Name:
+    return Name(*rel)
 
 
 def _cols(names: Sequence[str], prefix: str | None = None) -> sql.Composed:
     if prefix is None:
-        return sql.SQL(", ").join(sql.Identifier(n) for n in names)
-    return sql.SQL(", ").join(sql.Identifier(prefix, n) for n in names)
+        return sql.SQL(", ").join(Name(n) for n in names)
+    return sql.SQL(", ").join(Name(prefix, n) for n in names)
 
 
 def _match(left: str, right: str, names: Sequence[str]) -> sql.Composed:
     """``left.k1 = right.k1 AND ...`` over the key columns."""
     return sql.SQL(" AND ").join(
-        sql.SQL("{} = {}").format(sql.Identifier(left, n), sql.Identifier(right, n)) for n in names
+        sql.SQL("{} = {}").format(Name(left, n), Name(right, n)) for n in names
     )
 
 
@@ -65,7 +101,7 @@ def install_lock() -> sql.Composed:
 
 
 def create_catalog_schema() -> sql.Composed:
-    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(CATALOG[0]))
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Name(CATALOG[0]))
 
 
 def create_catalog() -> sql.Composed:
@@ -212,12 +248,12 @@ def create_inbox(inbox: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
     the queue (``expand_inbox``). Column types come from ``array_agg`` over the source.
     """
     aggs = sql.SQL(", ").join(
-        sql.SQL("array_agg({k}) AS {k}").format(k=sql.Identifier(k)) for k in keys
+        sql.SQL("array_agg({k}) AS {k}").format(k=Name(k)) for k in keys
     )
     # EXTERNAL: a bulk statement's key array is read once and deleted; compressing it
     # would only slow the writer down
     uncompressed = sql.SQL(", ").join(
-        sql.SQL("ALTER COLUMN {} SET STORAGE EXTERNAL").format(sql.Identifier(k)) for k in keys
+        sql.SQL("ALTER COLUMN {} SET STORAGE EXTERNAL").format(Name(k)) for k in keys
     )
     return sql.SQL(
         "CREATE TABLE {inbox} AS SELECT {aggs} FROM {source} WITH NO DATA; "
@@ -236,10 +272,10 @@ def trigger_body(
     whole row. TRUNCATE fires BEFORE, the only moment the doomed keys can still be read.
     """
     kcols = _cols(keys)
-    aggs = sql.SQL(", ").join(sql.SQL("array_agg({})").format(sql.Identifier(k)) for k in keys)
+    aggs = sql.SQL(", ").join(sql.SQL("array_agg({})").format(Name(k)) for k in keys)
     kalias = [f"k{i}" for i in range(len(keys))]
     side_cols: list[sql.Composable] = [
-        sql.SQL("{} AS {}").format(sql.Identifier("t", k), sql.Identifier(a))
+        sql.SQL("{} AS {}").format(Name("t", k), Name(a))
         for k, a in zip(keys, kalias)
     ]
     if watched is None:
@@ -248,19 +284,19 @@ def trigger_body(
     else:
         walias = [f"w{i}" for i in range(len(watched))]
         side_cols += [
-            sql.SQL("{}::text AS {}").format(sql.Identifier("t", w), sql.Identifier(a))
+            sql.SQL("{}::text AS {}").format(Name("t", w), Name(a))
             for w, a in zip(watched, walias)
         ]
     side_cols.append(sql.SQL("true AS present"))
     side = sql.SQL(", ").join(side_cols)
     pick = sql.SQL(", ").join(
         sql.SQL("array_agg(CASE WHEN n.present THEN {n} ELSE {o} END)").format(
-            n=sql.Identifier("n", a), o=sql.Identifier("o", a)
+            n=Name("n", a), o=Name("o", a)
         )
         for a in kalias
     )
     join_on = sql.SQL(" AND ").join(
-        sql.SQL("{}::text = {}::text").format(sql.Identifier("n", a), sql.Identifier("o", a))
+        sql.SQL("{}::text = {}::text").format(Name("n", a), Name("o", a))
         for a in kalias
     )
     if walias:
@@ -339,14 +375,14 @@ def create_triggers(source: Rel, function: Rel, names: dict[str, str]) -> sql.Co
         "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
     ).format(
         src=ident(source), fn=ident(function),
-        ins=sql.Identifier(names["insert"]), upd=sql.Identifier(names["update"]),
-        dele=sql.Identifier(names["delete"]), trunc=sql.Identifier(names["truncate"]),
+        ins=Name(names["insert"]), upd=Name(names["update"]),
+        dele=Name(names["delete"]), trunc=Name(names["truncate"]),
     )
 
 
 def drop_triggers(source: Rel, names: Sequence[str]) -> sql.Composed:
     return sql.SQL("; ").join(
-        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(n), ident(source)) for n in names
+        sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(Name(n), ident(source)) for n in names
     )
 
 
@@ -471,7 +507,7 @@ SELECT count(q.*) + ib.n AS rows,
 FROM ib LEFT JOIN {queue} AS q ON true
 GROUP BY ib.n, ib.oldest
 """
-    ).format(inbox=ident(inbox), queue=ident(queue), failed=ident(failed), k=sql.Identifier(first_key))
+    ).format(inbox=ident(inbox), queue=ident(queue), failed=ident(failed), k=Name(first_key))
 
 
 def pending_rows(inbox: Rel, queue: Rel, keys: Sequence[str]) -> sql.Composed:
@@ -513,7 +549,7 @@ def create_collection(table: Rel, dimensions: int) -> sql.Composed:
         "CREATE INDEX IF NOT EXISTS {ix} ON {t} USING gin (metadata jsonb_path_ops)"
     ).format(
         t=ident(table), n=sql.Literal(int(dimensions)),
-        ix=sql.Identifier(table[1].encode()[:50].decode(errors="ignore") + "_metadata_idx"),
+        ix=Name(table[1].encode()[:50].decode(errors="ignore") + "_metadata_idx"),
     )
 
 
@@ -536,10 +572,11 @@ def collection_delete_ids(table: Rel) -> sql.Composed:
 
 
 def collection_copy(table: Rel) -> sql.Composed:
-    """Binary COPY: about five times text COPY for vector rows (FACTS.md)."""
+    """Binary COPY: about five times text COPY for vector rows (FACTS.md). COPY takes no
+    parameters, so its names are plain identifiers (no ``%`` doubling)."""
     return sql.SQL(
         "COPY {} (id, metadata, contents, embedding) FROM STDIN WITH (FORMAT BINARY)"
-    ).format(ident(table))
+    ).format(sql.Identifier(*table))
 
 
 # --- the built-in pipeline's destination ----------------------------------------------
@@ -554,7 +591,7 @@ def create_destination(
     plus the source key (typed as in the source, via CREATE TABLE AS) and the chunk's
     position and hash. The key index serves the per-key delete of the worker."""
     keys = sql.SQL(", ").join(
-        sql.SQL("s.{} AS {}").format(sql.Identifier(k), sql.Identifier(d))
+        sql.SQL("s.{} AS {}").format(Name(k), Name(d))
         for k, d in zip(src_keys, dest_keys)
     )
     return sql.SQL(
@@ -582,7 +619,7 @@ def column_types() -> sql.Composed:
 
 def _key_match(src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
     return sql.SQL(" AND ").join(
-        sql.SQL("d.{} = k.{}").format(sql.Identifier(d), sql.Identifier(s))
+        sql.SQL("d.{} = k.{}").format(Name(d), Name(s))
         for s, d in zip(src_keys, dest_keys)
     )
 
@@ -609,10 +646,12 @@ def destination_embeddings_of(dest: Rel) -> sql.Composed:
 
 
 def destination_copy(dest: Rel, dest_keys: Sequence[str]) -> sql.Composed:
+    """COPY takes no parameters, so its names are plain identifiers (no ``%`` doubling)."""
+    keys = sql.SQL(", ").join(sql.Identifier(k) for k in dest_keys)
     return sql.SQL(
         "COPY {} (id, metadata, contents, embedding, {}, chunk_seq, chunk_hash) "
         "FROM STDIN WITH (FORMAT BINARY)"
-    ).format(ident(dest), _cols(dest_keys))
+    ).format(sql.Identifier(*dest), keys)
 
 
 def count_rows(rel: Rel) -> sql.Composed:
@@ -640,13 +679,13 @@ def check_where(source: Rel, where: sql.Composable) -> sql.Composed:
 def create_hnsw_index(dest: Rel) -> sql.Composed:
     return sql.SQL(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops)"
-    ).format(sql.Identifier(dest[1].encode()[:50].decode(errors="ignore") + "_hnsw"), ident(dest))
+    ).format(Name(dest[1].encode()[:50].decode(errors="ignore") + "_hnsw"), ident(dest))
 
 
 def create_fts_index(dest: Rel) -> sql.Composed:
     return sql.SQL(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (to_tsvector('english', coalesce(contents, '')))"
-    ).format(sql.Identifier(dest[1].encode()[:50].decode(errors="ignore") + "_fts"), ident(dest))
+    ).format(Name(dest[1].encode()[:50].decode(errors="ignore") + "_fts"), ident(dest))
 
 
 def search(rel: Rel, *, hybrid: bool, time_range: bool) -> sql.Composed:
@@ -688,3 +727,25 @@ FROM fused AS f JOIN {rel} AS d ON d.id = f.id
 ORDER BY f.score DESC, distance LIMIT %(k)s
 """
     ).format(rel=ident(rel), where=where)
+
+
+# --- privileges -------------------------------------------------------------------------
+
+
+def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel | None) -> sql.Composed:
+    """What a worker role needs, and nothing more: read the catalog and the source, work
+    the queue tables (FOR UPDATE needs UPDATE), and replace rows in the destination."""
+    r = Name(role)
+    parts = [
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(CATALOG[0]), r),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(ident(CATALOG), r),
+        sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(source[0]), r),
+        sql.SQL("GRANT SELECT ON {} TO {}").format(ident(source), r),
+    ]
+    for rel in queue_tables:
+        parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(rel[0]), r))
+        parts.append(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ident(rel), r))
+    if dest is not None:
+        parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(dest[0]), r))
+        parts.append(sql.SQL("GRANT SELECT, INSERT, DELETE ON {} TO {}").format(ident(dest), r))
+    return sql.SQL("; ").join(parts)

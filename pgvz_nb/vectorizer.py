@@ -27,7 +27,8 @@ from . import sql as q
 from .db import Database, connect
 from .errors import (CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError,
                      translate)
-from .queue import ClaimedRow, ProcessResult, Queue, QueueState, describe_table, resolve_keys
+from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, check_name, describe_table,
+                    resolve_keys)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -382,7 +383,7 @@ class Vectorizer:
         time_column: str | None = None,
         where: str | None = None,
         embedder: Any = None,
-        destination: str | None = None,
+        destination: str | tuple[str, str] | None = None,
         name: str | None = None,
         batch_size: int = 64,
         max_attempts: int = 5,
@@ -409,8 +410,12 @@ class Vectorizer:
             raise PgvzError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})")
         if destination is None:
             dest = (self.source[0], _fit(f"{self.source[1]}_embedding"))
+        elif isinstance(destination, tuple):  # (schema, table): names that hold a dot
+            dest = destination
         else:
             dest = _split_table(destination, None if "." in destination else self.source[0])
+            check_name(dest[0], "destination schema")
+            check_name(dest[1], "destination table")
         self.name = name or (dest[1] if dest[0] == "public" else f"{dest[0]}.{dest[1]}")
         if embedder is None:
             from .embedders import default_embedder
@@ -542,7 +547,7 @@ class Vectorizer:
         if cfg.where:
             try:
                 with conn.transaction():
-                    conn.execute(q.check_where(self.source, sql.SQL(cfg.where)))
+                    conn.execute(q.check_where(self.source, q.UserSQL(cfg.where)))
             except psycopg.Error as exc:
                 raise PgvzError(
                     f"where={cfg.where!r} is not a valid SQL condition on {where}: "
@@ -638,7 +643,7 @@ class Vectorizer:
                 setattr(total, f, getattr(total, f) + getattr(part, f))
             total.embed_seconds += part.embed_seconds
 
-        where = sql.SQL(self.config.where) if self.config.where else None
+        where = q.UserSQL(self.config.where) if self.config.where else None
         try:
             result = queue.process(conn, handler, limit=batch_size or self.config.batch_size,
                                    columns=self.config.source_columns(), where=where)
@@ -734,7 +739,7 @@ class Vectorizer:
             st = queue.state(conn)
             chunks = conn.execute(q.count_rows(self.destination)).fetchone()[0]
             covered = conn.execute(q.count_distinct(self.destination, self.config.dest_keys)).fetchone()[0]
-            where = sql.SQL(self.config.where) if self.config.where else None
+            where = q.UserSQL(self.config.where) if self.config.where else None
             source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
         now = datetime.now(timezone.utc)
         return pd.DataFrame([{
@@ -784,6 +789,14 @@ class Vectorizer:
         with conn.transaction():
             return search_frame(conn, self.destination, self.embedder.embed_query(query), query, k,
                                 filter=filter, start=start, end=end, hybrid=hybrid)
+
+    def grant_worker(self, role: str) -> None:
+        """Grant ``role`` exactly what a worker needs to sync this vectorizer (run as the owner):
+        read the catalog and the source, work the queue tables, write the destination."""
+        queue, _, conn = self._ready()
+        with conn.transaction():
+            conn.execute(q.grant_worker(role, self.source, [queue.queue, queue.inbox, queue.failed],
+                                        self.destination))
 
     def create_index(self, *, hybrid: bool = False) -> None:
         """An HNSW index for cosine search (and, with ``hybrid``, a full-text GIN index)."""

@@ -49,12 +49,13 @@ class Worker:
     """Drains the named vectorizers (all pipeline vectorizers if none are named)."""
 
     def __init__(self, db: Database, names: Sequence[str] = (), *, poll: float = 1.0,
-                 max_backoff: float = 30.0, lanes: int = 1):
+                 max_backoff: float = 30.0, lanes: int = 1, give_up_after: float | None = None):
         self.db = db
         self.names = list(names)
         self.poll = poll
         self.max_backoff = max_backoff
         self.lanes = lanes
+        self.give_up_after = give_up_after  # seconds without a connection before giving up
         self.stop_event = threading.Event()
         self.stats = WorkerStats()
         self._open: dict[str, Vectorizer] = {}
@@ -98,14 +99,18 @@ class Worker:
     def run(self, *, once: bool = False) -> WorkerStats:
         """Work until stopped (or, with ``once``, until the queues are drained)."""
         backoff = 0.5
+        lost_since: float | None = None
         while not self.stop_event.is_set():
             try:
                 self.run_once()
-                backoff = 0.5
+                backoff, lost_since = 0.5, None
                 if once:
                     break
             except (PgvzError, psycopg.Error) as exc:
                 if not _is_connection_error(exc):
+                    raise
+                lost_since = lost_since or time.monotonic()
+                if self.give_up_after is not None and time.monotonic() - lost_since > self.give_up_after:
                     raise
                 self.stats.reconnects += 1
                 self._drop_connections()

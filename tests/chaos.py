@@ -110,12 +110,18 @@ class Changes:
         self.conn.close()
 
 
-def spawn_worker(db: pgvz.Database, name: str) -> subprocess.Popen:
-    return subprocess.Popen(
+def spawn_worker(db: pgvz.Database, name: str, wait: bool = True) -> subprocess.Popen:
+    """A `pgvz worker` process; with ``wait``, returns once it has said it started (its
+    SIGTERM handler is in place from then on)."""
+    proc = subprocess.Popen(
         [sys.executable, "-m", "pgvz_nb.cli", "worker", name, "--poll", "0.05", "--dsn", db.dsn],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
+    if wait:
+        first = proc.stderr.readline()
+        assert "pgvz worker started" in first, first + proc.stderr.read()
+    return proc
 
 
 def stop_workers(workers: list[subprocess.Popen]) -> None:

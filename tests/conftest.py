@@ -12,6 +12,7 @@ from psycopg import sql
 
 import pgvz_nb as pgvz
 from pgvz_nb.queue import Queue
+from pgvz_nb.sql import Name
 
 
 def pytest_addoption(parser):
@@ -35,7 +36,7 @@ def drop_schema(db: pgvz.Database, schema: str) -> None:
             if schema in (queue.source[0], queue.queue[0]):
                 c.rollback()
                 queue.drop(c)
-        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+        c.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Name(schema)))
 
 
 @pytest.fixture
