@@ -166,3 +166,9 @@ def test_fresh_database_gets_pgvector_on_first_use(db, conn):
     finally:
         conn.execute(psycopg.sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
             psycopg.sql.Identifier(name)))
+
+
+def test_wrong_database_name_is_a_clear_error(db):
+    dsn = psycopg.conninfo.make_conninfo(db.dsn, dbname="no_such_database_here")
+    with pytest.raises(ConnectionFailed, match="no_such_database_here.*check that the server runs"):
+        pgvz.connect(dsn)

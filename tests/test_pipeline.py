@@ -249,3 +249,18 @@ def test_default_embedder_sorts_by_length_but_keeps_order():
     assert np.allclose(together, alone, atol=1e-4)
     assert np.allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     assert together.shape == (3, 384)
+
+
+def test_tables_that_cannot_be_vectorized(db, conn, schema):
+    from pgvz_nb.errors import NoPrimaryKey, NotATable
+
+    conn.execute(sql.SQL("CREATE TABLE {} (body text)").format(sql.Identifier(schema, "nokey")))
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT 1 AS id, 'x' AS body").format(sql.Identifier(schema, "aview")))
+    with pytest.raises(NoPrimaryKey, match="has no primary key.*ADD PRIMARY KEY"):
+        pgvz.Vectorizer(db, f"{schema}.nokey", chunk_column="body", embedder=HashingEmbedder()).create()
+    with pytest.raises(NotATable, match="is a view.*underlying table"):
+        pgvz.Vectorizer(db, f"{schema}.aview", chunk_column="body", embedder=HashingEmbedder()).create()
+    with pytest.raises(NotFound, match="does not exist"):
+        pgvz.Vectorizer(db, f"{schema}.missing", chunk_column="body", embedder=HashingEmbedder()).create()
+    with pytest.raises(PgvzError, match="expected template= .* or chunk_column="):
+        pgvz.Vectorizer(db, f"{schema}.nokey")
