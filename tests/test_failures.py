@@ -16,7 +16,10 @@ from .openai_server import FakeOpenAI
 class Poisoned(HashingEmbedder):
     """Fails on any batch holding a text with POISON in it."""
 
+    attempts = 0  # every call, failed ones included
+
     def embed_documents(self, texts):
+        self.attempts += 1
         if any("POISON" in t for t in texts):
             raise ValueError("the model rejects this text")
         return super().embed_documents(texts)
@@ -48,7 +51,7 @@ def test_poison_rows_are_isolated_and_end_in_the_failed_table(db, conn, schema):
     assert sorted(errors["id"]) == poison
     assert all(errors["attempts"] == 3) and all("the model rejects this text" in e for e in errors["last_error"])
     # halving finds them: far fewer model calls than one per row
-    assert emb.calls < 80, emb.calls
+    assert emb.attempts < 100, emb.attempts
     # retry_failed puts them back; once fixed, they embed
     conn.execute(sql.SQL("UPDATE {} SET body = 'fixed' WHERE id = ANY(%s)").format(
         sql.Identifier(schema, "docs")), [poison])
