@@ -749,3 +749,38 @@ def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel 
         parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(dest[0]), r))
         parts.append(sql.SQL("GRANT SELECT, INSERT, DELETE ON {} TO {}").format(ident(dest), r))
     return sql.SQL("; ").join(parts)
+
+
+# --- notebook panels --------------------------------------------------------------------
+
+
+def list_tables() -> sql.Composed:
+    """Tables a vectorizer could attach to: ordinary and partitioned, outside system schemas
+    and pgvz's own."""
+    return sql.SQL(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition "
+        "AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'pgvz', 'pg_toast') "
+        "AND n.nspname NOT LIKE 'pg\\_temp%%' ORDER BY 1, 2"
+    ).format()
+
+
+def preview_rows(source: Rel) -> sql.Composed:
+    return sql.SQL("SELECT * FROM {} LIMIT %s").format(ident(source))
+
+
+def metadata_values(dest: Rel) -> sql.Composed:
+    """Distinct values of metadata key %s (up to %s), for a filter dropdown."""
+    return sql.SQL(
+        "SELECT DISTINCT metadata->>%s AS v FROM {} ORDER BY 1 LIMIT %s"
+    ).format(ident(dest))
+
+
+def source_rows(source: Rel, key: str) -> sql.Composed:
+    """Source rows whose single-column key is in %s."""
+    return sql.SQL("SELECT * FROM {} WHERE {}::text = ANY(%s::text[])").format(ident(source), Name(key))
+
+
+def sample_vectors(dest: Rel) -> sql.Composed:
+    """Up to %s stored vectors, for the 2-D map."""
+    return sql.SQL("SELECT id, embedding FROM {} ORDER BY id LIMIT %s").format(ident(dest))
