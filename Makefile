@@ -16,10 +16,13 @@ $(VENV)/.core: pyproject.toml
 # the sentence-transformers reference of the default model (CPU torch first, pinned, so
 # pip takes the local CPU build instead of a multi-GB CUDA one).
 $(VENV)/.test: $(VENV)/.core
-	$(PIP) install -e '.[test]'
+	$(PIP) install -e '.[test,notebook,browser]'
 	$(PIP) install --no-deps 'timescale-vector==0.0.7'
 	$(PIP) install 'torch==2.13.0'
 	$(PIP) install -e '.[sentence-transformers]'
+	@# a real browser for the widget test: Debian's chromium (Playwright's own download cannot work here)
+	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; fi
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test

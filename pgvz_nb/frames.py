@@ -7,13 +7,27 @@ from typing import Any
 
 import pandas as pd
 
-__all__ = ["from_cursor", "search_frame"]
+__all__ = ["from_cursor", "search_frame", "typed"]
+
+TIME_COLUMNS = ("queued_at", "retry_after", "first_queued_at", "failed_at", "created_at", "last_success")
+COUNT_COLUMNS = ("attempts",)
+
+
+def typed(frame: pd.DataFrame) -> pd.DataFrame:
+    """Give the bookkeeping columns their dtypes even when empty or all NULL: timestamps
+    tz-aware (UTC), counts nullable integers."""
+    for col in frame.columns:
+        if col in TIME_COLUMNS:
+            frame[col] = pd.to_datetime(frame[col], utc=True)
+        elif col in COUNT_COLUMNS:
+            frame[col] = frame[col].astype("Int64")
+    return frame
 
 
 def from_cursor(cursor) -> pd.DataFrame:
     """All rows of an executed cursor as a DataFrame with the cursor's column names."""
     names = [d.name for d in cursor.description]
-    return pd.DataFrame.from_records(cursor.fetchall(), columns=names)
+    return typed(pd.DataFrame.from_records(cursor.fetchall(), columns=names))
 
 
 def search_frame(rows: Sequence[tuple[float, str, dict[str, Any], Any]]) -> pd.DataFrame:

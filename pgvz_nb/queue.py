@@ -113,6 +113,7 @@ class Queue:
     def ensure_catalog(cls, conn: psycopg.Connection) -> None:
         """Create the pgvz schema and catalog if missing (caller holds the install lock)."""
         if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
+            conn.execute(q.upgrade_catalog())
             return
         conn.execute(q.create_catalog_schema())
         conn.execute(q.create_catalog())

@@ -116,9 +116,24 @@ def create_catalog() -> sql.Composed:
             queue_table   text NOT NULL,
             config        jsonb NOT NULL DEFAULT '{{}}',
             created_at    timestamptz NOT NULL DEFAULT now(),
+            last_success  timestamptz,
             UNIQUE (queue_schema, queue_table)
         )"""
     ).format(ident(CATALOG))
+
+
+def upgrade_catalog() -> sql.Composed:
+    """Columns added since the first catalog: cheap, idempotent."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS last_success timestamptz").format(ident(CATALOG))
+
+
+def catalog_mark_success() -> sql.Composed:
+    """When a batch last committed (its own short transaction: no lock held across batches)."""
+    return sql.SQL("UPDATE {} SET last_success = now() WHERE id = %s").format(ident(CATALOG))
+
+
+def catalog_last_success() -> sql.Composed:
+    return sql.SQL("SELECT last_success FROM {} WHERE id = %s").format(ident(CATALOG))
 
 
 def catalog_exists() -> sql.Composed:
@@ -738,7 +753,7 @@ def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel 
     r = Name(role)
     parts = [
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(CATALOG[0]), r),
-        sql.SQL("GRANT SELECT ON {} TO {}").format(ident(CATALOG), r),
+        sql.SQL("GRANT SELECT, UPDATE (last_success) ON {} TO {}").format(ident(CATALOG), r),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(source[0]), r),
         sql.SQL("GRANT SELECT ON {} TO {}").format(ident(source), r),
     ]

@@ -647,6 +647,9 @@ class Vectorizer:
         try:
             result = queue.process(conn, handler, limit=batch_size or self.config.batch_size,
                                    columns=self.config.source_columns(), where=where)
+            if result.succeeded:
+                with conn.transaction():
+                    conn.execute(q.catalog_mark_success(), [queue.id])
         except psycopg.Error as exc:
             raise translate(exc, f"syncing {self.name!r}") from exc
         return result, total
@@ -741,25 +744,34 @@ class Vectorizer:
             covered = conn.execute(q.count_distinct(self.destination, self.config.dest_keys)).fetchone()[0]
             where = q.UserSQL(self.config.where) if self.config.where else None
             source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
+            last_success = conn.execute(q.catalog_last_success(), [queue.id]).fetchone()[0]
         now = datetime.now(timezone.utc)
-        return pd.DataFrame([{
+        frame = pd.DataFrame([{
             "name": self.name, "source": ".".join(self.source),
             "destination": ".".join(self.destination),
             "pending": st.rows, "claimable": st.claimable, "retrying": st.retrying, "failed": st.failed,
             "embedded_chunks": chunks, "embedded_rows": covered, "source_rows": source_rows,
             "coverage_pct": round(100.0 * covered / source_rows, 1) if source_rows else 100.0,
-            "oldest_pending_age": (now - st.oldest) if st.oldest else pd.NaT,
-            "next_retry": st.next_retry,
+            "oldest_pending_age": pd.Timedelta(now - st.oldest) if st.oldest else pd.NaT,
+            "next_retry": pd.Timestamp(st.next_retry) if st.next_retry else pd.NaT,
+            "last_success": pd.Timestamp(last_success) if last_success else pd.NaT,
         }])
+        # proper dtypes even when a value is missing: tz-aware timestamps, timedelta ages
+        frame["oldest_pending_age"] = pd.Series([frame["oldest_pending_age"][0]], dtype="timedelta64[ns]")
+        for col in ("next_retry", "last_success"):
+            frame[col] = pd.Series([frame[col][0]], dtype="datetime64[ns, UTC]")
+        return frame
 
     def queue(self, limit: int = 1000) -> pd.DataFrame:
         """Pending keys, oldest first (inbox included)."""
         import pandas as pd
 
         queue, _, conn = self._ready()
+        from .frames import typed
+
         with conn.transaction():
             names, rows = queue.pending(conn, limit)
-        return pd.DataFrame.from_records(rows, columns=names)
+        return typed(pd.DataFrame.from_records(rows, columns=names))
 
     def errors(self) -> pd.DataFrame:
         """Keys that used up their attempts, with the last error."""

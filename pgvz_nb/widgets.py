@@ -361,7 +361,7 @@ class SearchPanel(W.VBox):
         self.show_map = W.Checkbox(value=False, description="2-D map (PCA)")
         self.button = W.Button(description="Search", button_style="primary", icon="search")
         self.results = W.HTML()
-        self.map = W.Image(format="png")
+        self.map = W.Image(format="png", layout=W.Layout(display="none"))  # shown once drawn
         self.code = W.Textarea(description="Code", layout=W.Layout(width="95%", height="60px"))
         self.button.on_click(lambda _: self._guard(self.search))
         self.last: list = []
@@ -416,6 +416,7 @@ class SearchPanel(W.VBox):
         self.code.value = self.code_text()
         if self.show_map.value:
             self.map.value = embedding_map(self.v, queries[0], frames[0], limit=self.map_points)
+            self.map.layout.display = None
         return frames
 
     def _results_html(self, query: str, frame) -> str:

@@ -115,3 +115,28 @@ def test_highlight_escapes_before_marking():
     out = highlight("<script>cats</script> & Cats", "cats script")
     assert "<script>" not in out and "&lt;<mark>script</mark>&gt;" in out
     assert out.count("<mark>") == 4
+
+
+def is_utc(series) -> bool:
+    """A tz-aware datetime column (pandas picks ns or us resolution by version)."""
+    return str(series.dtype).startswith("datetime64[") and str(series.dtype).endswith(", UTC]")
+
+
+def test_frames_have_proper_dtypes_and_last_success(db, conn, schema):
+    from pgvz_nb.embedders import HashingEmbedder
+
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder()).create()
+    st = v.status()
+    assert str(st["oldest_pending_age"].dtype) == "timedelta64[ns]" and st["oldest_pending_age"][0].total_seconds() >= 0
+    assert is_utc(st["last_success"]) and st["last_success"].isna()[0]
+    pending = v.queue()
+    assert is_utc(pending["queued_at"]) and str(pending["attempts"].dtype) == "Int64"
+    v.sync(progress=False)
+    st = v.status()
+    assert st["last_success"].notna()[0] and st["pending"][0] == 0
+    empty = v.errors()
+    assert empty.empty and is_utc(empty["failed_at"])
+    listing = pgvz.vectorizers(db)
+    assert str(listing["created_at"].dtype).startswith("datetime64")
+    v.close()
