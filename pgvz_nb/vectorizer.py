@@ -802,6 +802,13 @@ class Vectorizer:
             return search_frame(conn, self.destination, self.embedder.embed_query(query), query, k,
                                 filter=filter, start=start, end=end, hybrid=hybrid)
 
+    def export_script(self, path: str) -> str:
+        """Write a standalone sync script (``--once`` / ``--watch``) for this vectorizer; returns
+        the path. It embeds the configuration and reads the DSN from the environment."""
+        from .export import write_script
+
+        return str(write_script(self, path))
+
     def grant_worker(self, role: str) -> None:
         """Grant ``role`` exactly what a worker needs to sync this vectorizer (run as the owner):
         read the catalog and the source, work the queue tables, write the destination."""
