@@ -20,10 +20,22 @@ def main(argv: list[str] | None = None) -> int:
     worker = sub.add_parser("worker", help="drain vectorizers, all or the named ones, until stopped")
     worker.add_argument("names", nargs="*", help="vectorizer names (default: every pipeline vectorizer)")
     worker.add_argument("--once", action="store_true", help="drain the queues, then exit (1 if any row failed)")
-    worker.add_argument("--poll", type=float, default=1.0, help="seconds between rounds when idle")
+    worker.add_argument("--poll", type=float, default=5.0,
+                        help="seconds between rounds when no NOTIFY arrives (retries need a poll)")
     worker.add_argument("--dsn", default=None, help="PostgreSQL DSN (default: PGVZ_DSN, DATABASE_URL, embedded)")
     worker.add_argument("--give-up-after", type=float, default=-1,
                         help="seconds without a database before exiting (default: never; 60 with --once)")
+    sync_p = sub.add_parser("sync", help="drain vectorizers now, with progress bars, then exit")
+    sync_p.add_argument("names", nargs="*", help="vectorizer names (default: every pipeline vectorizer)")
+    sync_p.add_argument("--once", action="store_true", help="(the default) drain once and exit")
+    sync_p.add_argument("--dsn", default=None)
+    status_p = sub.add_parser("status", help="vectorizers and their queues")
+    status_p.add_argument("names", nargs="*")
+    status_p.add_argument("--dsn", default=None)
+    export_p = sub.add_parser("export", help="write a standalone sync script for a vectorizer")
+    export_p.add_argument("name")
+    export_p.add_argument("path")
+    export_p.add_argument("--dsn", default=None)
     args = parser.parse_args(argv)
     try:
         if args.command == "demo":
@@ -49,10 +61,51 @@ def main(argv: list[str] | None = None) -> int:
             print(f"pgvz worker: {stats.processed} rows processed, {stats.failed} failed, "
                   f"{stats.reconnects} reconnects")
             return 1 if args.once and stats.failed else 0
+        elif args.command == "sync":
+            from .db import connect
+            from .queue import Queue
+            from .vectorizer import Vectorizer
+
+            db = connect(args.dsn)
+            names = args.names or _pipeline_names(db, Queue)
+            failed = 0
+            for name in names:
+                report = Vectorizer.open(db, name).sync(progress=sys.stderr.isatty())
+                print(f"{name}: {report}")
+                failed += report.failed
+            return 1 if failed else 0
+        elif args.command == "status":
+            import pandas as pd
+
+            from .db import connect
+            from .queue import Queue
+            from .vectorizer import Vectorizer, vectorizers
+
+            db = connect(args.dsn)
+            names = args.names or _pipeline_names(db, Queue)
+            frames = [Vectorizer.open(db, n).status() for n in names]
+            with pd.option_context("display.width", 200, "display.max_columns", 20):
+                print(vectorizers(db).to_string(index=False))
+                if frames:
+                    cols = ["name", "pending", "retrying", "failed", "embedded_rows", "source_rows",
+                            "coverage_pct", "oldest_pending_age", "last_success"]
+                    print()
+                    print(pd.concat(frames)[cols].to_string(index=False))
+        elif args.command == "export":
+            from .db import connect
+            from .vectorizer import Vectorizer
+
+            path = Vectorizer.open(connect(args.dsn), args.name).export_script(args.path)
+            print(f"wrote {path}; run it with PGVZ_DSN=... python {path} --once")
     except PgvzError as exc:
         print(f"pgvz: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def _pipeline_names(db, queue_cls) -> list[str]:
+    with db.connect() as conn:
+        return [q.name for q in queue_cls.list_all(conn) if q.config.get("kind") == "pipeline"]
 
 
 if __name__ == "__main__":

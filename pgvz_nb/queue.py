@@ -225,7 +225,7 @@ class Queue:
             conn.execute(q.create_queue(queue, source, key_cols))
             conn.execute(q.create_inbox(inbox, source, key_cols))
             conn.execute(q.create_failed(failed, source, key_cols))
-            body = q.trigger_body(inbox, source, key_cols, watched_cols).as_string(conn)
+            body = q.trigger_body(inbox, source, key_cols, watched_cols, notify_payload=vid).as_string(conn)
             conn.execute(q.create_trigger_function(function, body))
             conn.execute(q.create_triggers(source, function, triggers))
             conn.execute(q.backfill(queue, source, key_cols))

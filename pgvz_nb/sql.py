@@ -276,10 +276,16 @@ def create_inbox(inbox: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
     ).format(inbox=ident(inbox), source=ident(source), aggs=aggs, uncompressed=uncompressed)
 
 
+NOTIFY_CHANNEL = "pgvz_nb"
+
+
 def trigger_body(
-    inbox: Rel, source: Rel, keys: Sequence[str], watched: Sequence[str] | None
+    inbox: Rel, source: Rel, keys: Sequence[str], watched: Sequence[str] | None,
+    notify_payload: int | None = None,
 ) -> sql.Composed:
-    """PL/pgSQL body of the statement-level trigger: at most one inbox row per statement.
+    """PL/pgSQL body of the statement-level trigger: at most one inbox row per statement,
+    then, if it queued anything, one NOTIFY on channel ``pgvz_nb`` with the vectorizer id
+    (delivered at commit, so workers wake when the change is visible).
 
     UPDATE joins the transition tables on the key (as text, so it needs no equality
     operator from outside pg_catalog) and keeps a key only when it appeared, vanished
@@ -320,8 +326,14 @@ def trigger_body(
         )
     else:
         changed = sql.SQL("false")
+    notify = sql.SQL("") if notify_payload is None else sql.SQL(
+        "  GET DIAGNOSTICS queued = ROW_COUNT;\n"
+        "  IF queued > 0 THEN PERFORM pg_notify({}, {}); END IF;\n"
+    ).format(sql.Literal(NOTIFY_CHANNEL), sql.Literal(str(int(notify_payload))))
     return sql.SQL(
         """
+DECLARE
+  queued bigint;
 BEGIN
   IF TG_OP = 'INSERT' THEN
     INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_new HAVING count(*) > 0;
@@ -337,13 +349,17 @@ BEGIN
   ELSIF TG_OP = 'TRUNCATE' THEN
     INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM {source} HAVING count(*) > 0;
   END IF;
-  RETURN NULL;
+{notify}  RETURN NULL;
 END
 """
     ).format(
         inbox=ident(inbox), source=ident(source), kcols=kcols, aggs=aggs, pick=pick,
-        side=side, join_on=join_on, changed=changed,
+        side=side, join_on=join_on, changed=changed, notify=notify,
     )
+
+
+def listen() -> sql.Composed:
+    return sql.SQL("LISTEN {}").format(Name(NOTIFY_CHANNEL))
 
 
 def expand_inbox(inbox: Rel, queue: Rel, keys: Sequence[str]) -> sql.Composed:

@@ -2,8 +2,10 @@
 
 Any number of workers, in any number of processes and machines, can drain the same
 queues: PostgreSQL's row and advisory locks keep them from processing one key twice.
-A lost connection (the server restarted, the network blinked) is retried with an
-exponential backoff; SIGTERM / SIGINT finish the current batch and exit.
+Between rounds a worker sleeps until a trigger's NOTIFY (sent once per writing statement,
+at commit) or ``poll`` seconds, whichever comes first; the poll picks up rows whose
+backoff ran out. A lost connection (the server restarted, the network blinked) is retried
+with an exponential backoff; SIGTERM / SIGINT finish the current batch and exit.
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Worker:
         self.stop_event = threading.Event()
         self.stats = WorkerStats()
         self._open: dict[str, Vectorizer] = {}
+        self._listener: psycopg.Connection | None = None
+        self.wakeups = 0  # rounds started by a NOTIFY rather than the poll
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT ask for a clean stop after the current batch."""
@@ -81,6 +85,28 @@ class Worker:
         for v in self._open.values():
             v.close()
         self._open.clear()
+        if self._listener is not None:
+            self._listener.close()
+            self._listener = None
+
+    def _wait(self) -> None:
+        """Sleep until a NOTIFY for one of our vectorizers, ``poll`` seconds, or a stop."""
+        from . import sql as q
+
+        if self._listener is None:
+            self._listener = self.db.connect(autocommit=True)
+            self._listener.execute(q.listen())
+        ids = {str(v._queue.id) for v in self._open.values() if v._queue is not None}
+        deadline = time.monotonic() + self.poll
+        while not self.stop_event.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            # short slices, so that a stop request is seen quickly
+            for note in self._listener.notifies(timeout=min(left, 0.5)):
+                if not ids or note.payload in ids:
+                    self.wakeups += 1
+                    return
 
     def run_once(self) -> int:
         """Drain every vectorizer until its queue has nothing claimable; returns keys processed."""
@@ -119,6 +145,9 @@ class Worker:
                     break
                 backoff = min(backoff * 2, self.max_backoff)
                 continue
-            self.stop_event.wait(self.poll)
+            try:
+                self._wait()
+            except psycopg.Error:
+                self._drop_connections()  # reconnect on the next round
         self._drop_connections()
         return self.stats
