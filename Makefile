@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench stress clean
+.PHONY: demo test bench stress strip clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,8 +31,14 @@ $(VENV)/.bench: $(VENV)/.test
 demo: $(VENV)/.core
 	$(VENV)/bin/pgvz demo
 
+# the test suite, then every tutorial notebook top to bottom (nbmake)
 test: $(VENV)/.test
 	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --nbmake --nbmake-kernel=python3 --durations=0 -p no:cacheprovider notebooks/
+
+# strip notebook outputs before committing (CI checks that they are stripped)
+strip: $(VENV)/.test
+	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/write_overhead.py
