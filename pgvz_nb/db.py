@@ -30,7 +30,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from . import sql as q
 from .errors import ConnectionFailed, ExtensionMissing
 
-__all__ = ["Database", "connect", "resolve_dsn", "embedded_data_dir", "mask_dsn"]
+__all__ = ["Database", "as_database", "connect", "resolve_dsn", "embedded_data_dir", "mask_dsn"]
 
 ROOT_BASE = Path("/var/lib/pgvz_nb")
 _servers: dict[Path, Any] = {}
@@ -199,6 +199,13 @@ class Database:
     def __repr__(self) -> str:
         kind = "embedded" if self.embedded else "external"
         return f"Database({mask_dsn(self.dsn)!r}, {kind})"
+
+
+def as_database(target: str | Database | None) -> Database:
+    """A Database from what APIs accept as a target: a Database, a DSN, or None (``connect()``)."""
+    if isinstance(target, Database):
+        return target
+    return connect() if target is None else Database(target)
 
 
 def connect(dsn: str | None = None) -> Database:

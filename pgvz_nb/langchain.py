@@ -18,7 +18,7 @@ from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
 
-from .db import Database, connect
+from .db import Database, as_database
 from .errors import PgvzError
 from .search import Collection, search_rows
 
@@ -48,12 +48,7 @@ class PgvzVectorStore(VectorStore):
             embedding = default_embedder()
         if distance_strategy not in (None, "cosine", "COSINE") and "COSINE" not in str(distance_strategy).upper():
             raise PgvzError(f"distance_strategy {distance_strategy!r}: only cosine distance is supported")
-        if isinstance(service_url, Database):
-            self._db = service_url
-        elif service_url is None:
-            self._db = connect()
-        else:
-            self._db = Database(service_url)
+        self._db = as_database(service_url)
         self._embedding = embedding
         self.collection_name = collection_name
         self.service_url = self._db.dsn

@@ -21,10 +21,9 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
-from psycopg import sql
 
 from . import sql as q
-from .db import Database, connect
+from .db import Database, as_database
 from .errors import (CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError,
                      translate)
 from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, check_name, describe_table,
@@ -90,12 +89,7 @@ class Vectorize:
         max_attempts: int = 5,
         retry_backoff: float = 10.0,
     ) -> None:
-        if isinstance(service_url, Database):
-            self._db = service_url
-        elif service_url is None:
-            self._db = connect()
-        else:
-            self._db = Database(service_url)
+        self._db = as_database(service_url)
         self.service_url = self._db.dsn
         self.table_name_unquoted = table_name
         self.schema_name_unquoted = schema_name
