@@ -79,7 +79,10 @@ def test_embedded_server_is_shared_between_processes(db):
         assert c.execute(started).fetchone()[0] == before, "the second process must attach, not restart"
 
 
-def test_embedded_data_dir_never_opens_a_home_directory(db):
+def test_embedded_data_dir_never_opens_a_home_directory(db, monkeypatch):
+    if os.environ.get("PGVZ_DATA_DIR"):
+        assert dbmod.embedded_data_dir() == Path(os.environ["PGVZ_DATA_DIR"]).resolve()
+        monkeypatch.delenv("PGVZ_DATA_DIR")  # and the default choice below
     if os.geteuid() != 0:
         assert str(dbmod.embedded_data_dir()).startswith(str(Path.home()))
         return
