@@ -186,16 +186,16 @@ def unchanged_updates(db, n: int) -> dict[str, int]:
         while ov.process(lambda rows, _: counter.encode([r["title"] for r in rows if r["id"] is not None]),
                          batch_size=1000) > 0:
             pass
-        base = counter.texts
+        base = counter.texts  # from here on, the original's own loop: batch_size=10
         with db.connect() as conn:
             for i in range(n):
                 conn.execute("UPDATE public.pgvz_bench_unchanged SET views = views + 1 WHERE id = %s", [i % 1000 + 1])
             for i in range(n):
                 conn.execute("UPDATE public.pgvz_bench_unchanged SET title = title WHERE id = %s", [i % 1000 + 1])
         while ov.process(lambda rows, _: counter.encode([r["title"] for r in rows if r["id"] is not None]),
-                         batch_size=1000) > 0:
+                         batch_size=10) > 0:
             pass
-        # the original de-duplicates keys within a batch: count what it would embed per change
+        # the original de-duplicates keys only within a claimed batch of 10
         out["timescale_vector"] = counter.texts - base
         with db.connect() as conn:
             conn.execute("DROP TABLE IF EXISTS public.pgvz_bench_unchanged, "

@@ -468,9 +468,10 @@ WITH cand AS MATERIALIZED (
     SELECT {k} FROM picked
     WHERE pg_try_advisory_xact_lock(%(vid)s::int4, hashtext(ROW({k})::text))
 ), gone AS (
+    -- LATERAL: one index probe per locked key; a join would scan the whole queue per batch
     DELETE FROM {queue} WHERE ctid = ANY (ARRAY(
-        SELECT qq.ctid FROM {queue} AS qq JOIN locked AS l ON {qq_l}
-        FOR UPDATE OF qq SKIP LOCKED))
+        SELECT x.ctid FROM locked AS l CROSS JOIN LATERAL (
+            SELECT qq.ctid FROM {queue} AS qq WHERE {qq_l} FOR UPDATE OF qq SKIP LOCKED) AS x))
     RETURNING {k}, attempts, queued_at
 ), cleared AS (
     DELETE FROM {failed} AS f USING locked AS l WHERE {f_l}
@@ -657,17 +658,22 @@ def _key_match(src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Compose
 
 def destination_rows(dest: Rel, queue: Rel, src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
     """The stored chunks of the keys in %(keys)s (a jsonb array of key objects; the queue's
-    row type turns them back into the key's own types): key, id, seq, hash, metadata."""
+    row type turns them back into the key's own types): key, id, seq, hash, metadata.
+    LATERAL makes it one index probe per key: a join would scan the whole destination."""
     return sql.SQL(
         "SELECT {dk}, d.id, d.chunk_seq, d.chunk_hash, d.metadata "
-        "FROM jsonb_populate_recordset(NULL::{q}, %(keys)s) AS k JOIN {dest} AS d ON {m}"
+        "FROM jsonb_populate_recordset(NULL::{q}, %(keys)s) AS k "
+        # OFFSET 0 keeps the planner from flattening it back into a join
+        "CROSS JOIN LATERAL (SELECT * FROM {dest} AS d WHERE {m} OFFSET 0) AS d"
     ).format(dk=_cols(dest_keys, "d"), q=ident(queue), dest=ident(dest), m=_key_match(src_keys, dest_keys))
 
 
 def destination_delete(dest: Rel, queue: Rel, src_keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
-    """Delete every stored chunk of the keys in %(keys)s."""
+    """Delete every stored chunk of the keys in %(keys)s (one index probe per key)."""
     return sql.SQL(
-        "DELETE FROM {dest} AS d USING jsonb_populate_recordset(NULL::{q}, %(keys)s) AS k WHERE {m}"
+        "DELETE FROM {dest} WHERE ctid = ANY (ARRAY("
+        "SELECT x.ctid FROM jsonb_populate_recordset(NULL::{q}, %(keys)s) AS k "
+        "CROSS JOIN LATERAL (SELECT d.ctid FROM {dest} AS d WHERE {m} OFFSET 0) AS x))"
     ).format(q=ident(queue), dest=ident(dest), m=_key_match(src_keys, dest_keys))
 
 
