@@ -43,6 +43,8 @@ strip: $(VENV)/.test
 bench: $(VENV)/.bench
 	$(PY) benchmarks/write_overhead.py
 	$(PY) benchmarks/model_efficiency.py
+	$(PY) benchmarks/sync_throughput.py
+	$(PY) benchmarks/search_latency.py
 
 # The randomized stress test: 10,000 changes, 4 workers, a worker SIGKILLed every 400 changes.
 stress: $(VENV)/.test
