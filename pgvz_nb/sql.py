@@ -807,9 +807,11 @@ def preview_rows(source: Rel) -> sql.Composed:
 
 
 def metadata_values(dest: Rel) -> sql.Composed:
-    """Distinct values of metadata key %s (up to %s), for a filter dropdown."""
+    """Distinct values of metadata key %s (up to %s) as jsonb, so numbers stay numbers in the
+    containment filter they go back into."""
     return sql.SQL(
-        "SELECT DISTINCT metadata->>%s AS v FROM {} ORDER BY 1 LIMIT %s"
+        "SELECT v FROM (SELECT DISTINCT metadata->%s AS v FROM {}) AS d "
+        "WHERE v IS NOT NULL ORDER BY v LIMIT %s"
     ).format(ident(dest))
 
 

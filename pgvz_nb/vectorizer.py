@@ -278,6 +278,9 @@ class SyncReport:
                 f"embedded, {self.unchanged} unchanged, {self.failed} failed; queue {self.answer}")
 
 
+_OPERATIONAL = ("batch_size", "transient_budget")
+
+
 def _split_table(table: str, schema: str | None) -> tuple[str, str]:
     if schema is not None:
         return schema, table
@@ -509,6 +512,9 @@ class Vectorizer:
                     policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
                     extra={"kind": "pipeline", "pipeline": cfg.to_json()},
                 )
+                stored = self._queue.config["pipeline"]
+                if any(stored.get(k) != getattr(cfg, k) for k in _OPERATIONAL):
+                    self._queue.set_extra(conn, pipeline={**stored, **{k: getattr(cfg, k) for k in _OPERATIONAL}})
         except psycopg.Error as exc:
             raise translate(exc, f"creating vectorizer {self.name!r} on {'.'.join(self.source)}") from exc
         self._pipeline = None
@@ -563,7 +569,9 @@ class Vectorizer:
                 "to re-embed everything with it, create(replace=True) (drops and rebuilds the "
                 "destination), or give it its own destination= and name="
             )
-        diff = sorted(k for k in new if new[k] != old.get(k))
+        # how it runs (batch size, patience with the model's service) may change freely;
+        # what it produces may not
+        diff = sorted(k for k in new if k not in _OPERATIONAL and new[k] != old.get(k))
         if diff:
             raise ConfigConflict(
                 f"vectorizer {self.name!r} exists with other settings ({', '.join(diff)} differ: "

@@ -354,7 +354,9 @@ class SearchPanel(W.VBox):
         self.k = W.IntSlider(value=5, min=1, max=50, description="k")
         self.hybrid = W.Checkbox(value=False, description="hybrid (full text + vector)")
         keys = filters if filters is not None else list(vectorizer.config.metadata)
-        self.filters = {key: W.Dropdown(description=key, options=["(any)", *self._values(key)]) for key in keys}
+        self.filters = {key: W.Dropdown(description=key, value=None,
+                                        options=[("(any)", None)] + [(str(v), v) for v in self._values(key)])
+                        for key in keys}
         has_time = bool(vectorizer.config.time_column)
         self.start = W.DatePicker(description="From", disabled=not has_time)
         self.end = W.DatePicker(description="Until", disabled=not has_time)
@@ -381,10 +383,10 @@ class SearchPanel(W.VBox):
         """Distinct values of a metadata key in the destination, for its dropdown."""
         with self.v.db.connect() as conn:
             rows = conn.execute(q.metadata_values(self.v.destination), [key, limit]).fetchall()
-        return [r[0] for r in rows if r[0] is not None]
+        return [r[0] for r in rows]
 
     def search_args(self, query: str) -> dict[str, Any]:
-        filt = {k: w.value for k, w in self.filters.items() if w.value != "(any)"}
+        filt = {k: w.value for k, w in self.filters.items() if w.value is not None}
         args: dict[str, Any] = {"k": self.k.value}
         if filt:
             args["filter"] = filt

@@ -71,6 +71,13 @@ def test_create_is_idempotent_and_refuses_other_settings(db, conn, schema):
                             time_column="published_time", where="published_time IS NOT NULL").create()
     assert pgvz.vectorizers(db).query("name == @v.name").shape[0] == 1
     assert again.status()["pending"][0] == len(BLOG_POSTS), "a second create must not queue twice"
+    # how it runs may change: a new batch size is taken, not refused
+    faster = pgvz.Vectorizer(db, f"{schema}.blog", template=TEMPLATE, chunk_column="contents",
+                             chunk_size=300, chunk_overlap=50, metadata=["author", "category", "published_time"],
+                             time_column="published_time", where="published_time IS NOT NULL",
+                             batch_size=7).create()
+    assert pgvz.Vectorizer.open(db, v.name).config.batch_size == 7
+    faster.close()
     with pytest.raises(ConfigConflict, match="chunk_size"):
         pgvz.Vectorizer(db, f"{schema}.blog", template=TEMPLATE, chunk_column="contents",
                         chunk_size=500, chunk_overlap=50, metadata=["author", "category", "published_time"],

@@ -90,9 +90,12 @@ def test_search_panel_filters_highlights_compares_and_maps(db, schema):
                         metadata=["author", "category", "published_time"], time_column="published_time",
                         where="published_time IS NOT NULL").create()
     v.sync(progress=False)
-    panel = SearchPanel(v, filters=["author", "category"])
-    assert "Pets" in panel.filters["category"].options
+    panel = SearchPanel(v, filters=["author", "category", "blog_id"])
+    assert ("Pets", "Pets") in panel.filters["category"].options
     panel.query.value = "Blogs about cats"
+    panel.filters["blog_id"].value = 2  # a number stays a number in the filter
+    assert list(panel.search()[0]["blog_id"]) == [2]
+    panel.filters["blog_id"].value = None
     panel.k.value = 3
     panel.button.click()
     (frame,) = panel.last
