@@ -124,6 +124,14 @@ def spawn_worker(db: pgvz.Database, name: str, wait: bool = True) -> subprocess.
     return proc
 
 
+def kill_and_respawn(procs: list[subprocess.Popen], rng: random.Random, db: pgvz.Database, name: str) -> None:
+    """SIGKILL a random worker (no chance to clean up) and start a new one in its place."""
+    victim = rng.randrange(len(procs))
+    os.kill(procs[victim].pid, signal.SIGKILL)
+    procs[victim].wait()
+    procs[victim] = spawn_worker(db, name)
+
+
 def stop_workers(workers: list[subprocess.Popen]) -> None:
     for w in workers:
         if w.poll() is None:
@@ -185,5 +193,5 @@ def drop_vectorizer(db: pgvz.Database, name: str) -> None:
             found.drop(conn)
 
 
-__all__ = ["make_source", "Changes", "spawn_worker", "stop_workers", "check_converged", "advisory_locks",
+__all__ = ["make_source", "Changes", "spawn_worker", "kill_and_respawn", "stop_workers", "check_converged", "advisory_locks",
            "drop_vectorizer"]

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import os
 import random
-import signal
 import time
 
 import pytest
 
-from .chaos import (Changes, advisory_locks, check_converged, make_source, spawn_worker,
-                    stop_workers)
+from .chaos import (Changes, advisory_locks, check_converged, kill_and_respawn, make_source,
+                    spawn_worker, stop_workers)
 
 
 @pytest.mark.parametrize("workers", [1, 3])
@@ -42,11 +41,8 @@ def test_workers_killed_at_random_points_converge(db, schema):
             for _ in range(rng.randint(3, 12)):
                 changes.step()
             time.sleep(rng.uniform(0.05, 0.4))
-            victim = rng.randrange(len(procs))
-            os.kill(procs[victim].pid, signal.SIGKILL)
-            procs[victim].wait()
+            kill_and_respawn(procs, rng, db, name)
             kills += 1
-            procs[victim] = spawn_worker(db, name)
     finally:
         changes.close()
         stop_workers(procs)
@@ -103,11 +99,8 @@ def test_stress_many_changes_many_workers_and_kills(db, schema):
         for i in range(1, ops + 1):
             changes.step()
             if i % kill_every == 0:
-                victim = rng.randrange(len(procs))
-                os.kill(procs[victim].pid, signal.SIGKILL)
-                procs[victim].wait()
+                kill_and_respawn(procs, rng, db, name)
                 kills += 1
-                procs[victim] = spawn_worker(db, name)
     finally:
         changes.close()
         stop_workers(procs)
