@@ -23,7 +23,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
-from .queue import ClaimedRow, Queue
+from .queue import ClaimedRow, Queue, keys_jsonb
 from .uuids import time_from_uuid, uuid_from_time
 
 __all__ = ["PipelineConfig", "Pipeline", "SyncStats", "template_fields"]
@@ -321,8 +321,7 @@ class Pipeline:
         return arr
 
     def _keys_json(self, keys: Sequence[tuple]) -> Jsonb:
-        rows = [dict(zip(self.queue.keys, k)) for k in keys]
-        return Jsonb(rows, dumps=lambda o: json.dumps(o, default=str))
+        return keys_jsonb([dict(zip(self.queue.keys, k)) for k in keys])
 
     def _write(self, conn, items, vectors, ids_for_reuse) -> None:
         if self._copy_types is None:

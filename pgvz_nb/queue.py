@@ -81,6 +81,12 @@ def _error_text(exc: BaseException) -> str:
     return text if len(text) <= _ERROR_TEXT_LIMIT else text[: _ERROR_TEXT_LIMIT - 3] + "..."
 
 
+def keys_jsonb(records: list[dict[str, Any]]) -> Jsonb:
+    """Key records as jsonb for ``jsonb_populate_recordset(NULL::queue, ...)``: every value in
+    the text form PostgreSQL's input functions read back (uuid, timestamps, numeric, bytea)."""
+    return Jsonb(records, dumps=lambda o: json.dumps(o, default=_json_default))
+
+
 def _json_default(value: Any) -> str:
     # uuid, datetime, Decimal, date: their str() is what PostgreSQL's input functions read
     if isinstance(value, (bytes, memoryview)):
@@ -378,10 +384,9 @@ class Queue:
                 attempts = max(r.attempts + 1, top) if permanent else r.attempts + 1
                 rec.update(attempts=attempts, queued_at=r.queued_at, last_error=text)
                 records.append(rec)
-        payload = Jsonb(records, dumps=lambda o: json.dumps(o, default=_json_default))
         conn.execute(
             q.record_failures(self.queue, self.failed, self.keys),
-            {"rows": payload, **self.policy},
+            {"rows": keys_jsonb(records), **self.policy},
         )
         return sum(1 for r in records if r["attempts"] >= self.policy["max_attempts"])
 

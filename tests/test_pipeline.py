@@ -271,3 +271,22 @@ def test_tables_that_cannot_be_vectorized(db, conn, schema):
         pgvz.Vectorizer(db, f"{schema}.missing", chunk_column="body", embedder=HashingEmbedder()).create()
     with pytest.raises(PgvzError, match="expected template= .* or chunk_column="):
         pgvz.Vectorizer(db, f"{schema}.nokey")
+
+
+def test_bytea_and_timestamp_keys_round_trip_through_the_pipeline(db, conn, schema):
+    """Keys travel to SQL as JSON text: bytea and timestamptz must come back as themselves."""
+    for table, ddl, values in (
+        ("blobs", "id bytea PRIMARY KEY, body text", "('\\x00ff'::bytea, 'zero ff'), ('\\x01'::bytea, 'one')"),
+        ("events", "id timestamptz PRIMARY KEY, body text", "('2024-01-01 10:00+00', 'new year'), ('2024-02-01 10:00+00', 'feb')"),
+    ):
+        t = sql.Identifier(schema, table)
+        conn.execute(sql.SQL("CREATE TABLE {} (" + ddl + ")").format(t))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES " + values).format(t))
+        v = pgvz.Vectorizer(db, f"{schema}.{table}", chunk_column="body", embedder=HashingEmbedder(8)).create()
+        assert v.sync(progress=False).processed == 2
+        conn.execute(sql.SQL("UPDATE {} SET body = body || ' (edited)'").format(t))
+        assert v.sync(progress=False).processed == 2  # old chunks found and replaced by key
+        rows = conn.execute(sql.SQL("SELECT contents FROM {} ORDER BY 1").format(
+            sql.Identifier(schema, f"{table}_embedding"))).fetchall()
+        assert len(rows) == 2 and all(r[0].endswith("(edited)") for r in rows), rows
+        v.close()
