@@ -1,7 +1,7 @@
 """The default model in the pipeline: cold start, end-to-end sync rate against the model's
 raw encode rate on the same texts, and embedding calls caused by unrelated updates.
 
-    .venv/bin/python benchmarks/model_efficiency.py [--topics 20] [--updates 1000] [--json out.json]
+    .venv/bin/python benchmarks/model_efficiency.py [--topics 20] [--updates 1000] [--out DIR]
 
 Two corpora: long texts, CPython's language reference (pgvz_nb.sample.load_python_docs)
 in chunks of 1000/200 characters; short texts, one sentence per row. For each, the sync
@@ -13,7 +13,6 @@ fresh sync and a raw encode, and the ratio is the median of the per-round ratios
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -22,6 +21,7 @@ import time
 from psycopg import sql
 
 import pgvz_nb as pgvz
+from report import add_out_argument, bars, save
 from pgvz_nb.embedders import MiniLMEmbedder, default_embedder
 from pgvz_nb.sample import load_python_docs
 
@@ -64,7 +64,7 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=1000)
     ap.add_argument("--short", type=int, default=2000, help="rows of the short-text table")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--json", default=None)
+    add_out_argument(ap)
     args = ap.parse_args()
 
     report: dict = {"cold_start_s": cold_start()}
@@ -127,9 +127,13 @@ def main() -> None:
         r = report[label]
         print(f"{label:<10}{r['chunks']:>8}{r['raw_per_s']:>14.1f}{r['sync_per_s']:>10.1f}{r['efficiency']:>12.2f}")
     print(f"embedding calls for {args.updates} unrelated updates: {report['embed_calls_after_updates']}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+
+    def plot(ax):
+        bars(ax, [f"{label} texts ({report[label]['chunks']})" for label in ("long", "short")],
+             [report[label]["efficiency"] for label in ("long", "short")],
+             title="Default model: end-to-end sync rate / raw encode rate", xlabel="ratio", goal=0.9)
+
+    save(args.out, "model_efficiency", report, db, plot)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@
 - embedding calls for unchanged updates: 10k updates of an unrelated column and 10k
   rewrites of identical text, pgvz_nb against the original.
 
-    .venv/bin/python benchmarks/sync_throughput.py [--rows 100000] [--original-rows 5000] [--json out.json]
+    .venv/bin/python benchmarks/sync_throughput.py [--rows 100000] [--original-rows 5000] [--out DIR]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import pgvz_nb as pgvz
+from report import add_out_argument, bars, save
 
 try:
     import psycopg2
@@ -123,12 +124,18 @@ def raw_copy(db, rows: int) -> float:
         return rows / (time.perf_counter() - t0)
 
 
+# the original's callback runs on psycopg2: psycopg 3 composes the statements as strings
+ORIG_DEST = sql.Identifier(SCHEMA, "orig_embedding")
+DELETE_ORIG = sql.SQL("DELETE FROM {} WHERE (metadata->>'docs_id')::int = ANY(%s)").format(ORIG_DEST).as_string(None)
+INSERT_ORIG = sql.SQL("INSERT INTO {} VALUES (%s, %s, %s, %s)").format(ORIG_DEST).as_string(None)
+
+
 def original_loop(db, rows: int) -> tuple[float, Constant]:
     table = "orig"
     make_table(db, table, rows)
     emb = Constant()
     with psycopg2.connect(db.dsn) as c2, c2.cursor() as cur:
-        cur.execute("SET search_path = " + SCHEMA + ", public")
+        cur.execute(sql.SQL("SET search_path = {}, public").format(sql.Identifier(SCHEMA)).as_string(None))
         cur.execute(sql.SQL("CREATE TABLE {} (id uuid PRIMARY KEY, metadata jsonb, contents text, "
                             "embedding vector(384))").format(sql.Identifier(SCHEMA, "orig_embedding")).as_string(None))
 
@@ -136,10 +143,10 @@ def original_loop(db, rows: int) -> tuple[float, Constant]:
         with psycopg2.connect(db.dsn) as c, c.cursor() as cur:
             register_vector2(c)
             ids = [r["locked_id"] for r in batch]
-            cur.execute(f"DELETE FROM {SCHEMA}.orig_embedding WHERE (metadata->>'docs_id')::int = ANY(%s)", (ids,))
+            cur.execute(DELETE_ORIG, (ids,))
             live = [r for r in batch if r["id"] is not None]
             vecs = emb.encode([f"{r['title']}: {r['contents']}" for r in live])
-            cur.executemany(f"INSERT INTO {SCHEMA}.orig_embedding VALUES (%s, %s, %s, %s)",
+            cur.executemany(INSERT_ORIG,
                             [(str(uuid.uuid4()), json.dumps({"docs_id": r["id"]}), r["title"], v)
                              for r, v in zip(live, vecs)])
 
@@ -209,7 +216,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--original-rows", type=int, default=5_000)
     ap.add_argument("--updates", type=int, default=10_000)
-    ap.add_argument("--json", default=None)
+    add_out_argument(ap)
     args = ap.parse_args()
     db = pgvz.connect()
     reset(db)
@@ -233,9 +240,14 @@ def main() -> None:
     print(f"2 workers / 1 worker: {r['pgvz_2_workers'] / r['pgvz_1_worker']:.2f}x")
     print(f"embedding calls (texts) for {args.updates:,} unrelated updates + {args.updates:,} identical "
           f"rewrites: {r['unchanged_updates']}")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(r, fh, indent=2)
+
+    def plot(ax):
+        keys = [k for k in ("raw_copy", "pgvz_1_lane", "pgvz_2_lanes", "pgvz_1_worker", "pgvz_2_workers", "original")
+                if k in r]
+        bars(ax, keys, [r[k] for k in keys], title=f"Sync throughput, zero-cost embedder, {args.rows:,} rows",
+             xlabel="rows/s", fmt="{:,.0f}")
+
+    save(args.out, "sync_throughput", r, db, plot)
 
 
 if __name__ == "__main__":

@@ -6,19 +6,23 @@ A fourth variant, ``empty_stmt_trigger``, has a statement-level AFTER INSERT tri
 with a transition table and an empty body: the cost of the capture alone, the floor
 for any design built on transition tables.
 
+The transition table lives in a tuplestore bounded by ``work_mem``; beyond it, it spills to
+a temp file. The embedded server runs with work_mem 128MB (pgvz_nb.db.EMBEDDED_SETTINGS),
+enough for the 200k rows; ``pgvz_nb_work_mem_4MB`` runs the pgvz_nb COPY in a session at
+PostgreSQL's default 4MB, as on an untuned external server.
+
 Rounds interleave the variants and the medians are compared, as ratios of rows/s to
 the no-trigger table in the same run (this machine is shared and noisy). Beside wall
 time, the server backend's own CPU time (from /proc, when the server is local) is
 compared too: it does not count time spent waiting for other processes.
 
-    .venv/bin/python benchmarks/write_overhead.py [--rows 200000] [--rounds 3] [--json out.json]
+    .venv/bin/python benchmarks/write_overhead.py [--rows 200000] [--rounds 7] [--out DIR]
 """
 
 from __future__ import annotations
 
 import argparse
 import io
-import json
 import os
 import random
 import statistics
@@ -28,6 +32,7 @@ from datetime import datetime, timedelta, timezone
 from psycopg import sql
 
 import pgvz_nb as pgvz
+from report import add_out_argument, save
 from pgvz_nb.sample import BLOG_DDL_COLUMNS, BLOG_POSTS
 
 try:
@@ -61,7 +66,7 @@ def setup(db: pgvz.Database, table: str, variant: str) -> None:
         for suffix in ("embedding_work_queue", "embedding_failed"):
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(SCHEMA, f"{table}_{suffix}")))
         conn.execute(sql.SQL("CREATE TABLE {} (" + BLOG_DDL_COLUMNS + ")").format(ident))
-    if variant == "pgvz_nb":
+    if variant.startswith("pgvz_nb"):
         pgvz.Vectorize(db, table, schema_name=SCHEMA).register()
     elif variant == "timescale_vector":
         original.Vectorize(db.dsn, table).register()
@@ -79,7 +84,7 @@ def setup(db: pgvz.Database, table: str, variant: str) -> None:
 
 
 def teardown(db: pgvz.Database, table: str, variant: str) -> None:
-    if variant == "pgvz_nb":
+    if variant.startswith("pgvz_nb"):
         pgvz.Vectorize(db, table, schema_name=SCHEMA).unregister()
     with db.connect() as conn:
         conn.execute(sql.SQL("DROP TABLE IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA, table)))
@@ -98,12 +103,15 @@ def backend_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def time_copy(db: pgvz.Database, table: str, data: bytes) -> tuple[float, float]:
+def time_copy(db: pgvz.Database, table: str, data: bytes, work_mem: str | None = None) -> tuple[float, float]:
     """(wall seconds, backend CPU seconds) of one COPY including its commit."""
     copy_sql = sql.SQL(
         "COPY {} (title, author, contents, category, published_time) FROM STDIN"
     ).format(sql.Identifier(SCHEMA, table))
     with db.connect() as conn:
+        if work_mem:
+            conn.execute(sql.SQL("SET work_mem = {}").format(sql.Literal(work_mem)))
+            conn.commit()
         pid = conn.info.backend_pid
         c0, t0 = backend_cpu(pid), time.perf_counter()
         with conn.cursor().copy(copy_sql) as copy:
@@ -113,14 +121,15 @@ def time_copy(db: pgvz.Database, table: str, data: bytes) -> tuple[float, float]
         return time.perf_counter() - t0, backend_cpu(pid) - c0
 
 
-def time_single_inserts(db: pgvz.Database, table: str, n: int) -> tuple[float, float]:
-    """(wall seconds, backend CPU seconds) of n single-row INSERTs in one transaction."""
+def time_single_inserts(db: pgvz.Database, table: str, n: int, autocommit: bool = False) -> tuple[float, float]:
+    """(wall seconds, backend CPU seconds) of n single-row INSERTs, in one transaction or
+    each committing on its own (autocommit: a WAL flush per row)."""
     insert = sql.SQL(
         "INSERT INTO {} (title, author, contents, category, published_time) "
         "VALUES (%s, %s, %s, %s, now())"
     ).format(sql.Identifier(SCHEMA, table))
     post = BLOG_POSTS[1]
-    with db.connect() as conn:
+    with db.connect(autocommit=autocommit) as conn:
         pid = conn.info.backend_pid
         c0, t0 = backend_cpu(pid), time.perf_counter()
         for i in range(n):
@@ -134,58 +143,85 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=200_000)
     ap.add_argument("--inserts", type=int, default=5_000)
     ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--json", default=None)
+    add_out_argument(ap)
     args = ap.parse_args()
 
     db = pgvz.connect()
-    variants = ["none", "empty_stmt_trigger", "pgvz_nb"] + (["timescale_vector"] if original else [])
+    variants = ["none", "empty_stmt_trigger", "pgvz_nb", "pgvz_nb_work_mem_4MB"]
+    variants += ["timescale_vector"] if original else []
+    with db.connect() as conn:
+        work_mem = conn.execute("SHOW work_mem").fetchone()[0]
     data = make_copy_data(args.rows)
-    copy_s: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
-    ins_s: dict[str, list[tuple[float, float]]] = {v: [] for v in variants}
+    kinds = ("copy", "insert", "autocommit")
+    samples: dict[str, dict[str, list[tuple[float, float]]]] = {k: {v: [] for v in variants} for k in kinds}
     for r in range(args.rounds):
         order = variants[r % len(variants):] + variants[: r % len(variants)]
         for v in order:
             table = f"bench_write_{v}"
-            setup(db, table, v)
-            copy_s[v].append(time_copy(db, table, data))
-            teardown(db, table, v)
-            setup(db, table, v)
-            ins_s[v].append(time_single_inserts(db, table, args.inserts))
-            teardown(db, table, v)
+            for kind in kinds:
+                if kind != "copy" and v.endswith("4MB"):
+                    continue  # work_mem only matters to a statement writing many rows
+                setup(db, table, v)
+                if kind == "copy":
+                    t = time_copy(db, table, data, "4MB" if v.endswith("4MB") else None)
+                else:
+                    t = time_single_inserts(db, table, args.inserts, autocommit=kind == "autocommit")
+                samples[kind][v].append(t)
+                teardown(db, table, v)
         print(f"round {r + 1}/{args.rounds} done", flush=True)
 
-    def med(samples: list[tuple[float, float]], i: int) -> float:
-        return statistics.median(s[i] for s in samples)
+    def rate(kind: str, v: str, n: int) -> float:
+        return n / statistics.median(s[0] for s in samples[kind][v])
 
-    def ratio(samples: dict, v: str, i: int) -> float:
+    def ratio(kind: str, v: str, i: int) -> float:
         """Median over rounds of (no-trigger time / variant time) within the same round:
         pairs measured minutes apart would carry the machine's drift into the ratio."""
-        return statistics.median(b[i] / x[i] for b, x in zip(samples["none"], samples[v]))
+        pairs = [b[i] / x[i] for b, x in zip(samples[kind]["none"], samples[kind][v]) if x[i] > 0]
+        return statistics.median(pairs) if pairs else float("nan")  # CPU clock ticks are 10 ms
 
-    report: dict = {"rows": args.rows, "inserts": args.inserts, "rounds": args.rounds, "variants": {}}
-    print(f"\nCOPY of {args.rows:,} rows and {args.inserts:,} single-row INSERTs (one transaction); "
-          f"{args.rounds} rounds; rates are medians, ratios the median of per-round ratios "
-          "to 'none'; 'cpu' compares the server backend's CPU time")
-    print(f"{'variant':<20}{'COPY rows/s':>12}{'wall':>7}{'cpu':>7}"
-          f"{'INSERT rows/s':>15}{'wall':>7}{'cpu':>7}")
+    report: dict = {"rows": args.rows, "inserts": args.inserts, "rounds": args.rounds,
+                    "server_work_mem": work_mem, "variants": {}}
+    print(f"\nCOPY of {args.rows:,} rows; {args.inserts:,} single-row INSERTs in one transaction, and "
+          f"autocommitted; {args.rounds} rounds; rates are medians, ratios the median of per-round "
+          f"ratios to 'none'; 'cpu' compares the server backend's CPU time; server work_mem {work_mem}")
+    print(f"{'variant':<22}{'COPY rows/s':>12}{'wall':>7}{'cpu':>7}"
+          f"{'INSERT/s 1 tx':>15}{'wall':>7}{'cpu':>7}{'autocommit/s':>14}{'wall':>7}")
     for v in variants:
-        row = {
-            "copy_wall_s": [s[0] for s in copy_s[v]], "copy_cpu_s": [s[1] for s in copy_s[v]],
-            "insert_wall_s": [s[0] for s in ins_s[v]], "insert_cpu_s": [s[1] for s in ins_s[v]],
-            "copy_ratio": ratio(copy_s, v, 0),
-            "copy_cpu_ratio": ratio(copy_s, v, 1),
-            "insert_ratio": ratio(ins_s, v, 0),
-            "insert_cpu_ratio": ratio(ins_s, v, 1),
-        }
+        row: dict = {}
+        for kind, n in (("copy", args.rows), ("insert", args.inserts), ("autocommit", args.inserts)):
+            if samples[kind][v]:
+                row[f"{kind}_wall_s"] = [s[0] for s in samples[kind][v]]
+                row[f"{kind}_cpu_s"] = [s[1] for s in samples[kind][v]]
+                row[f"{kind}_rows_per_s"] = rate(kind, v, n)
+                row[f"{kind}_ratio"] = ratio(kind, v, 0)
+                row[f"{kind}_cpu_ratio"] = ratio(kind, v, 1)
         report["variants"][v] = row
-        print(f"{v:<20}{args.rows / med(copy_s[v], 0):>12,.0f}{row['copy_ratio']:>6.2f}x"
-              f"{row['copy_cpu_ratio']:>6.2f}x{args.inserts / med(ins_s[v], 0):>15,.0f}"
-              f"{row['insert_ratio']:>6.2f}x{row['insert_cpu_ratio']:>6.2f}x")
+        line = f"{v:<22}{row['copy_rows_per_s']:>12,.0f}{row['copy_ratio']:>6.2f}x{row['copy_cpu_ratio']:>6.2f}x"
+        if "insert_ratio" in row:
+            line += (f"{row['insert_rows_per_s']:>15,.0f}{row['insert_ratio']:>6.2f}x{row['insert_cpu_ratio']:>6.2f}x"
+                     f"{row['autocommit_rows_per_s']:>14,.0f}{row['autocommit_ratio']:>6.2f}x")
+        print(line)
     if not original:
         print("(timescale_vector not installed: `make bench` installs it beside psycopg2-binary)")
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(report, fh, indent=2)
+
+    def plot(ax):
+        import numpy as np
+
+        names = [v for v in variants if v != "none"]
+        y = np.arange(len(names))[::-1]
+        for off, kind, label in ((0.27, "copy", "COPY"), (0, "insert", "INSERTs, 1 tx"),
+                                 (-0.27, "autocommit", "INSERTs, autocommit")):
+            vals = [report["variants"][v].get(f"{kind}_ratio", 0) for v in names]
+            ax.barh(y + off, vals, height=0.26, label=label)
+        ax.set_yticks(y, names)
+        ax.axvline(0.9, color="#c44e52", linestyle="--", linewidth=1)
+        ax.text(0.9, len(names) - 0.5, " goal (COPY) 0.9", color="#c44e52", fontsize=8)
+        ax.set_xlim(0, 1.25)
+        ax.set_xlabel("rows/s relative to no trigger (median of per-round ratios)")
+        ax.set_title(f"Write overhead, work_mem {work_mem}", fontsize=10)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+    save(args.out, "write_overhead", report, db, plot)
 
 
 if __name__ == "__main__":

@@ -156,7 +156,28 @@ def start_embedded() -> str:
             "Set PGVZ_DATA_DIR to another directory, or PGVZ_DSN to use an existing server."
         ) from exc
     _servers[pgdata] = server
+    _tune_embedded(server.get_uri())
     return server.get_uri()
+
+
+#: Settings the embedded server gets when they are still at PostgreSQL's defaults.
+#: work_mem bounds the in-memory tuplestore of a statement trigger's transition table:
+#: at the default 4MB, a bulk load of 200k blog rows spills it to a temp file and COPY
+#: runs ~5% slower with a vectorizer attached (benchmarks/write_overhead.py).
+EMBEDDED_SETTINGS = {"work_mem": "128MB"}
+
+
+def _tune_embedded(dsn: str) -> None:
+    """Apply EMBEDDED_SETTINGS with ALTER SYSTEM, leaving any value a user set alone."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        changed = False
+        for name, value in EMBEDDED_SETTINGS.items():
+            row = conn.execute(q.setting_source(), (name,)).fetchone()
+            if row and row[0] == "default":
+                conn.execute(q.alter_system_set(name, value))
+                changed = True
+        if changed:
+            conn.execute(q.reload_conf())
 
 
 def resolve_dsn(dsn: str | None = None) -> tuple[str, bool]:

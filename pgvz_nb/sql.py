@@ -92,6 +92,19 @@ def create_vector_extension() -> sql.Composed:
     return sql.SQL("CREATE EXTENSION IF NOT EXISTS vector").format()
 
 
+def setting_source() -> sql.Composed:
+    """Where a setting's value comes from ('default', 'configuration file', ...); %s: name."""
+    return sql.SQL("SELECT source FROM pg_settings WHERE name = %s").format()
+
+
+def alter_system_set(name: str, value: str) -> sql.Composed:
+    return sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+
+
+def reload_conf() -> sql.Composed:
+    return sql.SQL("SELECT pg_reload_conf()").format()
+
+
 # --- catalog ---------------------------------------------------------------------------
 
 

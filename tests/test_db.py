@@ -7,6 +7,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 from contextlib import contextmanager
 from types import SimpleNamespace
 from pathlib import Path
@@ -175,3 +176,83 @@ def test_wrong_database_name_is_a_clear_error(db):
     dsn = psycopg.conninfo.make_conninfo(db.dsn, dbname="no_such_database_here")
     with pytest.raises(ConnectionFailed, match="no_such_database_here.*check that the server runs"):
         pgvz.connect(dsn)
+
+
+def _auto_conf_work_mem(conn) -> str | None:
+    """work_mem as written in postgresql.auto.conf now (no reload needed to see it)."""
+    row = conn.execute("SELECT setting FROM pg_file_settings WHERE name = 'work_mem' "
+                       "AND sourcefile LIKE '%postgresql.auto.conf' ORDER BY seqno DESC LIMIT 1").fetchone()
+    return row[0] if row else None
+
+
+def _wait_for_work_mem_source(dsn: str, wanted: str) -> None:
+    for _ in range(100):  # pg_reload_conf() only signals: new backends see it a moment later
+        with psycopg.connect(dsn) as c:
+            if c.execute("SELECT source FROM pg_settings WHERE name = 'work_mem'").fetchone()[0] == wanted:
+                return
+        time.sleep(0.05)
+    raise AssertionError(f"work_mem source never became {wanted!r}")
+
+
+def test_embedded_server_sizes_work_mem_but_keeps_a_value_someone_set(db, conn):
+    if not db.embedded:
+        pytest.skip("only the embedded server is tuned")
+    assert _auto_conf_work_mem(conn) == dbmod.EMBEDDED_SETTINGS["work_mem"]
+    try:
+        conn.execute("ALTER SYSTEM SET work_mem = '7MB'")
+        conn.execute("SELECT pg_reload_conf()")
+        dbmod._tune_embedded(db.dsn)
+        assert _auto_conf_work_mem(conn) == "7MB", "a value someone set must be left alone"
+        conn.execute("ALTER SYSTEM RESET work_mem")
+        conn.execute("SELECT pg_reload_conf()")
+        _wait_for_work_mem_source(db.dsn, "default")
+        dbmod._tune_embedded(db.dsn)
+        assert _auto_conf_work_mem(conn) == dbmod.EMBEDDED_SETTINGS["work_mem"]
+    finally:
+        conn.execute(psycopg.sql.SQL("ALTER SYSTEM SET work_mem = {}").format(
+            psycopg.sql.Literal(dbmod.EMBEDDED_SETTINGS["work_mem"])))
+        conn.execute("SELECT pg_reload_conf()")
+    _wait_for_work_mem_source(db.dsn, "configuration file")
+
+
+def _temp_files(conn) -> int:
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.commit()
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    return conn.execute("SELECT temp_files FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+
+def test_bulk_copy_keeps_the_transition_table_in_memory_on_the_embedded_server(db):
+    """At PostgreSQL's default work_mem (4MB) the trigger's transition table of a 30k-row
+    COPY spills to a temp file (COPY ~8% slower, benchmarks/write_overhead.py); at the
+    embedded server's setting it stays in memory."""
+    if not db.embedded:
+        pytest.skip("only the embedded server is tuned")
+    name = f"spill_{os.getpid()}"
+    table = psycopg.sql.Identifier("public", name)
+    rows = "".join(f"{i}\t{'a fairly long body of text ' * 12}{i}\n" for i in range(30_000))
+    with db.connect() as c:
+        c.execute(psycopg.sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(table))
+        c.commit()
+        v = pgvz.Vectorize(db, name)
+        v.register()
+        try:
+            spilled = []
+            for work_mem in ("4MB", None):
+                if work_mem:
+                    c.execute(psycopg.sql.SQL("SET work_mem = {}").format(psycopg.sql.Literal(work_mem)))
+                else:
+                    c.execute("RESET work_mem")
+                c.execute(psycopg.sql.SQL("TRUNCATE {}").format(table))
+                c.commit()
+                before = _temp_files(c)
+                with c.cursor().copy(psycopg.sql.SQL("COPY {} FROM STDIN").format(table)) as copy:
+                    copy.write(rows)
+                c.commit()
+                spilled.append(_temp_files(c) - before)
+            assert spilled[0] >= 1, "at 4MB the transition table should have spilled"
+            assert spilled[1] == 0, "at the embedded server's work_mem it should stay in memory"
+        finally:
+            v.unregister()
+            c.execute(psycopg.sql.SQL("DROP TABLE {}").format(table))
+            c.commit()
