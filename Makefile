@@ -40,11 +40,15 @@ test: $(VENV)/.test
 strip: $(VENV)/.test
 	$(VENV)/bin/nbstripout notebooks/*.ipynb
 
+# every benchmark side by side, JSON + PNG in benchmarks/results/, then the goals table
 bench: $(VENV)/.bench
 	$(PY) benchmarks/write_overhead.py
 	$(PY) benchmarks/model_efficiency.py
 	$(PY) benchmarks/sync_throughput.py
-	$(PY) benchmarks/search_latency.py
+	$(PY) benchmarks/scale.py
+	$(PY) benchmarks/search_latency.py --vectors real
+	$(PY) benchmarks/search_latency.py --vectors synthetic
+	$(PY) benchmarks/report.py
 
 # The randomized stress test: 10,000 changes, 4 workers, a worker SIGKILLed every 400 changes.
 stress: $(VENV)/.test

@@ -130,7 +130,7 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
             rows.append((f"model efficiency, {m[label]['chunks']} {label} texts: sync / raw encode", ">= 0.9",
                          f"{e:.2f}", e >= 0.9))
         rows.append(("default model cold start (import, load, first query)", "-", f"{m['cold_start_s']:.2f} s", None))
-    for key in ("search_latency", "search_latency_real"):
+    for key in ("search_latency", "search_latency_synthetic"):
         if s := r.get(key):
             kind = s.get("vectors", "synthetic")
             for label, c in s["cases"].items():
