@@ -69,7 +69,7 @@ def docstring_sentences(n: int) -> list[str]:
                     continue
                 for para in (ast.get_docstring(node) or "").split("\n\n"):
                     for sent in re.split(r"(?<=[.!?])\s+(?=[A-Z])", " ".join(para.split())):
-                        if 30 <= len(sent) <= 400 and sent not in seen and not sent.startswith((">>>", "..", "-", "=")):
+                        if 30 <= len(sent) <= 400 and "\x00" not in sent and sent not in seen and not sent.startswith((">>>", "..", "-", "=")):
                             seen.add(sent)
                             out.append(sent)
                             if len(out) == n:
@@ -95,6 +95,7 @@ def real(rows: int, queries: int, cache_dir: Path) -> tuple[list[str], np.ndarra
         print(f"embedded in {time.perf_counter() - t0:.0f} s ({len(texts) / (time.perf_counter() - t0):.0f}/s)")
         cache_dir.mkdir(parents=True, exist_ok=True)
         np.savez(cache, texts=np.array(texts), vecs=vecs)
+    texts = [t.replace("\x00", " ") for t in texts]  # PostgreSQL text cannot hold NUL
     # held-out queries: every (rows + queries) / queries-th sentence, so they spread over the corpus
     step = (rows + queries) // queries
     qidx = np.arange(queries) * step

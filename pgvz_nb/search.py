@@ -108,6 +108,12 @@ class Collection:
                 f"add() got {len(contents)} contents, {len(metadatas)} metadatas, "
                 f"{len(embeddings)} embeddings and {len(ids)} ids; expected equal lengths"
             )
+        for i, text in enumerate(contents):
+            if "\x00" in text:
+                raise PgvzError(
+                    f"text {i} contains a NUL character (U+0000), which PostgreSQL text cannot "
+                    "store; remove it first, e.g. text.replace('\\x00', '')"
+                )
         with conn.cursor().copy(q.collection_copy(self.rel)) as copy:
             copy.set_types(["uuid", "jsonb", "text", "vector"])
             for id_, text, meta, emb in zip(ids, contents, metadatas, embeddings):

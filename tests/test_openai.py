@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from psycopg import sql
 
 import pgvz_nb as pgvz
 from pgvz_nb.sample import load_blog
@@ -31,7 +32,7 @@ def test_vectorizer_with_openai_embeddings_honours_base_url(db, conn, schema, mo
         w = pgvz.Vectorizer.open(db, v.name)
         assert type(w.embedder).__name__ == "OpenAIEmbeddings"
         assert w.embedder.openai_api_base == server.base_url and w.embedder.model == "text-embedding-3-small"
-        conn.execute(f'UPDATE "{schema}".blog SET title = title || \'!\' WHERE id = 1')
+        conn.execute(sql.SQL("UPDATE {} SET title = title || '!' WHERE id = 1").format(sql.Identifier(schema, "blog")))
         seen = len(server.requests)
         assert w.sync(progress=False).processed == 1
         assert len(server.requests) > seen
