@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import string
+import struct
 import threading
 import time
 import uuid
@@ -50,6 +51,54 @@ class _Formatter(string.Formatter):
 
 
 _FORMATTER = _Formatter()
+
+
+class _Template:
+    """A ``str.format`` template parsed once. Plain ``{name}`` / ``{name:spec}`` / ``{name!r}``
+    fields render directly (5x faster than string.Formatter's pure-Python vformat, which
+    was a quarter of the pipeline's time per row); attribute or index access and nested
+    specs go through the general formatter."""
+
+    def __init__(self, template: str):
+        self.template = template
+        self.parts = [(lit, name, spec or "", conv) for lit, name, spec, conv in _FORMATTER.parse(template)]
+        self.simple = all(name is None or (name.isidentifier() and "{" not in spec)
+                          for _, name, spec, _ in self.parts)
+
+    def render(self, values: dict[str, Any], chunk: str) -> str:
+        if not self.simple:
+            return _FORMATTER.format(self.template, **{**values, "chunk": chunk})
+        out = []
+        for literal, name, spec, conv in self.parts:
+            out.append(literal)
+            if name is None:
+                continue
+            value = chunk if name == "chunk" else values[name]
+            if conv:
+                value = _FORMATTER.convert_field(value, conv)
+            out.append(value if type(value) is str and not spec else _FORMATTER.format_field(value, spec))
+        return "".join(out)
+
+
+class _VectorBytes(bytes):
+    """A vector already in pgvector's binary form (dims, unused, big-endian float4s)."""
+
+
+def _vector_bytes(vec: np.ndarray) -> _VectorBytes:
+    return _VectorBytes(struct.pack(">HH", vec.shape[0], 0) + vec.astype(">f4").tobytes())
+
+
+def _vector_bytes_dumper(oid: int) -> type:
+    """A binary dumper for one COPY cursor: passes _VectorBytes through, so a batch's vectors
+    are encoded with numpy instead of one pgvector.Vector object per row."""
+    from pgvector.psycopg.vector import VectorBinaryDumper
+
+    class Dumper(VectorBinaryDumper):
+        def dump(self, obj):
+            return obj if isinstance(obj, _VectorBytes) else super().dump(obj)
+
+    Dumper.oid = oid
+    return Dumper
 
 
 def _jsonable(value: Any) -> Any:
@@ -167,6 +216,7 @@ class Pipeline:
                 chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap
             )
         self._copy_types: list[int] | None = None
+        self._template = _Template(config.template)
         # sync's lanes share one model: one batch is embedded at a time, while the other
         # lane claims, reads or writes
         self._model_lock = threading.Lock()
@@ -196,7 +246,7 @@ class Pipeline:
                 "with where="
             )
         for seq, piece in enumerate(pieces):
-            formatted = _FORMATTER.format(cfg.template, **{**values, "chunk": piece})
+            formatted = self._template.render(values, piece)
             if not formatted.strip():
                 continue  # nothing to embed: a NULL or empty text with an empty template
             digest = hashlib.sha256(f"{self.identity}\x00{formatted}".encode()).hexdigest()
@@ -329,7 +379,10 @@ class Pipeline:
             self._copy_types = [types[c] for c in
                                 ("id", "metadata", "contents", "embedding", *self.config.dest_keys,
                                  "chunk_seq", "chunk_hash")]
-        with conn.cursor().copy(q.destination_copy(self.dest, self.config.dest_keys)) as copy:
+        cur = conn.cursor()
+        cur.adapters.register_dumper(_VectorBytes, _vector_bytes_dumper(self._copy_types[3]))
+        encoded = {h: _vector_bytes(v) for h, v in vectors.items()}
+        with cur.copy(q.destination_copy(self.dest, self.config.dest_keys)) as copy:
             copy.set_types(self._copy_types)
             for key, chunks in items:
                 spare = {h: list(ids) for h, ids in ids_for_reuse.get(key, {}).items()}
@@ -342,4 +395,4 @@ class Pipeline:
                             break
                     if id_ is None:
                         id_ = uuid_from_time(c.time) if c.time is not None else uuid.uuid4()
-                    copy.write_row((id_, Jsonb(c.metadata), c.text, vectors[c.hash], *key, c.seq, c.hash))
+                    copy.write_row((id_, Jsonb(c.metadata), c.text, encoded[c.hash], *key, c.seq, c.hash))

@@ -290,3 +290,22 @@ def test_bytea_and_timestamp_keys_round_trip_through_the_pipeline(db, conn, sche
             sql.Identifier(schema, f"{table}_embedding"))).fetchall()
         assert len(rows) == 2 and all(r[0].endswith("(edited)") for r in rows), rows
         v.close()
+
+
+@pytest.mark.parametrize("template", [
+    "{title}: {chunk}", "{{literal}} {title!r} {n:>5} {price:.2f}", "{when.year}-{tags[0]}",
+    "{meta} / {missing_is_none}", "no fields at all", "{chunk}{chunk}", "{n:{width}}",
+])
+def test_compiled_template_renders_like_str_format(template):
+    """The pipeline's pre-parsed template is a fast path of str.format with NULL -> '' and
+    dict/list -> JSON; every template must render exactly as the general formatter does."""
+    from datetime import datetime as dt
+    from decimal import Decimal
+
+    from pgvz_nb.pipeline import _FORMATTER, _Template
+
+    values = {"title": "Cats", "n": 7, "price": Decimal("3.5"), "when": dt(2024, 5, 1), "tags": ["a", "b"],
+              "meta": {"k": [1, "é"]}, "missing_is_none": None, "width": 4}
+    t = _Template(template)
+    assert t.render(values, "piece") == _FORMATTER.format(template, **{**values, "chunk": "piece"})
+    assert t.simple == (template not in ("{when.year}-{tags[0]}", "{n:{width}}"))
