@@ -116,10 +116,13 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
         if "original" in s:
             x = s["pgvz_1_lane"] / s["original"]
             rows.append(("sync, zero-cost embedder: pgvz_nb / the original's loop", ">= 20x", f"{x:.0f}x", x >= 20))
-        x = s["pgvz_1_lane"] / s["raw_copy"]
-        rows.append((f"sync {s['rows']:,} rows: pgvz_nb 1 lane / raw binary COPY", ">= 0.5x",
-                     f"{x:.2f}x ({s['pgvz_1_lane']:,.0f} rows/s)", x >= 0.5))
-        rows.append(("sync: 2 lanes / raw COPY", "-", f"{s['pgvz_2_lanes'] / s['raw_copy']:.2f}x", None))
+        limit = s.get("raw_copy_prebuilt", s["raw_copy"])
+        x = s["pgvz_1_lane"] / limit
+        rows.append((f"sync {s['rows']:,} rows: pgvz_nb 1 lane / raw binary COPY (prebuilt bytes)", ">= 0.5x",
+                     f"{x:.2f}x ({s['pgvz_1_lane']:,.0f} vs {limit:,.0f} rows/s)", x >= 0.5))
+        rows.append(("sync: 2 lanes / raw COPY (prebuilt bytes)", "-", f"{s['pgvz_2_lanes'] / limit:.2f}x", None))
+        rows.append(("sync: 1 lane / raw COPY encoded row by row in Python", "-",
+                     f"{s['pgvz_1_lane'] / s['raw_copy']:.2f}x ({s['raw_copy']:,.0f} rows/s)", None))
         rows.append(("workers: 2 processes / 1", "-", f"{s['pgvz_2_workers'] / s['pgvz_1_worker']:.2f}x", None))
         u = s["unchanged_updates"]
         rows.append(("embedding calls, 10k unrelated updates + 10k identical rewrites", "0",
@@ -134,8 +137,10 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
         if s := r.get(key):
             kind = s.get("vectors", "synthetic")
             for label, c in s["cases"].items():
-                ok = c["p50_ms"] <= 10 and c["recall_at_10"] >= 0.95
-                rows.append((f"search {s['rows']:,} x 384 ({kind}), {label}", "p50 <= 10 ms, recall >= 0.95",
+                # the goal is for embeddings; synthetic clusters are a harder worst case, shown as is
+                ok = c["p50_ms"] <= 10 and c["recall_at_10"] >= 0.95 if kind == "real" else None
+                goal = "p50 <= 10 ms, recall >= 0.95" if kind == "real" else "- (worst case)"
+                rows.append((f"search {s['rows']:,} x 384 ({kind}), {label}", goal,
                              f"p50 {c['p50_ms']:.1f} ms, p95 {c['p95_ms']:.1f} ms, recall {c['recall_at_10']:.3f}", ok))
             if "dataframe_overhead_ms" in s:
                 rows.append(("search: DataFrame over raw rows (p50 difference)", "-",
