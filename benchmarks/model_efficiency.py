@@ -64,10 +64,12 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=1000)
     ap.add_argument("--short", type=int, default=2000, help="rows of the short-text table")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--lanes", type=int, default=2, help="Vectorizer.sync(lanes=...): 2 is the default")
+    ap.add_argument("--batch-size", type=int, default=None, help="rows per claim (default: the vectorizer's)")
     add_out_argument(ap)
     args = ap.parse_args()
 
-    report: dict = {"cold_start_s": cold_start()}
+    report: dict = {"cold_start_s": cold_start(), "lanes": args.lanes, "batch_size": args.batch_size}
     db = pgvz.connect()
     reset(db)
     emb = Counting()
@@ -87,8 +89,10 @@ def main() -> None:
     ):
         ratios, syncs, raws = [], [], []
         for _ in range(args.rounds):  # raw and sync alternate; each round compares its own pair
+            if args.batch_size:
+                opts["batch_size"] = args.batch_size
             v = pgvz.Vectorizer(db, f"{SCHEMA}.{table}", embedder=emb, **opts).create(replace=True)
-            sync = v.sync(progress=False)
+            sync = v.sync(progress=False, lanes=args.lanes)
             with db.connect() as conn:
                 texts = [r[0] for r in conn.execute(sql.SQL("SELECT contents FROM {} ORDER BY {}, chunk_seq").format(
                     sql.Identifier(SCHEMA, f"{table}_embedding"), sql.Identifier(v.config.dest_keys[0])))]
