@@ -358,6 +358,17 @@ def _where_columns(where: str, columns: Sequence[str]) -> list[str]:
     return found
 
 
+def next_batch_size(per_row: float | None, claimed: int, seconds: float, target: float,
+                    hi: int, lo: int = 1) -> tuple[int, float]:
+    """(rows for the next claim, new smoothed seconds per row) after a batch of ``claimed``
+    rows took ``seconds``: aim at ``target`` seconds a batch, move halfway towards each new
+    measurement, and at most quadruple from one batch to the next."""
+    measured = seconds / claimed
+    per_row = measured if per_row is None else (per_row + measured) / 2
+    rows = int(target / per_row) if per_row > 0 else hi
+    return max(lo, min(hi, rows, claimed * 4)), per_row
+
+
 class Vectorizer:
     """Keeps ``<table>_embedding`` in sync with ``table`` through the built-in pipeline.
 
@@ -657,12 +668,18 @@ class Vectorizer:
         return result, total
 
     def sync(self, *, progress: bool = True, max_batches: int | None = None,
-             lanes: int = 2) -> SyncReport:
+             lanes: int = 2, batch_seconds: float | None = 2.0) -> SyncReport:
         """Drain the queue; a progress bar shows rows, rate and ETA. Returns a SyncReport.
 
         With ``lanes=2`` two claims run at once on two connections, and the model is lent to
         one at a time: while one batch is being embedded, the next one is claimed and read,
         and the previous one written, so the model does not wait for the database.
+
+        The first claim takes ``batch_size`` rows; later claims are sized so that a batch
+        takes about ``batch_seconds`` (1 to ``max(batch_size, 1000)`` rows): short texts go
+        in large batches, so the fixed cost of a claim and its commit stays small beside
+        the model, and long chunked texts in small ones, so a batch never holds its rows
+        for minutes. ``batch_seconds=None`` keeps every claim at ``batch_size``.
         """
         queue, _, conn = self._ready()
         with conn.transaction():
@@ -674,6 +691,8 @@ class Vectorizer:
         budget = [max_batches]
         active = [max(1, lanes)]
         errors: list[BaseException] = []
+        size = [self.config.batch_size]  # rows per claim, shared by the lanes
+        per_row: list[float | None] = [None]  # smoothed seconds per claimed row
 
         def lane(lane_conn: psycopg.Connection | None) -> None:
             try:
@@ -686,8 +705,13 @@ class Vectorizer:
                             budget[0] -= 1
                         if errors:
                             return
-                    result, stats = self.process(conn=lane_conn)
+                    started = time.perf_counter()
+                    result, stats = self.process(size[0], conn=lane_conn)
                     with lock:
+                        if batch_seconds and result.claimed:
+                            size[0], per_row[0] = next_batch_size(
+                                per_row[0], result.claimed, time.perf_counter() - started,
+                                batch_seconds, hi=max(self.config.batch_size, 1000))
                         if result.claimed == 0:
                             # another lane still holding keys: they may come back (busy)
                             if result.answer == "busy" and active[0] > 1:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from datetime import datetime, timezone
 
 import numpy as np
@@ -309,3 +310,48 @@ def test_compiled_template_renders_like_str_format(template):
     t = _Template(template)
     assert t.render(values, "piece") == _FORMATTER.format(template, **{**values, "chunk": "piece"})
     assert t.simple == (template not in ("{when.year}-{tags[0]}", "{n:{width}}"))
+
+
+def test_next_batch_size_aims_at_the_target_and_moves_gradually():
+    from pgvz_nb.vectorizer import next_batch_size
+
+    # 64 rows took 6.4 s (0.1 s a row): 2 s a batch is 20 rows
+    assert next_batch_size(None, 64, 6.4, 2.0, hi=1000) == (20, 0.1)
+    # 64 rows took 64 ms: 2,000 rows would take 2 s, but a batch at most quadruples
+    assert next_batch_size(None, 64, 0.064, 2.0, hi=1000)[0] == 256
+    assert next_batch_size(None, 400, 0.4, 2.0, hi=1000)[0] == 1000  # and never passes hi
+    assert next_batch_size(None, 2, 30.0, 2.0, hi=1000)[0] == 1  # a row slower than the target: one at a time
+    size, est = next_batch_size(0.1, 20, 0.2, 2.0, hi=1000)  # halfway from 0.1 to 0.01 s a row
+    assert est == pytest.approx(0.055) and size == 36
+
+
+class Slow(HashingEmbedder):
+    """50 ms per text, recording the size of every call."""
+
+    def __init__(self):
+        super().__init__(16)
+        self.sizes = []
+
+    def embed_documents(self, texts):
+        self.sizes.append(len(texts))
+        time.sleep(0.05 * len(texts))
+        return super().embed_documents(texts)
+
+
+def test_sync_sizes_claims_by_time_and_a_fixed_size_on_request(db, conn, schema):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(schema, "slow")))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'text ' || i FROM generate_series(1, 60) i").format(
+        sql.Identifier(schema, "slow")))
+    emb = Slow()
+    v = pgvz.Vectorizer(db, f"{schema}.slow", template="{body}", embedder=emb, batch_size=20).create()
+    report = v.sync(progress=False, lanes=1, batch_seconds=0.2)
+    dest = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "slow_embedding"))
+    assert report.processed == 60 and conn.execute(dest).fetchone()[0] == 60
+    # the first claim is batch_size; a 50 ms text with a 0.2 s target makes the rest 4 rows or
+    # fewer (a slower machine only makes them smaller)
+    assert emb.sizes[0] == 20 and max(emb.sizes[1:]) <= 4, emb.sizes
+    conn.execute(sql.SQL("UPDATE {} SET body = body || '!' WHERE id <= 40").format(sql.Identifier(schema, "slow")))
+    emb.sizes.clear()
+    v.sync(progress=False, lanes=1, batch_seconds=None)
+    assert emb.sizes == [20, 20], emb.sizes
+    v.close()
