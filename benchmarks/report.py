@@ -93,6 +93,12 @@ def _load(out: Path) -> dict[str, dict]:
     return {p.stem: json.loads(p.read_text()) for p in sorted(out.glob("*.json"))}
 
 
+def _r(x: float, goal: float) -> str:
+    """Two decimals, or three when two would round across the goal (0.896 is not 0.90)."""
+    two = f"{x:.2f}"
+    return two if (float(two) >= goal) == (x >= goal) else f"{x:.3f}"
+
+
 def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
     """(figure, goal, measured, met) for every result present."""
     rows: list[tuple[str, str, str, bool | None]] = []
@@ -100,7 +106,7 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
         v = w["variants"]
         c = v["pgvz_nb"]["copy_ratio"]
         rows.append((f"COPY {w['rows']:,} rows, pgvz_nb vs none (work_mem {w.get('server_work_mem', '?')})",
-                     ">= 0.9x", f"{c:.2f}x", c >= 0.9))
+                     ">= 0.9x", f"{_r(c, 0.9)}x", c >= 0.9))
         if "pgvz_nb_work_mem_4MB" in v:
             rows.append(("COPY, pgvz_nb at work_mem 4MB", "-", f"{v['pgvz_nb_work_mem_4MB']['copy_ratio']:.2f}x", None))
         rows.append(("COPY, empty transition-table trigger (floor)", "-",
@@ -119,7 +125,7 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
         limit = s.get("raw_copy_prebuilt", s["raw_copy"])
         x = s["pgvz_1_lane"] / limit
         rows.append((f"sync {s['rows']:,} rows: pgvz_nb 1 lane / raw binary COPY (prebuilt bytes)", ">= 0.5x",
-                     f"{x:.2f}x ({s['pgvz_1_lane']:,.0f} vs {limit:,.0f} rows/s)", x >= 0.5))
+                     f"{_r(x, 0.5)}x ({s['pgvz_1_lane']:,.0f} vs {limit:,.0f} rows/s)", x >= 0.5))
         rows.append(("sync: 2 lanes / raw COPY (prebuilt bytes)", "-", f"{s['pgvz_2_lanes'] / limit:.2f}x", None))
         rows.append(("sync: 1 lane / raw COPY encoded row by row in Python", "-",
                      f"{s['pgvz_1_lane'] / s['raw_copy']:.2f}x ({s['raw_copy']:,.0f} rows/s)", None))
@@ -131,7 +137,7 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
         for label in ("long", "short"):
             e = m[label]["efficiency"]
             rows.append((f"model efficiency, {m[label]['chunks']} {label} texts: sync / raw encode", ">= 0.9",
-                         f"{e:.2f}", e >= 0.9))
+                         _r(e, 0.9), e >= 0.9))
         rows.append(("default model cold start (import, load, first query)", "-", f"{m['cold_start_s']:.2f} s", None))
     for key in ("search_latency", "search_latency_synthetic"):
         if s := r.get(key):
@@ -148,7 +154,7 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
     if s := r.get("scale"):
         x = s["large"]["rows_per_s"] / s["small"]["rows_per_s"]
         rows.append((f"backfill rows/s at {s['large']['rows']:,} / at {s['small']['rows']:,}", ">= 0.8",
-                     f"{x:.2f} ({s['large']['rows_per_s']:,.0f} vs {s['small']['rows_per_s']:,.0f} rows/s)", x >= 0.8))
+                     f"{_r(x, 0.8)} ({s['large']['rows_per_s']:,.0f} vs {s['small']['rows_per_s']:,.0f} rows/s)", x >= 0.8))
         peak = s["large"]["peak_rss_mb"]
         rows.append((f"worker peak RSS, {s['large']['rows']:,} rows", "< 500 MB", f"{peak:.0f} MB", peak < 500))
     return rows
