@@ -23,6 +23,11 @@ __all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY
 
 Rel = q.Rel
 
+#: The layout of a vectorizer's catalog config, inbox/queue/failed tables and trigger, stored
+#: in its catalog row. A pgvz_nb that changes the layout raises this and upgrades older rows;
+#: an older pgvz_nb refuses a newer layout instead of misreading it.
+LAYOUT_VERSION = 1
+
 DEFAULT_POLICY = {"max_attempts": 5, "backoff_base": 10.0, "backoff_max": 3600.0}
 _ERROR_TEXT_LIMIT = 4000
 
@@ -140,7 +145,16 @@ class Queue:
         if not conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
             return None
         row = conn.execute(q.catalog_get(), [name]).fetchone()
-        return cls(row) if row else None
+        if not row:
+            return None
+        found = cls(row)
+        layout = found.config.get("layout", 1)
+        if layout > LAYOUT_VERSION:
+            raise ConfigConflict(
+                f"vectorizer {name!r} was created by a newer pgvz_nb (layout {layout}; this one "
+                f"reads up to {LAYOUT_VERSION}); upgrade pgvz_nb where this runs"
+            )
+        return found
 
     @classmethod
     def list_all(cls, conn: psycopg.Connection) -> list[Queue]:
@@ -199,6 +213,7 @@ class Queue:
                 "function": list(function),
                 "triggers": dict(triggers),
                 "policy": {**DEFAULT_POLICY, **(policy or {})},
+                "layout": LAYOUT_VERSION,
                 **(extra or {}),
             }
             existing = cls.find(conn, name)

@@ -463,3 +463,21 @@ def test_max_attempts_of_a_later_registration_applies(db, conn, schema):
     assert queued(conn, schema, Q) == []
     assert [f["id"] for f in v.failed()] == [1]
     assert "ZeroDivisionError" in v.failed()[0]["last_error"]
+
+
+def test_a_layout_from_a_newer_pgvz_nb_is_refused_not_misread(db, conn, schema):
+    from pgvz_nb.queue import LAYOUT_VERSION
+
+    make_blog(conn, schema, n=1)
+    v = pgvz.Vectorize(db.dsn, "blog", schema_name=schema)
+    v.register()
+    name = conn.execute("SELECT name FROM pgvz.vectorizers WHERE source_schema = %s", [schema]).fetchone()[0]
+    assert conn.execute("SELECT config->'layout' FROM pgvz.vectorizers WHERE name = %s",
+                        [name]).fetchone()[0] == LAYOUT_VERSION
+    conn.execute("UPDATE pgvz.vectorizers SET config = jsonb_set(config, '{layout}', %s::jsonb) "
+                 "WHERE name = %s", [str(LAYOUT_VERSION + 1), name])
+    with pytest.raises(ConfigConflict, match="newer pgvz_nb"):
+        pgvz.Vectorize(db.dsn, "blog", schema_name=schema).process(lambda rows, _: None)
+    conn.execute("UPDATE pgvz.vectorizers SET config = config - 'layout' WHERE name = %s", [name])
+    # a row without a layout is the first layout; the refused process() took nothing off the queue
+    assert pgvz.Vectorize(db.dsn, "blog", schema_name=schema).process(lambda rows, _: None) == 1
