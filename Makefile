@@ -38,7 +38,7 @@ test: $(VENV)/.test
 
 # strip notebook outputs before committing (CI checks that they are stripped)
 strip: $(VENV)/.test
-	$(VENV)/bin/nbstripout notebooks/*.ipynb
+	$(VENV)/bin/nbstripout --keep-id notebooks/*.ipynb
 
 # every benchmark side by side, JSON + PNG in benchmarks/results/, then the goals table
 bench: $(VENV)/.bench

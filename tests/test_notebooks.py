@@ -29,6 +29,13 @@ def test_committed_without_outputs_and_parameters_first(path):
     assert "os.environ" in "".join(code[0]["source"]), "the first code cell reads its parameters"
 
 
+def test_make_strip_would_change_nothing():
+    """The same check as `make strip` (nbstripout --keep-id), metadata included."""
+    verify = subprocess.run([str(Path(sys.executable).parent / "nbstripout"), "--keep-id", "--verify",
+                             *map(str, NOTEBOOKS)], capture_output=True, text=True)
+    assert verify.returncode == 0, f"{verify.stdout}{verify.stderr} (run `make strip`)"
+
+
 def test_binder_files():
     assert (ROOT / "binder" / "runtime.txt").read_text().strip() == "python-3.11"
     post = (ROOT / "binder" / "postBuild").read_text()
