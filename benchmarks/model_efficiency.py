@@ -21,7 +21,7 @@ import time
 from psycopg import sql
 
 import pgvz_nb as pgvz
-from report import add_out_argument, bars, save
+from report import add_out_argument, bars, drop_bench_schema, save
 from pgvz_nb.embedders import MiniLMEmbedder, default_embedder
 from pgvz_nb.sample import load_python_docs
 
@@ -50,14 +50,6 @@ def cold_start(runs: int = 3) -> float:
     return statistics.median(times)
 
 
-def reset(db: pgvz.Database) -> None:
-    with db.connect() as conn:
-        for name in pgvz.vectorizers(db).name:
-            if name.startswith(SCHEMA + "."):
-                pgvz.Vectorizer.open(db, name).drop()
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--topics", type=int, default=20)
@@ -71,7 +63,7 @@ def main() -> None:
 
     report: dict = {"cold_start_s": cold_start(), "lanes": args.lanes, "batch_size": args.batch_size}
     db = pgvz.connect()
-    reset(db)
+    drop_bench_schema(db, SCHEMA)
     emb = Counting()
     for words in (8, 60, 250):  # warm the ONNX session up at short and long sequence lengths
         emb.encode([" ".join(["warm-up"] * words)] * 32)
@@ -122,7 +114,7 @@ def main() -> None:
     report.update(unrelated_updates=args.updates, embed_calls_after_updates=emb.calls - calls,
                   rows_reprocessed_after_updates=after.processed)
     v.close()
-    reset(db)
+    drop_bench_schema(db, SCHEMA)
 
     print(f"default model: {default_embedder().model_id} (onnx int8)")
     print(f"{'cold start (import + load + first query)':<44}{report['cold_start_s']:>8.2f} s")

@@ -1,4 +1,4 @@
-"""Shared output of the benchmarks, and the summary `make bench` prints at the end.
+"""Shared helpers and output of the benchmarks, and the summary `make bench` prints at the end.
 
 Every script writes ``benchmarks/results/<name>.json`` (its figures and the machine they
 ran on) and ``<name>.png`` (a plot of its ratios). ``python benchmarks/report.py`` reads
@@ -20,6 +20,19 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def add_out_argument(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--out", default=str(RESULTS), help="directory for <name>.json and <name>.png")
+
+
+def drop_bench_schema(db, schema: str, embedder=None) -> None:
+    """Drop a benchmark's schema and every vectorizer on a table in it (their queues live in
+    pgvz). ``embedder``: what to open them with (the default model when None)."""
+    import pgvz_nb as pgvz
+    from psycopg import sql
+
+    for name in pgvz.vectorizers(db).name:
+        if name.startswith(schema + "."):
+            pgvz.Vectorizer.open(db, name, embedder=embedder).drop()
+    with db.connect() as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
 
 
 def machine() -> dict:

@@ -22,7 +22,7 @@ import time
 from psycopg import sql
 
 import pgvz_nb as pgvz
-from report import add_out_argument, bars, save
+from report import add_out_argument, bars, drop_bench_schema, save
 from sync_throughput import Constant
 
 SCHEMA = "pgvz_bench_scale"
@@ -42,11 +42,7 @@ print(json.dumps({"processed": r.processed, "seconds": r.seconds, "baseline_rss_
 
 
 def reset(db: pgvz.Database) -> None:
-    with db.connect() as conn:
-        for name in pgvz.vectorizers(db).name:
-            if name.startswith(SCHEMA + "."):
-                pgvz.Vectorizer.open(db, name, embedder=Constant()).drop()
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
+    drop_bench_schema(db, SCHEMA, Constant())
 
 
 def backfill(db: pgvz.Database, rows: int) -> dict:

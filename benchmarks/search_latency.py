@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import ast
-import hashlib
 import re
 import statistics
-import sys
 import sysconfig
 import time
 import uuid

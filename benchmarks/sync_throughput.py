@@ -26,7 +26,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 import pgvz_nb as pgvz
-from report import add_out_argument, bars, save
+from report import add_out_argument, bars, drop_bench_schema, save
 
 try:
     import psycopg2
@@ -63,11 +63,8 @@ class Constant(Embeddings):
 
 
 def reset(db: pgvz.Database) -> None:
+    drop_bench_schema(db, SCHEMA, Constant())
     with db.connect() as conn:
-        for name in pgvz.vectorizers(db).name:
-            if name.startswith(SCHEMA + "."):
-                pgvz.Vectorizer.open(db, name, embedder=Constant()).drop()
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(SCHEMA)))
         conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SCHEMA)))
 
 
