@@ -216,6 +216,7 @@ class Pipeline:
                 chunk_size=config.chunk_size, chunk_overlap=config.chunk_overlap
             )
         self._copy_types: list[int] | None = None
+        self._vector_dumper: type | None = None  # made with _copy_types: it needs the vector oid
         self._template = _Template(config.template)
         # sync's lanes share one model: one batch is embedded at a time, while the other
         # lane claims, reads or writes
@@ -379,8 +380,9 @@ class Pipeline:
             self._copy_types = [types[c] for c in
                                 ("id", "metadata", "contents", "embedding", *self.config.dest_keys,
                                  "chunk_seq", "chunk_hash")]
+            self._vector_dumper = _vector_bytes_dumper(self._copy_types[3])
         cur = conn.cursor()
-        cur.adapters.register_dumper(_VectorBytes, _vector_bytes_dumper(self._copy_types[3]))
+        cur.adapters.register_dumper(_VectorBytes, self._vector_dumper)
         encoded = {h: _vector_bytes(v) for h, v in vectors.items()}
         with cur.copy(q.destination_copy(self.dest, self.config.dest_keys)) as copy:
             copy.set_types(self._copy_types)
