@@ -343,8 +343,11 @@ def trigger_body(
         "  GET DIAGNOSTICS queued = ROW_COUNT;\n"
         "  IF queued > 0 THEN PERFORM pg_notify({}, {}); END IF;\n"
     ).format(sql.Literal(NOTIFY_CHANNEL), sql.Literal(str(int(notify_payload))))
+    # use_column: a source column called "queued" (the one variable) would otherwise make
+    # every statement on the table fail with "column reference is ambiguous"
     return sql.SQL(
         """
+#variable_conflict use_column
 DECLARE
   queued bigint;
 BEGIN

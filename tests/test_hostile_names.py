@@ -61,3 +61,27 @@ def test_hostile_schema_table_and_columns(db, conn, canary, name):
         v.close()
     finally:
         drop_schema(db, schema)
+
+
+@pytest.mark.parametrize("keys", [["queued"], ["queued", "a0"]], ids=["one", "composite"])
+def test_columns_named_like_the_trigger_own_variables_and_aliases(db, conn, schema, keys):
+    """The trigger body declares a variable (queued) and uses aliases (a, a0, s, t, n, o,
+    k0, w0, present); a source whose columns carry those names must still be writable."""
+    t = sql.Identifier(schema, "clash")
+    others = ["a", "s", "t", "n", "o", "k0", "w0", "present"]
+    conn.execute(sql.SQL("CREATE TABLE {} ({}, {}, PRIMARY KEY ({}))").format(
+        t, sql.SQL(", ").join(sql.SQL("{} int").format(sql.Identifier(k)) for k in keys),
+        sql.SQL(", ").join(sql.SQL("{} text").format(sql.Identifier(c)) for c in others),
+        sql.SQL(", ").join(map(sql.Identifier, keys))))
+    v = pgvz.Vectorize(db.dsn, "clash", schema_name=schema, id_column_name=keys)
+    v.register()
+    values = sql.SQL(", ").join(sql.Literal(i) for i in range(len(keys)))
+    conn.execute(sql.SQL("INSERT INTO {} ({}, present) VALUES ({}, 'one')").format(
+        t, sql.SQL(", ").join(map(sql.Identifier, keys)), values))
+    conn.execute(sql.SQL("UPDATE {} SET present = 'two'").format(t))
+    conn.execute(sql.SQL("DELETE FROM {}").format(t))
+    seen: list = []
+    while v.process(lambda rows, _: seen.extend(r["present"] for r in rows), 10) > 0:
+        pass
+    assert seen == [None]  # insert, update and delete of one key: processed once, as deleted
+    v.close()
