@@ -17,7 +17,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
-from .errors import ConfigConflict, NoPrimaryKey, NotATable, NotFound
+from .errors import ConfigConflict, NoPrimaryKey, NotATable, NotFound, RowError
 
 __all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY"]
 
@@ -99,8 +99,18 @@ def _json_default(value: Any) -> str:
     return str(value)
 
 
+class _TakeAlone(Exception):
+    """A claimed batch holds a key whose last worker died: roll back, claim that key alone."""
+
+    def __init__(self, key: tuple):
+        super().__init__(key)
+        self.key = key
+
+
 class Queue:
     """A registered vectorizer's queue machinery (see module docs)."""
+
+    _in_flight_table: bool | None = None
 
     def __init__(self, row: Sequence[Any]):
         self.id, self.name, src_schema, src_table, q_schema, q_table, config, self.created_at = row
@@ -128,6 +138,7 @@ class Queue:
             return
         conn.execute(q.create_catalog_schema())
         conn.execute(q.create_catalog())
+        conn.execute(q.create_in_flight())
 
     @classmethod
     def open(cls, conn: psycopg.Connection, name: str) -> Queue:
@@ -310,18 +321,22 @@ class Queue:
 
     def claim(
         self, conn: psycopg.Connection, limit: int, columns: Sequence[str] | None = None,
-        where: Any = None,
+        where: Any = None, only: list[tuple] | None = None,
     ) -> tuple[list[str], list[ClaimedRow]]:
-        """Claim up to ``limit`` queue rows in the caller's open transaction.
+        """Claim up to ``limit`` queue rows in the caller's open transaction (``only``: just
+        these keys).
 
         Returns the source column names and the claimed rows, one per key. The claim
         lasts until that transaction ends: commit dequeues, rollback puts them back.
         """
         if columns is not None:  # the key columns tell a live row from a deleted one
             columns = list(self.keys) + [c for c in columns if c not in self.keys]
+        params: dict[str, Any] = {"limit": int(limit), "vid": self.id}
+        if only is not None:
+            params["only"] = keys_jsonb([dict(zip(self.keys, k)) for k in only])
         cur = conn.execute(
-            q.claim(self.queue, self.failed, self.source, self.keys, columns, where),
-            {"limit": int(limit), "vid": self.id},
+            q.claim(self.queue, self.failed, self.source, self.keys, columns, where, only is not None),
+            params,
         )
         nk = len(self.keys)
         names = [d.name for d in cur.description[nk + 2 :]]
@@ -342,22 +357,79 @@ class Queue:
         columns: Sequence[str] | None = None,
         where: Any = None,
         isolate_failures: bool = True,
+        in_flight: psycopg.Connection | None = None,
     ) -> ProcessResult:
         """Claim a batch, run ``handler`` on it, record failures; one transaction.
 
         The handler runs inside a savepoint. If it raises, the batch is split in halves
         and retried until the failing keys are isolated; those get attempts + 1 and a
         backoff (or move to the failed table), and the rest commit as done.
+
+        ``in_flight``: a second connection, in autocommit mode. Before the handler runs,
+        the batch's keys are recorded in ``pgvz.in_flight`` through it (committed at once);
+        the batch's transaction deletes them. A worker process that dies mid-batch
+        (killed, out of memory, a crash in native code) rolls its claim back but leaves
+        that record: a claim that finds one of its keys there puts the batch back and
+        takes that key alone, so it cannot take innocent rows down with it, and after
+        ``max_attempts`` such deaths moves it to the failed table instead of handing it
+        to yet another worker to die on.
         """
+        track = in_flight is not None and self._has_in_flight(conn)
+        try:
+            return self._process(conn, handler, limit, columns, where, isolate_failures,
+                                 in_flight if track else None, None)
+        except _TakeAlone as alone:
+            return self._process(conn, handler, limit, columns, where, isolate_failures,
+                                 in_flight, [alone.key])
+
+    def _has_in_flight(self, conn: psycopg.Connection) -> bool:
+        """Catalogs made before pgvz.in_flight existed get it at the next create()."""
+        if self._in_flight_table is None:
+            with conn.transaction():
+                found = conn.execute(q.catalog_exists(), [".".join(q.IN_FLIGHT)]).fetchone()[0]
+            self._in_flight_table = bool(found)
+        return self._in_flight_table
+
+    def _key_objects(self, rows: list[ClaimedRow]) -> list[Jsonb]:
+        return [keys_jsonb(dict(zip(self.keys, r.key))) for r in rows]  # type: ignore[arg-type]
+
+    def _process(
+        self, conn: psycopg.Connection, handler: Callable[[list[ClaimedRow]], None], limit: int,
+        columns: Sequence[str] | None, where: Any, isolate_failures: bool,
+        in_flight: psycopg.Connection | None, only: list[tuple] | None,
+    ) -> ProcessResult:
         result = ProcessResult()
         self.expand(conn)
         with conn.transaction():
-            _, rows = self.claim(conn, limit, columns, where)
+            _, rows = self.claim(conn, limit, columns, where, only)
             result.claimed = len(rows)
             if not rows:
                 result.state = self.state(conn)
                 return result
             failures: list[tuple[list[ClaimedRow], BaseException]] = []
+            set_aside: list[tuple[list[ClaimedRow], BaseException]] = []  # not the handler's errors
+            if in_flight is not None:
+                keys = self._key_objects(rows)
+                deaths = dict(conn.execute(q.in_flight_deaths(), {"keys": keys, "vid": self.id}).fetchall())
+                if deaths and only is None and len(rows) > 1:
+                    # rolls this claim back; process() claims that key alone
+                    raise _TakeAlone(rows[min(deaths) - 1].key)
+                top = int(self.policy["max_attempts"])
+                rows_to_run = []
+                for i, r in enumerate(rows, 1):
+                    if deaths.get(i, 0) < top:
+                        rows_to_run.append(r)
+                        continue
+                    set_aside.append(([r], RowError(
+                        f"a worker process died while processing this row, {deaths[i]} times in a "
+                        "row (killed, out of memory, or a crash in native code such as the model); "
+                        "it was set aside so the rest of the queue keeps moving: look at the "
+                        "row, then retry_failed()")))
+                if rows_to_run:
+                    in_flight.execute(q.in_flight_mark(),
+                                      {"keys": self._key_objects(rows_to_run), "vid": self.id})
+            else:
+                rows_to_run = rows
 
             def attempt(batch: list[ClaimedRow]) -> None:
                 try:
@@ -374,11 +446,14 @@ class Queue:
                     else:
                         failures.append((batch, exc))
 
-            attempt(rows)
-            if failures:
-                result.moved_to_failed = self.record_failures(conn, failures)
-                result.failed_keys = [r.key for batch, _ in failures for r in batch]
+            if rows_to_run:
+                attempt(rows_to_run)
+            if failures or set_aside:
+                result.moved_to_failed = self.record_failures(conn, failures + set_aside)
+                result.failed_keys = [r.key for batch, _ in failures + set_aside for r in batch]
                 result.errors = [exc for _, exc in failures]
+            if in_flight is not None:
+                conn.execute(q.in_flight_clear(), {"keys": keys, "vid": self.id})
             result.succeeded = result.claimed - len(result.failed_keys)
         return result
 

@@ -50,6 +50,7 @@ def has_escaped(query) -> bool:
     return any(has_escaped(part) for part in getattr(query, "_obj", ())) if isinstance(query, sql.Composed) else False
 
 CATALOG: Rel = ("pgvz", "vectorizers")
+IN_FLIGHT: Rel = ("pgvz", "in_flight")
 # pg_advisory_xact_lock key serialising catalog installs and registrations: a
 # constant (not an OID) so that every database and every version agree on it.
 INSTALL_LOCK_KEY = 0x7067767A_00000001
@@ -136,8 +137,47 @@ def create_catalog() -> sql.Composed:
 
 
 def upgrade_catalog() -> sql.Composed:
-    """Columns added since the first catalog: cheap, idempotent."""
-    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS last_success timestamptz").format(ident(CATALOG))
+    """Columns and tables added since the first catalog: cheap, idempotent."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS last_success timestamptz; {}").format(
+        ident(CATALOG), create_in_flight())
+
+
+def create_in_flight() -> sql.Composed:
+    """Keys a worker is processing right now. A worker records a batch's keys here, on a
+    second connection that commits at once, before its handler runs; the batch's own
+    transaction deletes them. A row that outlives its batch is the trace of a worker that
+    died holding the key (killed, out of memory, a crash in native code). ``key`` is the
+    key as a jsonb object of its columns; ``claims`` counts claims that ended that way."""
+    return sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+            vectorizer int NOT NULL REFERENCES {} (id) ON DELETE CASCADE,
+            key        jsonb NOT NULL,
+            claims     int NOT NULL DEFAULT 1,
+            claimed_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (vectorizer, key)
+        )"""
+    ).format(ident(IN_FLIGHT), ident(CATALOG))
+
+
+def in_flight_deaths() -> sql.Composed:
+    """(position in %(keys)s, claims) of the given keys already in flight: claims whose
+    worker died, since the caller holds the keys' advisory locks (a live worker would)."""
+    return sql.SQL(
+        "SELECT u.i::int, f.claims FROM unnest(%(keys)s::jsonb[]) WITH ORDINALITY AS u(key, i) "
+        "JOIN {} AS f ON f.vectorizer = %(vid)s AND f.key = u.key"
+    ).format(ident(IN_FLIGHT))
+
+
+def in_flight_mark() -> sql.Composed:
+    return sql.SQL(
+        "INSERT INTO {f} (vectorizer, key) SELECT %(vid)s, k FROM unnest(%(keys)s::jsonb[]) AS k "
+        "ON CONFLICT (vectorizer, key) DO UPDATE SET claims = {f}.claims + 1, claimed_at = now()"
+    ).format(f=ident(IN_FLIGHT))
+
+
+def in_flight_clear() -> sql.Composed:
+    return sql.SQL("DELETE FROM {} WHERE vectorizer = %(vid)s AND key = ANY (%(keys)s::jsonb[])").format(
+        ident(IN_FLIGHT))
 
 
 def catalog_mark_success() -> sql.Composed:
@@ -453,7 +493,7 @@ def backfill(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
 
 def claim(
     queue: Rel, failed: Rel, source: Rel, keys: Sequence[str], columns: Sequence[str] | None,
-    where: sql.Composable | None = None,
+    where: sql.Composable | None = None, only: bool = False,
 ) -> sql.Composed:
     """Claim up to %(limit)s queue rows, dequeue their keys and read the source rows, in one
     statement so the dequeue and the read share a snapshot (a change committed later keeps
@@ -465,8 +505,14 @@ def claim(
     come back later; the chunk hashes make that cheap). The result: the key columns,
     attempts so far, oldest queued_at, then the source columns (NULL for a deleted row),
     then, if ``where`` is given, whether the row passes it (column ``pgvz_where``).
+    ``only``: claim just the keys in %(only)s (a jsonb array of key objects).
     """
     k = _cols(keys)
+    only_sql = sql.SQL("")
+    if only:
+        only_sql = sql.SQL(
+            "AND ({k}) IN (SELECT {k} FROM jsonb_populate_recordset(NULL::{queue}, %(only)s))"
+        ).format(k=k, queue=ident(queue))
     src_cols = sql.SQL("s.*") if columns is None else _cols(columns, "s")
     if where is not None:
         src_cols = sql.SQL("{}, {} AS pgvz_where").format(src_cols, where_test(where))
@@ -474,7 +520,7 @@ def claim(
         """
 WITH cand AS MATERIALIZED (
     SELECT {k} FROM {queue}
-    WHERE retry_after IS NULL OR retry_after <= now()
+    WHERE (retry_after IS NULL OR retry_after <= now()) {only}
     ORDER BY queued_at
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
@@ -501,7 +547,7 @@ ORDER BY {ck}
     ).format(
         k=k, queue=ident(queue), failed=ident(failed), source=ident(source),
         qq_l=_match("qq", "l", keys), f_l=_match("f", "l", keys), s_c=_match("s", "c", keys),
-        ck=_cols(keys, "c"), src_cols=src_cols,
+        ck=_cols(keys, "c"), src_cols=src_cols, only=only_sql,
     )
 
 
@@ -792,6 +838,7 @@ def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel 
     parts = [
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(CATALOG[0]), r),
         sql.SQL("GRANT SELECT, UPDATE (last_success) ON {} TO {}").format(ident(CATALOG), r),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ident(IN_FLIGHT), r),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(source[0]), r),
         sql.SQL("GRANT SELECT ON {} TO {}").format(ident(source), r),
     ]

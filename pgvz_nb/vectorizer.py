@@ -64,6 +64,29 @@ class Row(dict):
         return super().__getitem__(key)
 
 
+class _InFlightConnection:
+    """The autocommit connection on which a worker records the keys it is processing, so
+    that a worker that dies leaves a trace (see ``Queue.process``). Opened on first use,
+    shared by sync's lanes."""
+
+    def __init__(self, db: Database):
+        self.db = db
+        self.conn: psycopg.Connection | None = None
+        self.lock = threading.Lock()
+
+    def get(self) -> psycopg.Connection:
+        with self.lock:
+            if self.conn is None or self.conn.closed or self.conn.broken:
+                self.conn = self.db.connect(autocommit=True)
+            return self.conn
+
+    def close(self) -> None:
+        with self.lock:
+            if self.conn is not None:
+                self.conn.close()
+                self.conn = None
+
+
 class Vectorize:
     """Drop-in for ``timescale_vector.pgvectorizer.Vectorize``.
 
@@ -113,6 +136,7 @@ class Vectorize:
         self._backoff = float(retry_backoff)
         self._queue: Queue | None = None
         self._conn: psycopg.Connection | None = None
+        self._in_flight = _InFlightConnection(self._db)
         self.connection: psycopg.Connection | None = None
 
     def __repr__(self) -> str:
@@ -202,7 +226,7 @@ class Vectorize:
                 self.connection = None
 
         try:
-            result = queue.process(conn, handler, limit=batch_size)
+            result = queue.process(conn, handler, limit=batch_size, in_flight=self._in_flight.get())
         except psycopg.Error as exc:
             raise translate(exc, f"processing the queue of {self.name}") from exc
         self.last_result = result
@@ -254,6 +278,7 @@ class Vectorize:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._in_flight.close()
 
 
 
@@ -441,6 +466,7 @@ class Vectorizer:
         self._queue: Queue | None = None
         self._pipeline = None
         self._conn: psycopg.Connection | None = None
+        self._in_flight = _InFlightConnection(self.db)
 
     def __repr__(self) -> str:
         state = "created" if self._queue is not None else "not created"
@@ -476,6 +502,7 @@ class Vectorizer:
         self._queue = queue
         self._pipeline = None
         self._conn = None
+        self._in_flight = _InFlightConnection(db)
         return self
 
     def create(self, *, replace: bool = False) -> Vectorizer:
@@ -659,7 +686,8 @@ class Vectorizer:
         where = q.UserSQL(self.config.where) if self.config.where else None
         try:
             result = queue.process(conn, handler, limit=batch_size or self.config.batch_size,
-                                   columns=self.config.source_columns(), where=where)
+                                   columns=self.config.source_columns(), where=where,
+                                   in_flight=self._in_flight.get())
             if result.succeeded:
                 with conn.transaction():
                     conn.execute(q.catalog_mark_success(), [queue.id])
@@ -865,6 +893,7 @@ class Vectorizer:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+        self._in_flight.close()
 
 
 def _progress(total: int, name: str):

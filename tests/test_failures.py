@@ -136,3 +136,83 @@ def test_null_empty_and_non_text_values(db, conn, schema):
     assert got[2] == " | [] | {} | 0 |  | 0" and got[1] == " |  |  |  |  | "
     assert json.loads(got[3].split(" | ")[2]) == {"size": "L"}
     only_body.close(), everything.close()
+
+
+# a worker that dies (no exception, no cleanup: as a segfault or the OOM killer would) when
+# a claimed batch holds a POISON row; argv: dsn schema max_attempts
+DYING_WORKER = """
+import os, sys
+from psycopg import sql
+import pgvz_nb as pgvz
+dsn, schema, top = sys.argv[1], sys.argv[2], int(sys.argv[3])
+
+def cb(rows, vec):
+    if any(r["body"] and "POISON" in r["body"] for r in rows):
+        os._exit(3)
+    for r in rows:
+        vec.connection.execute(sql.SQL("INSERT INTO {} VALUES (%s)").format(
+            sql.Identifier(schema, "done")), [r["locked_id"]])
+
+v = pgvz.Vectorize(dsn, "docs", schema_name=schema, max_attempts=top)
+while v.process(cb, batch_size=10) or v.last_result.answer == "busy":
+    pass
+"""
+
+
+def test_a_row_that_kills_its_worker_is_set_aside_after_max_attempts_deaths(db, conn, schema):
+    """Without the in-flight record, the row would be claimed again at the head of the queue
+    and kill every worker forever; innocent rows of its batch must not share its fate."""
+    import subprocess
+    import sys
+
+    make_docs(conn, schema, 30, poison=[7])
+    conn.execute(sql.SQL("CREATE TABLE {} (id int)").format(sql.Identifier(schema, "done")))
+    top = 3
+    v = pgvz.Vectorize(db.dsn, "docs", schema_name=schema, max_attempts=top)
+    v.register()
+    deaths = 0
+    for _ in range(10):
+        run = subprocess.run([sys.executable, "-c", DYING_WORKER, db.dsn, schema, str(top)],
+                             capture_output=True, text=True, timeout=120)
+        if run.returncode == 0:
+            break
+        assert run.returncode == 3, run.stderr
+        deaths += 1
+    assert deaths == top  # the worker died on it max_attempts times, then it was set aside
+    done = [r[0] for r in conn.execute(sql.SQL("SELECT id FROM {} ORDER BY id").format(
+        sql.Identifier(schema, "done")))]
+    assert done == [k for k in range(1, 31) if k != 7]  # every other row, each exactly once
+    failed = v.failed()
+    assert [f["id"] for f in failed] == [7] and f"died while processing this row, {top} times" in failed[0]["last_error"]
+    assert v.state().rows == 0
+    assert conn.execute("SELECT count(*) FROM pgvz.in_flight WHERE vectorizer = %s", [v._queue.id]).fetchone()[0] == 0
+    # once the row is fixed, retry_failed brings it back and it goes through
+    conn.execute(sql.SQL("UPDATE {} SET body = 'fixed' WHERE id = 7").format(sql.Identifier(schema, "docs")))
+    assert v.retry_failed() == 1
+    seen = []
+    while v.process(lambda rows, _: seen.extend(r["locked_id"] for r in rows)):
+        pass
+    assert seen == [7]
+    v.close()
+
+
+def test_sync_takes_a_key_left_in_flight_alone_and_sets_it_aside_at_max_attempts(db, conn, schema):
+    """What a dead worker leaves behind, written by hand: sync processes such a key in a
+    batch of its own, and one that reached max_attempts deaths goes to the failed table."""
+    make_docs(conn, schema, 20)
+    emb = HashingEmbedder(8)
+    v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=emb, max_attempts=2).create()
+    vid = v._queue.id
+    conn.execute("INSERT INTO pgvz.in_flight (vectorizer, key, claims) VALUES (%s, %s, 1), (%s, %s, 2)",
+                 [vid, json.dumps({"id": 4}), vid, json.dumps({"id": 9})])
+    batches = []
+    real = emb.embed_documents
+    emb.embed_documents = lambda texts: batches.append(len(texts)) or real(texts)
+    report = v.sync(progress=False, lanes=1)
+    assert report.answer == "empty" and report.failed == 1
+    assert dest_keys(conn, schema) == [k for k in range(1, 21) if k != 9]
+    assert batches[0] == 1  # key 4 went through alone, before the batch it was claimed in
+    errors = v.errors()
+    assert errors["id"].tolist() == [9] and "died while processing this row, 2 times" in errors["last_error"][0]
+    assert conn.execute("SELECT count(*) FROM pgvz.in_flight WHERE vectorizer = %s", [vid]).fetchone()[0] == 0
+    v.close()

@@ -481,3 +481,22 @@ def test_a_layout_from_a_newer_pgvz_nb_is_refused_not_misread(db, conn, schema):
     conn.execute("UPDATE pgvz.vectorizers SET config = config - 'layout' WHERE name = %s", [name])
     # a row without a layout is the first layout; the refused process() took nothing off the queue
     assert pgvz.Vectorize(db.dsn, "blog", schema_name=schema).process(lambda rows, _: None) == 1
+
+
+def test_a_catalog_from_before_the_in_flight_table_works_and_gets_it_at_the_next_register(db, conn, schema):
+    make_blog(conn, schema, n=3)
+    v = pgvz.Vectorize(db.dsn, "blog", schema_name=schema)
+    v.register()
+    conn.execute("DROP TABLE pgvz.in_flight")  # as a catalog made by the previous pgvz_nb
+    try:
+        old = pgvz.Vectorize(db.dsn, "blog", schema_name=schema)
+        # autoregister=False: as a worker that opens the vectorizer without installing anything
+        assert old.process(lambda rows, _: None, batch_size=1, autoregister=False) == 1
+        old.close()
+        assert conn.execute("SELECT to_regclass('pgvz.in_flight')").fetchone()[0] is None
+        pgvz.Vectorize(db.dsn, "blog", schema_name=schema).register()  # idempotent: upgrades the catalog
+    finally:
+        conn.execute(sql.SQL("{}").format(pgvz.sql.create_in_flight()))
+    assert conn.execute("SELECT to_regclass('pgvz.in_flight')").fetchone()[0] == "pgvz.in_flight"
+    assert v.process(lambda rows, _: None, batch_size=5) == 2
+    v.close()
