@@ -92,6 +92,9 @@ def keys_jsonb(records: list[dict[str, Any]]) -> Jsonb:
     return Jsonb(records, dumps=lambda o: json.dumps(o, default=_json_default))
 
 
+_KEY_ESCAPES = str.maketrans({"\\": "\\\\", "\x1e": "\\x1e", "\x1f": "\\x1f"})
+
+
 def _json_default(value: Any) -> str:
     # uuid, datetime, Decimal, date: their str() is what PostgreSQL's input functions read
     if isinstance(value, (bytes, memoryview)):
@@ -390,8 +393,18 @@ class Queue:
             self._in_flight_table = bool(found)
         return self._in_flight_table
 
-    def _key_objects(self, rows: list[ClaimedRow]) -> list[Jsonb]:
-        return [keys_jsonb(dict(zip(self.keys, r.key))) for r in rows]  # type: ignore[arg-type]
+    @staticmethod
+    def _key_texts(rows: list[ClaimedRow]) -> str:
+        """The rows' keys as one string for pgvz.in_flight: per key, each column's str()
+        (hex for bytes; backslash and the two separators escaped in text) joined by chr(31),
+        and the keys joined by chr(30). One string parameter, not an array: a text[] of 1000
+        keys costs ~2 ms to adapt, this ~0.3 ms."""
+        if rows and all(len(r.key) == 1 and type(r.key[0]) is int for r in rows):
+            return "\x1e".join([str(r.key[0]) for r in rows])
+        return "\x1e".join(
+            "\x1f".join(v.translate(_KEY_ESCAPES) if isinstance(v, str) else _json_default(v) for v in r.key)
+            for r in rows
+        )
 
     def _process(
         self, conn: psycopg.Connection, handler: Callable[[list[ClaimedRow]], None], limit: int,
@@ -408,8 +421,9 @@ class Queue:
                 return result
             failures: list[tuple[list[ClaimedRow], BaseException]] = []
             set_aside: list[tuple[list[ClaimedRow], BaseException]] = []  # not the handler's errors
+            rows_to_run, batch_id, deaths = rows, None, {}
             if in_flight is not None:
-                keys = self._key_objects(rows)
+                keys = self._key_texts(rows)
                 deaths = dict(conn.execute(q.in_flight_deaths(), {"keys": keys, "vid": self.id}).fetchall())
                 if deaths and only is None and len(rows) > 1:
                     # rolls this claim back; process() claims that key alone
@@ -426,10 +440,8 @@ class Queue:
                         "it was set aside so the rest of the queue keeps moving: look at the "
                         "row, then retry_failed()")))
                 if rows_to_run:
-                    in_flight.execute(q.in_flight_mark(),
-                                      {"keys": self._key_objects(rows_to_run), "vid": self.id})
-            else:
-                rows_to_run = rows
+                    held = keys if len(rows_to_run) == len(rows) else self._key_texts(rows_to_run)
+                    batch_id = in_flight.execute(q.in_flight_mark(), {"keys": held, "vid": self.id}).fetchone()[0]
 
             def attempt(batch: list[ClaimedRow]) -> None:
                 try:
@@ -452,8 +464,10 @@ class Queue:
                 result.moved_to_failed = self.record_failures(conn, failures + set_aside)
                 result.failed_keys = [r.key for batch, _ in failures + set_aside for r in batch]
                 result.errors = [exc for _, exc in failures]
-            if in_flight is not None:
-                conn.execute(q.in_flight_clear(), {"keys": keys, "vid": self.id})
+            if batch_id is not None:
+                conn.execute(q.in_flight_clear(), {"batch": batch_id})
+            if deaths:  # their outcome is recorded now: the dead batches' record of them goes
+                conn.execute(q.in_flight_forget(), {"keys": keys, "vid": self.id})
             result.succeeded = result.claimed - len(result.failed_keys)
         return result
 

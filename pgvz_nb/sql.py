@@ -143,41 +143,68 @@ def upgrade_catalog() -> sql.Composed:
 
 
 def create_in_flight() -> sql.Composed:
-    """Keys a worker is processing right now. A worker records a batch's keys here, on a
-    second connection that commits at once, before its handler runs; the batch's own
-    transaction deletes them. A row that outlives its batch is the trace of a worker that
-    died holding the key (killed, out of memory, a crash in native code). ``key`` is the
-    key as a jsonb object of its columns; ``claims`` counts claims that ended that way."""
+    """Batches a worker is processing right now, one row each with its keys (as text: the
+    key's columns joined by a unit separator). A worker inserts its batch's row on a second
+    connection that commits at once, before its handler runs; the batch's own transaction
+    deletes it. A row that outlives its batch is the trace of a worker that died holding
+    those keys (killed, out of memory, a crash in native code): a key's deaths are the rows
+    that hold it. A row per batch, not per key, keeps this to one small insert per claim."""
     return sql.SQL(
         """CREATE TABLE IF NOT EXISTS {} (
+            id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,  -- no sequence grant needed
             vectorizer int NOT NULL REFERENCES {} (id) ON DELETE CASCADE,
-            key        jsonb NOT NULL,
-            claims     int NOT NULL DEFAULT 1,
-            claimed_at timestamptz NOT NULL DEFAULT now(),
-            PRIMARY KEY (vectorizer, key)
-        )"""
-    ).format(ident(IN_FLIGHT), ident(CATALOG))
+            keys       text[] NOT NULL,
+            claimed_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE INDEX IF NOT EXISTS in_flight_vectorizer ON {} (vectorizer)"""
+    ).format(ident(IN_FLIGHT), ident(CATALOG), ident(IN_FLIGHT))
 
 
 def in_flight_deaths() -> sql.Composed:
-    """(position in %(keys)s, claims) of the given keys already in flight: claims whose
-    worker died, since the caller holds the keys' advisory locks (a live worker would)."""
+    """(position in %(keys)s, deaths) of the given keys held by batches still in flight
+    (%(keys)s: the keys' texts joined by chr(30), see ``Queue._key_texts``). The
+    caller holds the keys' advisory locks, which a live worker would hold: each such batch
+    belonged to a worker that died."""
     return sql.SQL(
-        "SELECT u.i::int, f.claims FROM unnest(%(keys)s::jsonb[]) WITH ORDINALITY AS u(key, i) "
-        "JOIN {} AS f ON f.vectorizer = %(vid)s AND f.key = u.key"
+        """
+SELECT u.i::int, count(*)::int
+FROM unnest(string_to_array(%(keys)s, chr(30))) WITH ORDINALITY AS u(key, i)
+JOIN (SELECT e FROM {} AS f CROSS JOIN LATERAL unnest(f.keys) AS e
+      WHERE f.vectorizer = %(vid)s) AS d ON d.e = u.key
+GROUP BY u.i
+"""
     ).format(ident(IN_FLIGHT))
 
 
 def in_flight_mark() -> sql.Composed:
     return sql.SQL(
-        "INSERT INTO {f} (vectorizer, key) SELECT %(vid)s, k FROM unnest(%(keys)s::jsonb[]) AS k "
-        "ON CONFLICT (vectorizer, key) DO UPDATE SET claims = {f}.claims + 1, claimed_at = now()"
-    ).format(f=ident(IN_FLIGHT))
+        "INSERT INTO {} (vectorizer, keys) VALUES (%(vid)s, string_to_array(%(keys)s, chr(30))) RETURNING id"
+    ).format(
+        ident(IN_FLIGHT))
 
 
 def in_flight_clear() -> sql.Composed:
-    return sql.SQL("DELETE FROM {} WHERE vectorizer = %(vid)s AND key = ANY (%(keys)s::jsonb[])").format(
-        ident(IN_FLIGHT))
+    return sql.SQL("DELETE FROM {} WHERE id = %(batch)s").format(ident(IN_FLIGHT))
+
+
+def in_flight_forget() -> sql.Composed:
+    """Take the keys in %(keys)s out of the dead batches that hold them (their outcome is now
+    recorded), locking those rows in id order, and drop batches left empty."""
+    return sql.SQL(
+        """
+WITH gone AS (SELECT string_to_array(%(keys)s, chr(30)) AS keys),
+dead AS (
+    SELECT id FROM {t} WHERE vectorizer = %(vid)s AND keys && (SELECT keys FROM gone)
+    ORDER BY id FOR UPDATE
+), kept AS (
+    SELECT f.id, ARRAY(SELECT e FROM unnest(f.keys) AS e WHERE e NOT IN (SELECT unnest(keys) FROM gone)) AS keys
+    FROM {t} AS f WHERE f.id IN (SELECT id FROM dead)
+), emptied AS (
+    DELETE FROM {t} AS f USING kept WHERE f.id = kept.id AND cardinality(kept.keys) = 0
+)
+UPDATE {t} AS f SET keys = kept.keys FROM kept WHERE f.id = kept.id AND cardinality(kept.keys) > 0
+"""
+    ).format(t=ident(IN_FLIGHT))
 
 
 def catalog_mark_success() -> sql.Composed:

@@ -78,6 +78,8 @@ class _InFlightConnection:
         with self.lock:
             if self.conn is None or self.conn.closed or self.conn.broken:
                 self.conn = self.db.connect(autocommit=True)
+                # a record lost in a server crash costs nothing: that crash ended the batch too
+                self.conn.execute("SET synchronous_commit = off")
             return self.conn
 
     def close(self) -> None:

@@ -203,15 +203,18 @@ def test_sync_takes_a_key_left_in_flight_alone_and_sets_it_aside_at_max_attempts
     emb = HashingEmbedder(8)
     v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=emb, max_attempts=2).create()
     vid = v._queue.id
-    conn.execute("INSERT INTO pgvz.in_flight (vectorizer, key, claims) VALUES (%s, %s, 1), (%s, %s, 2)",
-                 [vid, json.dumps({"id": 4}), vid, json.dumps({"id": 9})])
+    # two dead batches: one held keys 4, 9 and 12, the other (9 taken alone) key 9
+    conn.execute("INSERT INTO pgvz.in_flight (vectorizer, keys) VALUES (%s, %s), (%s, %s)",
+                 [vid, ["4", "9", "12"], vid, ["9"]])  # keys as Queue._key_texts writes them
     batches = []
     real = emb.embed_documents
-    emb.embed_documents = lambda texts: batches.append(len(texts)) or real(texts)
+    emb.embed_documents = lambda texts: batches.append(list(texts)) or real(texts)
     report = v.sync(progress=False, lanes=1)
     assert report.answer == "empty" and report.failed == 1
     assert dest_keys(conn, schema) == [k for k in range(1, 21) if k != 9]
-    assert batches[0] == 1  # key 4 went through alone, before the batch it was claimed in
+    # keys 4 and 12 went through in batches of their own; key 9 never reached the model
+    assert ["document 4"] in batches and ["document 12"] in batches
+    assert not any("document 9" in b for b in batches) and sum(map(len, batches)) == 19
     errors = v.errors()
     assert errors["id"].tolist() == [9] and "died while processing this row, 2 times" in errors["last_error"][0]
     assert conn.execute("SELECT count(*) FROM pgvz.in_flight WHERE vectorizer = %s", [vid]).fetchone()[0] == 0

@@ -500,3 +500,17 @@ def test_a_catalog_from_before_the_in_flight_table_works_and_gets_it_at_the_next
     assert conn.execute("SELECT to_regclass('pgvz.in_flight')").fetchone()[0] == "pgvz.in_flight"
     assert v.process(lambda rows, _: None, batch_size=5) == 2
     v.close()
+
+
+def test_in_flight_key_texts_keep_awkward_keys_apart(db, conn):
+    """Keys travel to pgvz.in_flight as one string (keys joined by chr(30), columns by
+    chr(31)); separators inside text keys are escaped, so no two keys share a text and no
+    key splits in two on the server."""
+    from pgvz_nb.queue import ClaimedRow
+
+    keys = [("a\x1fb", "c"), ("a", "b\x1fc"), ("x\x1ey", "z"), ("x\\", "\x1ey"), (b"\x00\x1e", 5)]
+    rows = [ClaimedRow(k, 0, None, {}, False) for k in keys]
+    texts = conn.execute("SELECT string_to_array(%s, chr(30))", [Queue._key_texts(rows)]).fetchone()[0]
+    assert len(texts) == len(keys) == len(set(texts))
+    ints = [ClaimedRow((i,), 0, None, {}, False) for i in (3, 10, -2)]
+    assert conn.execute("SELECT string_to_array(%s, chr(30))", [Queue._key_texts(ints)]).fetchone()[0] == ["3", "10", "-2"]
