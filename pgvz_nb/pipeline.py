@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime
+from datetime import date, datetime, time as clock, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -99,6 +99,18 @@ def _vector_bytes_dumper(oid: int) -> type:
 
     Dumper.oid = oid
     return Dumper
+
+
+def _instant(value: Any) -> datetime | None:
+    """A time_column value as an aware datetime: a naive timestamp is local time and a date
+    local midnight, as PostgreSQL casts them to timestamptz (and as uuid_from_time reads a
+    naive datetime). Without this a date failed every row, and a naive timestamp never
+    matched the time in its stored id, so every update gave its chunks new ids."""
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.combine(value, clock())
+    return value if value.tzinfo is not None else value.astimezone(timezone.utc)
 
 
 def _jsonable(value: Any) -> Any:
@@ -235,7 +247,7 @@ class Pipeline:
         key_value = key[0] if len(key) == 1 else list(key)
         meta = {c: _jsonable(values.get(c)) for c in cfg.metadata}
         meta[cfg.metadata_key] = _jsonable(key_value)
-        when = values.get(cfg.time_column) if cfg.time_column else None
+        when = _instant(values.get(cfg.time_column)) if cfg.time_column else None
         out = []
         if len(pieces) > cfg.max_chunks:
             from .errors import RowError

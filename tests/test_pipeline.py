@@ -355,3 +355,34 @@ def test_sync_sizes_claims_by_time_and_a_fixed_size_on_request(db, conn, schema)
     v.sync(progress=False, lanes=1, batch_seconds=None)
     assert emb.sizes == [20, 20], emb.sizes
     v.close()
+
+
+@pytest.mark.parametrize("typ", ["timestamp", "date"])
+def test_naive_timestamp_and_date_time_columns_give_stable_time_ids(db, conn, schema, typ):
+    """A date used to fail every row, and a naive timestamp gave a row's chunks new ids on
+    every update (its time never matched the aware time in the stored id). Both are read as
+    local time, as PostgreSQL casts them to timestamptz."""
+    from datetime import date
+
+    t = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, cat text, at {})").format(
+        t, sql.SQL(typ)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a concert', 'x', '2024-05-06 07:08:09'), "
+                         "(2, 'a play', 'y', '2023-01-02 03:04:05')").format(t))
+    v = pgvz.Vectorizer(db, f"{schema}.events", template="{body}", metadata=["cat"], time_column="at",
+                        embedder=HashingEmbedder(8)).create()
+    assert v.sync(progress=False).failed == 0
+    ids = dict(conn.execute(sql.SQL("SELECT events_id, id FROM {}").format(
+        sql.Identifier(schema, "events_embedding"))).fetchall())
+    local = {1: datetime(2024, 5, 6, 7, 8, 9), 2: datetime(2023, 1, 2, 3, 4, 5)}
+    if typ == "date":
+        local = {k: datetime.combine(d.date(), datetime.min.time()) for k, d in local.items()}
+    assert {k: time_from_uuid(u) for k, u in ids.items()} == {
+        k: d.astimezone(timezone.utc) for k, d in local.items()}
+    conn.execute(sql.SQL("UPDATE {} SET cat = 'z'").format(t))  # metadata only: ids must stay
+    assert v.sync(progress=False).processed == 2
+    assert dict(conn.execute(sql.SQL("SELECT events_id, id FROM {}").format(
+        sql.Identifier(schema, "events_embedding"))).fetchall()) == ids
+    hits = v.search("anything", k=5, start=datetime(2024, 1, 1, tzinfo=timezone.utc))
+    assert hits["events_id"].tolist() == [1]
+    v.close()
