@@ -95,6 +95,11 @@ def translate(exc: psycopg.Error, doing: str) -> PgvzError:
         )
     elif isinstance(exc, pg_errors.UndefinedTable):
         msg = f"while {doing}: {primary}; check the table name and schema, or run create()/register() first"
+    elif isinstance(exc, pg_errors.TransactionRollback):  # deadlock, serialization failure
+        msg = (
+            f"while {doing}: the server rolled the transaction back ({primary}), a conflict with "
+            "another session; nothing it did was kept: run it again"
+        )
     elif isinstance(exc, psycopg.OperationalError):
         msg = f"while {doing}: the connection failed ({primary}); check that the server is running and the DSN"
     else:

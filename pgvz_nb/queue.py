@@ -137,7 +137,12 @@ class Queue:
     def ensure_catalog(cls, conn: psycopg.Connection) -> None:
         """Create the pgvz schema and catalog if missing (caller holds the install lock)."""
         if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
-            conn.execute(q.upgrade_catalog())
+            no_column, no_in_flight = conn.execute(
+                q.catalog_missing_parts(), [".".join(q.CATALOG), ".".join(q.IN_FLIGHT)]).fetchone()
+            if no_column:
+                conn.execute(q.upgrade_catalog())
+            if no_in_flight:
+                conn.execute(q.create_in_flight())
             return
         conn.execute(q.create_catalog_schema())
         conn.execute(q.create_catalog())

@@ -136,10 +136,20 @@ def create_catalog() -> sql.Composed:
     ).format(ident(CATALOG))
 
 
+def catalog_missing_parts() -> sql.Composed:
+    """(last_success column missing, in_flight table missing): what upgrade_catalog adds.
+    Asked first because the DDL locks the catalog even when it has nothing to do, and a
+    worker recording a batch in pgvz.in_flight reads the catalog (its foreign key): an
+    ALTER on every create() could deadlock with running workers."""
+    return sql.SQL(
+        "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
+        "AND attname = 'last_success' AND NOT attisdropped), to_regclass(%s) IS NULL"
+    ).format()
+
+
 def upgrade_catalog() -> sql.Composed:
-    """Columns and tables added since the first catalog: cheap, idempotent."""
-    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS last_success timestamptz; {}").format(
-        ident(CATALOG), create_in_flight())
+    """Columns added since the first catalog (run only when missing)."""
+    return sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS last_success timestamptz").format(ident(CATALOG))
 
 
 def create_in_flight() -> sql.Composed:

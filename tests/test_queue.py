@@ -514,3 +514,29 @@ def test_in_flight_key_texts_keep_awkward_keys_apart(db, conn):
     assert len(texts) == len(keys) == len(set(texts))
     ints = [ClaimedRow((i,), 0, None, {}, False) for i in (3, 10, -2)]
     assert conn.execute("SELECT string_to_array(%s, chr(30))", [Queue._key_texts(ints)]).fetchone()[0] == ["3", "10", "-2"]
+
+
+def test_create_on_an_installed_catalog_takes_no_lock_on_it(db, conn, schema):
+    """create() used to ALTER the catalog every time (ADD COLUMN IF NOT EXISTS takes an
+    exclusive lock even with nothing to add) and then lock pgvz.in_flight, while a syncing
+    worker holds in_flight and reads the catalog through its foreign key: a deadlock that
+    killed the sync when a notebook ran create() beside a worker."""
+    make_blog(conn, schema, n=1)
+    pgvz.Vectorize(db.dsn, "blog", schema_name=schema).register()
+    with db.connect() as c:
+        Queue.ensure_catalog(c)  # inside create()'s transaction, after the install lock
+        held = c.execute(
+            "SELECT c.relname, l.mode FROM pg_locks l JOIN pg_class c ON c.oid = l.relation "
+            "WHERE l.pid = pg_backend_pid() AND c.relname IN ('vectorizers', 'in_flight') "
+            "AND l.mode NOT IN ('AccessShareLock')").fetchall()
+        c.rollback()
+    assert held == []
+
+
+def test_a_deadlock_is_reported_as_a_conflict_to_retry_not_a_failed_connection():
+    from psycopg import errors as pg_errors
+
+    from pgvz_nb.errors import translate
+
+    msg = str(translate(pg_errors.DeadlockDetected("deadlock detected"), "syncing 'x'"))
+    assert "deadlock detected" in msg and "run it again" in msg and "connection failed" not in msg
