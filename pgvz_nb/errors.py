@@ -95,7 +95,8 @@ def translate(exc: psycopg.Error, doing: str) -> PgvzError:
         )
     elif isinstance(exc, pg_errors.UndefinedTable):
         msg = f"while {doing}: {primary}; check the table name and schema, or run create()/register() first"
-    elif isinstance(exc, pg_errors.TransactionRollback):  # deadlock, serialization failure
+    elif isinstance(exc, (pg_errors.DeadlockDetected, pg_errors.SerializationFailure,
+                          pg_errors.TransactionRollback)):
         msg = (
             f"while {doing}: the server rolled the transaction back ({primary}), a conflict with "
             "another session; nothing it did was kept: run it again"
