@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -44,7 +45,32 @@ def search_rows(
         "text": query_text, "pool": max(int(k) * 4, 40),
     }
     stmt = q.search(rel, hybrid=hybrid, time_range=start is not None or end is not None)
+    if filter or start is not None or end is not None:
+        prepare_search(conn)
     return conn.execute(stmt, params).fetchall()
+
+
+_iterative: weakref.WeakSet = weakref.WeakSet()  # sessions already set up
+
+
+def prepare_search(conn: psycopg.Connection) -> None:
+    """Let a filtered HNSW scan go on until it has k rows that pass the filter (pgvector
+    >= 0.8, ``hnsw.iterative_scan = strict_order``). Without it the index hands over
+    ``ef_search`` (40) candidates and the filter keeps what it keeps: a filter matching 1
+    row in 50 returned 1 hit for k=10 where 400 rows matched. Set once for the session
+    when no transaction is open, else for the caller's transaction only (a rollback would
+    undo a session-wide setting made inside it). An older pgvector refuses the setting:
+    searches then work as before."""
+    if conn in _iterative:
+        return
+    idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+    try:
+        with conn.transaction():
+            conn.execute(q.enable_iterative_scans(), {"local": not idle})
+    except psycopg.Error:  # pgvector < 0.8: no such setting
+        pass
+    if idle:
+        _iterative.add(conn)
 
 
 def search_frame(conn: psycopg.Connection, rel: q.Rel, query_embedding: Sequence[float],

@@ -824,6 +824,12 @@ def create_fts_index(dest: Rel) -> sql.Composed:
     ).format(Name(dest[1].encode()[:50].decode(errors="ignore") + "_fts"), ident(dest))
 
 
+def enable_iterative_scans() -> sql.Composed:
+    """Filtered HNSW scans continue until k rows pass; for the session, or with
+    %(local)s for the current transaction only."""
+    return sql.SQL("SELECT set_config('hnsw.iterative_scan', 'strict_order', %(local)s)").format()
+
+
 def search(rel: Rel, *, hybrid: bool, time_range: bool) -> sql.Composed:
     """k nearest chunks by cosine distance, filtered by metadata containment
     (%(filter)s, NULL for none) and, with ``time_range``, by the time inside v1 ids

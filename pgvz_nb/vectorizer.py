@@ -848,12 +848,13 @@ class Vectorizer:
                hybrid: bool = False) -> pd.DataFrame:
         """Nearest chunks to ``query`` as a DataFrame: rank, distance, contents, one column per
         metadata key, id (and score with ``hybrid=True``)."""
-        from .search import search_frame
+        from .search import prepare_search, search_frame
 
         _, _, conn = self._ready()
         if (start or end) and not self.config.time_column:
             raise PgvzError("start/end filter on time, but this vectorizer has no time_column; "
                             "create it with time_column= to get time-based ids")
+        prepare_search(conn)  # before the transaction: once for the session
         with conn.transaction():
             return search_frame(conn, self.destination, self.embedder.embed_query(query), query, k,
                                 filter=filter, start=start, end=end, hybrid=hybrid)

@@ -386,3 +386,37 @@ def test_naive_timestamp_and_date_time_columns_give_stable_time_ids(db, conn, sc
     hits = v.search("anything", k=5, start=datetime(2024, 1, 1, tzinfo=timezone.utc))
     assert hits["events_id"].tolist() == [1]
     v.close()
+
+
+def test_a_selective_filter_still_returns_k_hits_through_the_hnsw_index(db, conn, schema):
+    """An HNSW scan hands over ef_search (40) candidates and the filter keeps those that
+    match: 1 category in 50 gave 1 hit for k=10. pgvector's iterative scan continues until
+    k rows pass; search turns it on."""
+    t = sql.Identifier(schema, "notes")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, cat text)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'note ' || i || ' on ' || md5(i::text), (i % 50)::text "
+                         "FROM generate_series(1, 10000) i").format(t))
+    v = pgvz.Vectorizer(db, f"{schema}.notes", template="{body}", metadata=["cat"],
+                        embedder=HashingEmbedder(64)).create()
+    v.sync(progress=False)
+    v.create_index()
+    dest = sql.Identifier(schema, "notes_embedding")
+    conn.execute(sql.SQL("ANALYZE {}").format(dest))
+    plan = "\n".join(r[0] for r in conn.execute(sql.SQL(
+        "EXPLAIN SELECT id FROM {d} WHERE metadata @> '{{\"cat\": \"7\"}}' "
+        "ORDER BY embedding <=> (SELECT embedding FROM {d} LIMIT 1) LIMIT 10").format(d=dest)))
+    assert "hnsw" in plan  # the planner takes the index, so the filter runs on its candidates
+    hits = v.search("a note", k=10, filter={"cat": "7"})
+    assert len(hits) == 10 and set(hits["cat"]) == {"7"}
+    assert hits["distance"].is_monotonic_increasing
+    # the same on a connection inside the caller's own transaction (set for it alone)
+    from pgvz_nb.search import search_rows
+
+    with db.connect(vector=True) as c:
+        c.execute("SELECT 1")  # a transaction is open
+        rows = search_rows(c, (schema, "notes_embedding"), v.embedder.embed_query("a note"), None, 10,
+                           filter={"cat": "9"})
+        assert len(rows) == 10
+        c.rollback()
+        assert c.execute("SELECT current_setting('hnsw.iterative_scan')").fetchone()[0] == "off"
+    v.close()
