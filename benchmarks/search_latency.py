@@ -162,7 +162,7 @@ def main() -> None:
         for label, ef, filt in cases:
             conn.execute(sql.SQL("SET hnsw.ef_search = {}").format(sql.Literal(ef)))
             # a filtered search keeps walking the graph until it has k rows: search_rows turns
-            # on pgvector's iterative scan (strict_order) itself, as every pgvz_nb search does
+            # on pgvector's iterative scan (relaxed_order) itself, as every pgvz_nb search does
             raw, frame, recalls = [], [], []
             for i, qv in enumerate(queries):
                 search_rows(conn, rel, qv, None, 10, filter=filt)  # warm: both timings below hit the same pages

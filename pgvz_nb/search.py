@@ -55,12 +55,12 @@ _iterative: weakref.WeakSet = weakref.WeakSet()  # sessions already set up
 
 def prepare_search(conn: psycopg.Connection) -> None:
     """Let a filtered HNSW scan go on until it has k rows that pass the filter (pgvector
-    >= 0.8, ``hnsw.iterative_scan = strict_order``). Without it the index hands over
-    ``ef_search`` (40) candidates and the filter keeps what it keeps: a filter matching 1
-    row in 50 returned 1 hit for k=10 where 400 rows matched. Set once for the session
-    when no transaction is open, else for the caller's transaction only (a rollback would
-    undo a session-wide setting made inside it). An older pgvector refuses the setting:
-    searches then work as before."""
+    >= 0.8, ``hnsw.iterative_scan = relaxed_order``; the query sorts its rows again).
+    Without it the index hands over ``ef_search`` (40) candidates and the filter keeps
+    what it keeps: a filter matching 1 row in 50 returned 1 hit for k=10 where 400 rows
+    matched. Set once for the session when no transaction is open, else for the caller's
+    transaction only (a rollback would undo a session-wide setting made inside it). An
+    older pgvector refuses the setting: searches then work as before."""
     if conn in _iterative:
         return
     idle = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
