@@ -875,10 +875,13 @@ class Vectorizer:
                                         self.destination))
 
     def create_index(self, *, hybrid: bool = False) -> None:
-        """An HNSW index for cosine search (and, with ``hybrid``, a full-text GIN index)."""
+        """An HNSW index for cosine search, a btree on the time in the ids when there is a
+        ``time_column`` (start/end filters), and with ``hybrid`` a full-text GIN index."""
         _, _, conn = self._ready()
         with conn.transaction():
             conn.execute(q.create_hnsw_index(self.destination))
+            if self.config.time_column:
+                conn.execute(q.create_time_index(self.destination))
             if hybrid:
                 conn.execute(q.create_fts_index(self.destination))
 

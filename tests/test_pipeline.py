@@ -420,3 +420,34 @@ def test_a_selective_filter_still_returns_k_hits_through_the_hnsw_index(db, conn
         c.rollback()
         assert c.execute("SELECT current_setting('hnsw.iterative_scan')").fetchone()[0] == "off"
     v.close()
+
+
+def test_create_index_adds_a_time_index_that_narrow_time_ranges_use(db, conn, schema):
+    """Measured on 100k rows: a 1-day range took 240 ms walking the HNSW graph, 1.1 ms from
+    this index (30 days: 84 -> 4.1 ms)."""
+    t = sql.Identifier(schema, "log")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, at timestamptz)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'entry ' || i, timestamptz '2020-01-01' + i * interval '1 hour' "
+                         "FROM generate_series(1, 5000) i").format(t))
+    v = pgvz.Vectorizer(db, f"{schema}.log", template="{body}", time_column="at",
+                        embedder=HashingEmbedder(64)).create()
+    v.sync(progress=False)
+    v.create_index()
+    dest = sql.Identifier(schema, "log_embedding")
+    indexes = [r[0] for r in conn.execute(
+        "SELECT indexdef FROM pg_indexes WHERE schemaname = %s AND tablename = 'log_embedding'", [schema])]
+    assert any("uuid_extract_timestamp(id)" in i for i in indexes), indexes
+    conn.execute(sql.SQL("ANALYZE {}").format(dest))
+    start = datetime(2020, 3, 1, tzinfo=timezone.utc)
+    end = datetime(2020, 3, 2, tzinfo=timezone.utc)
+    params = {"q": np.ones(64, dtype=np.float32), "k": 5, "filter": None, "start": start, "end": end,
+              "text": None, "pool": 40}
+    from pgvector.psycopg import register_vector
+
+    register_vector(conn)
+    plan = "\n".join(r[0] for r in conn.execute(
+        sql.SQL("EXPLAIN ") + pgvz.sql.search((schema, "log_embedding"), hybrid=False, time_range=True), params))
+    assert "log_embedding_time" in plan, plan
+    hits = v.search("entry", k=5, start=start, end=end)
+    assert len(hits) == 5
+    v.close()
