@@ -540,3 +540,34 @@ def test_a_deadlock_is_reported_as_a_conflict_to_retry_not_a_failed_connection()
 
     msg = str(translate(pg_errors.DeadlockDetected("deadlock detected"), "syncing 'x'"))
     assert "deadlock detected" in msg and "run it again" in msg and "connection failed" not in msg
+
+
+def test_one_notify_per_writing_transaction_and_again_in_the_next(db, conn, schema):
+    """The trigger notifies once per transaction (a transaction-local flag spares the
+    repeated pg_notify calls); the flag must not outlive the transaction, nor a savepoint
+    rolled back together with its NOTIFY."""
+    make_blog(conn, schema, n=0)
+    v = pgvz.Vectorize(db.dsn, "blog", schema_name=schema)
+    v.register()
+    vid = str(v._queue.id)
+    ins = sql.SQL("INSERT INTO {} (title, contents) VALUES ('t', 'b')").format(sql.Identifier(schema, "blog"))
+    with psycopg.connect(db.dsn, autocommit=True) as listener:
+        listener.execute("LISTEN pgvz_nb")
+        with psycopg.connect(db.dsn) as w:
+            for _ in range(3):
+                w.execute(ins)
+            flag = w.execute("SELECT current_setting(%s, true)", [f"pgvz.notified_{vid}"]).fetchone()[0]
+            w.commit()
+            after = w.execute("SELECT current_setting(%s, true)", [f"pgvz.notified_{vid}"]).fetchone()[0]
+            w.rollback()
+            got = [n.payload for n in listener.notifies(timeout=1, stop_after=5)]
+            assert flag == "y" and after in (None, "") and got == [vid]
+            w.execute(ins)  # the next transaction notifies again
+            w.commit()
+            assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [vid]
+            with w.transaction():  # a savepoint rolled back takes its NOTIFY and its flag
+                with w.transaction(force_rollback=True):
+                    w.execute(ins)
+                w.execute(ins)
+            assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [vid]
+    v.close()
