@@ -254,6 +254,7 @@ class Queue:
                     if existing.policy != config["policy"]:  # not structural: just update it
                         existing.set_extra(conn, policy=config["policy"])
                         existing.policy = dict(config["policy"])
+                    existing._refresh_trigger_body(conn)
                     return existing
                 existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
                 conn.execute(q.catalog_delete(), [existing.id])
@@ -290,6 +291,16 @@ class Queue:
                 "or drop the old trigger if it is a leftover (timescale_vector's "
                 "track_changes_for_embedding, say)"
             )
+
+    def _refresh_trigger_body(self, conn: psycopg.Connection) -> None:
+        """Give an installed trigger function the body this pgvz_nb writes (fixes and
+        speed-ups in it reach existing vectorizers at their next create()/register()). Only
+        its owner may replace it; for anyone else the old body stays, as it works."""
+        found = conn.execute(q.trigger_function_source(), list(self.function)).fetchone()
+        body = q.trigger_body(self.inbox, self.source, self.keys, self.watched,
+                              notify_payload=self.id).as_string(conn)
+        if found is not None and found[1] and found[0] != body:
+            conn.execute(q.create_trigger_function(self.function, body))
 
     def installed(self, conn: psycopg.Connection) -> bool:
         """True if the queue, inbox, failed table and all four triggers are in place."""

@@ -483,6 +483,15 @@ SELECT {uk}, t.queued_at FROM taken AS t CROSS JOIN LATERAL unnest({tk}) AS u({k
     )
 
 
+def trigger_function_source() -> sql.Composed:
+    """(body, whether the current role owns it) of trigger function %s.%s()."""
+    return sql.SQL(
+        "SELECT p.prosrc, pg_has_role(p.proowner, 'MEMBER') FROM pg_proc p "
+        "JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "WHERE n.nspname = %s AND p.proname = %s AND p.pronargs = 0"
+    ).format()
+
+
 def create_trigger_function(function: Rel, body: str) -> sql.Composed:
     """SECURITY DEFINER so a role that may only write the source still queues its changes;
     the pinned search_path keeps a look-alike function or operator from being picked up."""

@@ -571,3 +571,22 @@ def test_one_notify_per_writing_transaction_and_again_in_the_next(db, conn, sche
                 w.execute(ins)
             assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == [vid]
     v.close()
+
+
+def test_register_gives_an_installed_trigger_the_current_body(db, conn, schema):
+    """A trigger written by an older pgvz_nb (here: one that notified on every statement)
+    gets the current body at the next register(); the queue keeps working."""
+    make_blog(conn, schema, n=1)
+    v = pgvz.Vectorize(db.dsn, "blog", schema_name=schema)
+    v.register()
+    q = v._queue
+    src = "SELECT prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = %s AND p.proname = %s"
+    current = conn.execute(src, list(q.function)).fetchone()[0]
+    old = current.replace("IF queued > 0 AND current_setting", "IF queued > 0 OR current_setting")
+    assert old != current
+    conn.execute(pgvz.sql.create_trigger_function(q.function, old))
+    pgvz.Vectorize(db.dsn, "blog", schema_name=schema).register()
+    assert conn.execute(src, list(q.function)).fetchone()[0] == current
+    conn.execute(sql.SQL("INSERT INTO {} (title) VALUES ('new')").format(sql.Identifier(schema, "blog")))
+    assert v.process(lambda rows, _: None, batch_size=10) == 2
+    v.close()
