@@ -266,8 +266,7 @@ class Queue:
             conn.execute(q.create_queue(queue, source, key_cols))
             conn.execute(q.create_inbox(inbox, source, key_cols))
             conn.execute(q.create_failed(failed, source, key_cols))
-            body = q.trigger_body(inbox, source, key_cols, watched_cols, notify_payload=vid).as_string(conn)
-            conn.execute(q.create_trigger_function(function, body))
+            conn.execute(q.create_trigger_function(function, self._trigger_body(conn)))
             conn.execute(q.create_triggers(source, function, triggers))
             conn.execute(q.backfill(queue, source, key_cols))
             return self
@@ -297,10 +296,14 @@ class Queue:
         speed-ups in it reach existing vectorizers at their next create()/register()). Only
         its owner may replace it; for anyone else the old body stays, as it works."""
         found = conn.execute(q.trigger_function_source(), list(self.function)).fetchone()
-        body = q.trigger_body(self.inbox, self.source, self.keys, self.watched,
-                              notify_payload=self.id).as_string(conn)
+        body = self._trigger_body(conn)
         if found is not None and found[1] and found[0] != body:
             conn.execute(q.create_trigger_function(self.function, body))
+
+    def _trigger_body(self, conn: psycopg.Connection) -> str:
+        """The trigger function's body for this queue, as this pgvz_nb writes it."""
+        return q.trigger_body(self.inbox, self.source, self.keys, self.watched,
+                              notify_payload=self.id).as_string(conn)
 
     def installed(self, conn: psycopg.Connection) -> bool:
         """True if the queue, inbox, failed table and all four triggers are in place."""
@@ -394,6 +397,7 @@ class Queue:
         to yet another worker to die on.
         """
         track = in_flight is not None and self._has_in_flight(conn)
+        self.expand(conn)
         try:
             return self._process(conn, handler, limit, columns, where, isolate_failures,
                                  in_flight if track else None, None)
@@ -441,7 +445,6 @@ class Queue:
         in_flight: psycopg.Connection | None, only: list[tuple] | None,
     ) -> ProcessResult:
         result = ProcessResult()
-        self.expand(conn)
         with conn.transaction():
             _, rows = self.claim(conn, limit, columns, where, only)
             result.claimed = len(rows)
@@ -455,7 +458,7 @@ class Queue:
                 keys = self._key_texts(rows)
                 deaths = dict(conn.execute(q.in_flight_deaths(), {"keys": keys, "vid": self.id}).fetchall())
                 if deaths and only is None and len(rows) > 1:
-                    # rolls this claim back; process() claims that key alone
+                    # rolls this claim back; process() claims each of those keys alone
                     raise _TakeAlone([rows[i - 1].key for i in sorted(deaths)])
                 top = int(self.policy["max_attempts"])
                 rows_to_run = []

@@ -189,8 +189,7 @@ GROUP BY u.i
 def in_flight_mark() -> sql.Composed:
     return sql.SQL(
         "INSERT INTO {} (vectorizer, keys) VALUES (%(vid)s, string_to_array(%(keys)s, chr(30))) RETURNING id"
-    ).format(
-        ident(IN_FLIGHT))
+    ).format(ident(IN_FLIGHT))
 
 
 def in_flight_clear() -> sql.Composed:
@@ -419,14 +418,16 @@ def trigger_body(
     # one NOTIFY per transaction: PostgreSQL folds repeats into one anyway, but each call
     # cost ~5 us of a ~25 us trigger on single-row statements. The flag is transaction-local
     # (set_config's true), so it goes with a rolled-back savepoint just as its NOTIFY does.
-    flag = sql.Literal(f"pgvz.notified_{int(notify_payload or 0)}")
-    notify = sql.SQL("") if notify_payload is None else sql.SQL(
-        "  GET DIAGNOSTICS queued = ROW_COUNT;\n"
-        "  IF queued > 0 AND current_setting({flag}, true) IS DISTINCT FROM 'y' THEN\n"
-        "    PERFORM pg_notify({channel}, {payload});\n"
-        "    PERFORM set_config({flag}, 'y', true);\n"
-        "  END IF;\n"
-    ).format(flag=flag, channel=sql.Literal(NOTIFY_CHANNEL), payload=sql.Literal(str(int(notify_payload))))
+    notify: sql.Composable = sql.SQL("")
+    if notify_payload is not None:
+        notify = sql.SQL(
+            "  GET DIAGNOSTICS queued = ROW_COUNT;\n"
+            "  IF queued > 0 AND current_setting({flag}, true) IS DISTINCT FROM 'y' THEN\n"
+            "    PERFORM pg_notify({channel}, {payload});\n"
+            "    PERFORM set_config({flag}, 'y', true);\n"
+            "  END IF;\n"
+        ).format(flag=sql.Literal(f"pgvz.notified_{int(notify_payload)}"),
+                 channel=sql.Literal(NOTIFY_CHANNEL), payload=sql.Literal(str(int(notify_payload))))
     # use_column: a source column called "queued" (the one variable) would otherwise make
     # every statement on the table fail with "column reference is ambiguous"
     return sql.SQL(
