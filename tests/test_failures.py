@@ -236,3 +236,43 @@ def test_every_key_a_dead_worker_held_goes_alone_in_the_same_call(db, conn, sche
     assert calls[3] == [1, 4, 6, 7, 8]
     assert conn.execute("SELECT count(*) FROM pgvz.in_flight WHERE vectorizer = %s", [v._queue.id]).fetchone()[0] == 0
     v.close()
+
+
+DYING_TZ_WORKER = """
+import os, sys
+import pgvz_nb as pgvz
+v = pgvz.Vectorize(sys.argv[1], "events", schema_name=sys.argv[2], id_column_name="at")
+v.process(lambda rows, vec: os._exit(3), batch_size=10)
+"""
+
+
+def test_a_death_counts_for_a_timestamptz_key_whatever_the_workers_time_zones(db, conn, schema):
+    """Keys are matched in pgvz.in_flight by their text: a timestamptz read in New York and
+    the same instant read in Tokyo must give the same text, or a worker killed by the row in
+    one zone goes uncounted by the workers of the other, and the row kills them forever."""
+    import os
+    import subprocess
+    import sys
+
+    from psycopg.conninfo import make_conninfo
+
+    t = sql.Identifier(schema, "events")
+    conn.execute(sql.SQL("CREATE TABLE {} (at timestamptz PRIMARY KEY, body text)").format(t))
+    v = pgvz.Vectorize(db.dsn, "events", schema_name=schema, id_column_name="at", max_attempts=1)
+    v.register()
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('2026-03-01 12:00:00+00', 'kills its worker')").format(t))
+    run = subprocess.run([sys.executable, "-c", DYING_TZ_WORKER, db.dsn, schema],
+                         env={**os.environ, "PGTZ": "America/New_York"},
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 3, run.stderr
+    assert conn.execute("SELECT count(*) FROM pgvz.in_flight WHERE vectorizer = %s", [v._queue.id]).fetchone()[0] == 1
+    tokyo = pgvz.Vectorize(make_conninfo(db.dsn, options="-c TimeZone=Asia/Tokyo"), "events",
+                           schema_name=schema, id_column_name="at", max_attempts=1)
+    seen = []
+    tokyo.process(lambda rows, _: seen.extend(rows), batch_size=10)
+    assert seen == []  # its one death reached max_attempts: set aside, not run again
+    failed = tokyo.failed()
+    assert len(failed) == 1 and "died while processing this row, 1 times" in failed[0]["last_error"]
+    assert conn.execute("SELECT count(*) FROM pgvz.in_flight WHERE vectorizer = %s", [v._queue.id]).fetchone()[0] == 0
+    tokyo.close()
+    v.close()
