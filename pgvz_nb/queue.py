@@ -147,16 +147,20 @@ class Queue:
     def ensure_catalog(cls, conn: psycopg.Connection) -> None:
         """Create the pgvz schema and catalog if missing (caller holds the install lock)."""
         if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
-            no_column, no_in_flight = conn.execute(
-                q.catalog_missing_parts(), [".".join(q.CATALOG), ".".join(q.IN_FLIGHT)]).fetchone()
+            no_column, no_in_flight, no_policy = conn.execute(
+                q.catalog_missing_parts(),
+                {"catalog": ".".join(q.CATALOG), "in_flight": ".".join(q.IN_FLIGHT)}).fetchone()
             if no_column:
                 conn.execute(q.upgrade_catalog())
             if no_in_flight:
                 conn.execute(q.create_in_flight())
+            if no_in_flight or no_policy:
+                conn.execute(q.in_flight_policy())
             return
         conn.execute(q.create_catalog_schema())
         conn.execute(q.create_catalog())
         conn.execute(q.create_in_flight())
+        conn.execute(q.in_flight_policy())
 
     @classmethod
     def open(cls, conn: psycopg.Connection, name: str) -> Queue:

@@ -51,6 +51,7 @@ def has_escaped(query) -> bool:
 
 CATALOG: Rel = ("pgvz", "vectorizers")
 IN_FLIGHT: Rel = ("pgvz", "in_flight")
+IN_FLIGHT_POLICY = "workers_see_their_queues"
 # pg_advisory_xact_lock key serialising catalog installs and registrations: a
 # constant (not an OID) so that every database and every version agree on it.
 INSTALL_LOCK_KEY = 0x7067767A_00000001
@@ -137,14 +138,20 @@ def create_catalog() -> sql.Composed:
 
 
 def catalog_missing_parts() -> sql.Composed:
-    """(last_success column missing, in_flight table missing): what upgrade_catalog adds.
-    Asked first because the DDL locks the catalog even when it has nothing to do, and a
-    worker recording a batch in pgvz.in_flight reads the catalog (its foreign key): an
-    ALTER on every create() could deadlock with running workers."""
+    """(last_success column missing, in_flight table missing, in_flight's row security
+    missing and the caller owns the table): what an older install lacks. Asked first
+    because the DDL locks the catalog even when it has nothing to do, and a worker recording
+    a batch in pgvz.in_flight reads the catalog (its foreign key): an ALTER on every
+    create() could deadlock with running workers. Parameters: catalog, in_flight."""
     return sql.SQL(
-        "SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%s) "
-        "AND attname = 'last_success' AND NOT attisdropped), to_regclass(%s) IS NULL"
-    ).format()
+        """SELECT NOT EXISTS (SELECT 1 FROM pg_attribute WHERE attrelid = to_regclass(%(catalog)s)
+                              AND attname = 'last_success' AND NOT attisdropped),
+                  to_regclass(%(in_flight)s) IS NULL,
+                  EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = to_regclass(%(in_flight)s)
+                          AND NOT EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid
+                                          AND p.polname = {policy})
+                          AND pg_has_role(c.relowner, 'USAGE'))"""
+    ).format(policy=sql.Literal(IN_FLIGHT_POLICY))
 
 
 def upgrade_catalog() -> sql.Composed:
@@ -168,6 +175,20 @@ def create_in_flight() -> sql.Composed:
         );
         CREATE INDEX IF NOT EXISTS in_flight_vectorizer ON {} (vectorizer)"""
     ).format(ident(IN_FLIGHT), ident(CATALOG), ident(IN_FLIGHT))
+
+
+def in_flight_policy() -> sql.Composed:
+    """Row security on pgvz.in_flight, one table for every vectorizer: a role sees and writes
+    only the rows of vectorizers whose queue it may DELETE from (a worker role granted for
+    one vectorizer cannot read the keys another is processing). The owner, who creates
+    vectorizers, is exempt, as PostgreSQL exempts a table's owner; foreign-key cascades
+    ignore row security."""
+    return sql.SQL(
+        """ALTER TABLE {t} ENABLE ROW LEVEL SECURITY;
+        CREATE POLICY {policy} ON {t} USING (has_table_privilege(
+            (SELECT to_regclass(quote_ident(c.queue_schema) || '.' || quote_ident(c.queue_table))
+             FROM {catalog} AS c WHERE c.id = {t}.vectorizer), 'DELETE'))"""
+    ).format(t=ident(IN_FLIGHT), policy=sql.Identifier(IN_FLIGHT_POLICY), catalog=ident(CATALOG))
 
 
 def in_flight_deaths() -> sql.Composed:

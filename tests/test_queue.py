@@ -533,6 +533,26 @@ def test_create_on_an_installed_catalog_takes_no_lock_on_it(db, conn, schema):
     assert held == []
 
 
+
+def test_an_install_without_in_flight_row_security_gets_it_at_the_next_create(db, conn, schema):
+    """Installs made before pgvz.in_flight had row security get it from the next create()
+    or register() run by the table's owner (a worker role's register() leaves it alone)."""
+    make_blog(conn, schema, n=1)
+    pgvz.Vectorize(db.dsn, "blog", schema_name=schema).register()
+
+    def secured():
+        return conn.execute(
+            "SELECT c.relrowsecurity, count(p.polname) FROM pg_class c LEFT JOIN pg_policy p "
+            "ON p.polrelid = c.oid WHERE c.oid = 'pgvz.in_flight'::regclass GROUP BY 1").fetchone()
+
+    assert secured() == (True, 1)
+    conn.execute("DROP POLICY workers_see_their_queues ON pgvz.in_flight")
+    conn.execute("ALTER TABLE pgvz.in_flight DISABLE ROW LEVEL SECURITY")
+    conn.commit()
+    assert secured() == (False, 0)
+    pgvz.Vectorize(db.dsn, "blog", schema_name=schema).register()
+    assert secured() == (True, 1)
+
 def test_a_deadlock_is_reported_as_a_conflict_to_retry_not_a_failed_connection():
     from psycopg import errors as pg_errors
 

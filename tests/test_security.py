@@ -132,6 +132,45 @@ def test_least_privilege_worker_and_app_roles(db, conn, schema):
             conn.execute(sql.SQL("DROP ROLE {}").format(s(role)))
 
 
+def test_a_worker_role_sees_only_its_own_vectorizers_keys_in_flight(db, conn, schema):
+    """pgvz.in_flight is one table for every vectorizer: row-level security keeps a worker
+    role to the rows of the vectorizers whose queues it may work, so it can neither read
+    the keys other vectorizers are processing nor write rows for them."""
+    worker = f"worker_{uuid.uuid4().hex[:6]}"
+    s = sql.Identifier
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(s(worker)))
+    try:
+        for table in ("mine", "theirs"):
+            conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(schema, table)))
+            conn.execute(sql.SQL("INSERT INTO {} SELECT i, 'text ' || i FROM generate_series(1, 5) i").format(
+                s(schema, table)))
+        mine = pgvz.Vectorizer(db, f"{schema}.mine", template="{body}", embedder=HashingEmbedder(8)).create()
+        theirs = pgvz.Vectorizer(db, f"{schema}.theirs", template="{body}", embedder=HashingEmbedder(8)).create()
+        mine.grant_worker(worker)
+        # what dead workers left behind, one batch per vectorizer
+        conn.execute("INSERT INTO pgvz.in_flight (vectorizer, keys) VALUES (%s, %s), (%s, %s)",
+                     [mine._queue.id, ["2"], theirs._queue.id, ["secret-key"]])
+        with psycopg.connect(make_conninfo(db.dsn, user=worker), autocommit=True) as c:
+            seen = c.execute("SELECT vectorizer, keys FROM pgvz.in_flight").fetchall()
+            assert seen == [(mine._queue.id, ["2"])]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("INSERT INTO pgvz.in_flight (vectorizer, keys) VALUES (%s, %s)",
+                          [theirs._queue.id, ["3"]])
+            assert c.execute("DELETE FROM pgvz.in_flight WHERE vectorizer = %s",
+                             [theirs._queue.id]).rowcount == 0
+        # and it still works its own queue, dead worker's key included (taken alone)
+        as_worker = pgvz.Vectorizer.open(pgvz.Database(make_conninfo(db.dsn, user=worker)), mine.name)
+        report = as_worker.sync(progress=False, lanes=1)
+        assert report.processed == 5 and report.failed == 0
+        left = conn.execute("SELECT vectorizer, keys FROM pgvz.in_flight WHERE vectorizer IN (%s, %s)",
+                            [mine._queue.id, theirs._queue.id]).fetchall()
+        assert left == [(theirs._queue.id, ["secret-key"])]
+        as_worker.close(), mine.close(), theirs.close()
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(s(worker)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(s(worker)))
+
+
 def test_password_never_shown(db):
     dsn = "postgresql://alice:s3cr3t-pw@127.0.0.1:1/app?connect_timeout=1"
     d = pgvz.Database(dsn)
