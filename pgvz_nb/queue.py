@@ -8,6 +8,8 @@ function and four statement-level triggers on the source table.
 from __future__ import annotations
 
 import json
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -92,6 +94,8 @@ def keys_jsonb(records: list[dict[str, Any]]) -> Jsonb:
     return Jsonb(records, dumps=lambda o: json.dumps(o, default=_json_default))
 
 
+log = logging.getLogger("pgvz_nb.queue")
+
 _KEY_ESCAPES = str.maketrans({"\\": "\\\\", "\x1e": "\\x1e", "\x1f": "\\x1f"})
 
 
@@ -110,6 +114,12 @@ def _key_text(value: Any) -> str:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(timezone.utc).isoformat()
     return _json_default(value)
+
+
+def rolled_back(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (or a PgvzError made from one): the server rolled
+    the transaction back and the connection is fine; running it again is the cure."""
+    return any(getattr(e, "sqlstate", None) in ("40001", "40P01") for e in (exc, exc.__cause__, exc.__context__))
 
 
 class _TakeAlone(Exception):
@@ -413,15 +423,15 @@ class Queue:
         track = in_flight is not None and self._has_in_flight(conn)
         self.expand(conn)
         try:
-            return self._process(conn, handler, limit, columns, where, isolate_failures,
-                                 in_flight if track else None, None)
+            return self._process_again_if_rolled_back(conn, handler, limit, columns, where, isolate_failures,
+                                                      in_flight if track else None, None)
         except _TakeAlone as alone:
             # every such key of the claim, one by one: one claim per key found would put the
             # whole batch back each time (500 keys of a killed batch: 7.4 s to drain 2,000 rows)
             total = ProcessResult()
             for key in alone.keys:
-                one = self._process(conn, handler, limit, columns, where, isolate_failures,
-                                    in_flight, [key])
+                one = self._process_again_if_rolled_back(conn, handler, limit, columns, where,
+                                                         isolate_failures, in_flight, [key])
                 total.claimed += one.claimed
                 total.succeeded += one.succeeded
                 total.failed_keys += one.failed_keys
@@ -431,6 +441,24 @@ class Queue:
             if total.claimed:
                 total.state = None
             return total
+
+    ROLLED_BACK_TRIES = 4
+
+    def _process_again_if_rolled_back(self, conn: psycopg.Connection, *args: Any) -> ProcessResult:
+        """_process, run again (up to ROLLED_BACK_TRIES times in all, after 0.05, 0.1, 0.2 s)
+        when the server rolls its transaction back: a deadlock with another session or a
+        serialization failure is nobody's fault and passes; the whole claim went back, so
+        no row got an attempt and nothing was lost."""
+        for i in range(self.ROLLED_BACK_TRIES):
+            try:
+                return self._process(conn, *args)
+            except Exception as exc:
+                if not rolled_back(exc) or i == self.ROLLED_BACK_TRIES - 1:
+                    raise
+                log.warning("the server rolled a batch of %s back (%s); claiming again",
+                            self.name, str(exc).strip().splitlines()[0])
+                time.sleep(0.05 * 2**i)
+        raise AssertionError("unreachable")
 
     def _has_in_flight(self, conn: psycopg.Connection) -> bool:
         """Catalogs made before pgvz.in_flight existed get it at the next create()."""
@@ -491,6 +519,10 @@ class Queue:
                     with conn.transaction():
                         handler(batch)
                 except Exception as exc:  # the handler is user code: any error is per item
+                    if rolled_back(exc):
+                        # a deadlock or serialization failure: the whole claim must go back
+                        # (keeping its row locks would keep the deadlock), and no row is to blame
+                        raise
                     # an error that would hit any batch (the model's service is down) is not
                     # narrowed down by halving: the whole batch waits out a backoff
                     whole = getattr(exc, "pgvz_whole_batch", False)
@@ -502,7 +534,12 @@ class Queue:
                         failures.append((batch, exc))
 
             if rows_to_run:
-                attempt(rows_to_run)
+                try:
+                    attempt(rows_to_run)
+                except BaseException:
+                    if batch_id is not None:  # put back on purpose: not a dead worker's trace
+                        in_flight.execute(q.in_flight_clear(), {"batch": batch_id})
+                    raise
             if failures or set_aside:
                 result.moved_to_failed = self.record_failures(conn, failures + set_aside)
                 result.failed_keys = [r.key for batch, _ in failures + set_aside for r in batch]

@@ -5,7 +5,7 @@ queues: PostgreSQL's row and advisory locks keep them from processing one key tw
 Between rounds a worker sleeps until a trigger's NOTIFY (sent once per writing statement,
 at commit) or ``poll`` seconds, whichever comes first; the poll picks up rows whose
 backoff ran out. A lost connection (the server restarted, the network blinked) is retried
-with an exponential backoff; SIGTERM / SIGINT finish the current batch and exit.
+with an exponential backoff, a batch the server rolled back (a deadlock) at once; SIGTERM / SIGINT finish the current batch and exit.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import psycopg
 
 from .db import Database
 from .errors import ConnectionFailed, DatabaseError, PgvzError
-from .queue import Queue
+from .queue import Queue, rolled_back
 from .vectorizer import SyncReport, Vectorizer
 
 __all__ = ["Worker", "WorkerStats"]
@@ -35,6 +35,7 @@ class WorkerStats:
     processed: int = 0
     failed: int = 0
     reconnects: int = 0
+    conflicts: int = 0  # batches the server rolled back (deadlock, serialization failure)
     reports: list[SyncReport] = field(default_factory=list)
 
 
@@ -133,6 +134,13 @@ class Worker:
                 if once:
                     break
             except (PgvzError, psycopg.Error) as exc:
+                if rolled_back(exc):
+                    # a TransactionRollback is an OperationalError, but nothing was lost
+                    self.stats.conflicts += 1
+                    log.warning("the server rolled a batch back (%s); running it again", exc)
+                    if self.stop_event.wait(0.1):
+                        break
+                    continue
                 if not _is_connection_error(exc):
                     raise
                 lost_since = lost_since or time.monotonic()
