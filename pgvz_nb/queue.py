@@ -279,6 +279,7 @@ class Queue:
                         existing.set_extra(conn, policy=config["policy"])
                         existing.policy = dict(config["policy"])
                     existing._refresh_trigger_body(conn)
+                    existing.cover_descendants(conn, backfill=True)
                     return existing
                 existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
                 conn.execute(q.catalog_delete(), [existing.id])
@@ -292,6 +293,7 @@ class Queue:
             conn.execute(q.create_failed(failed, source, key_cols))
             conn.execute(q.create_trigger_function(function, self._trigger_body(conn)))
             conn.execute(q.create_triggers(source, function, triggers))
+            self.cover_descendants(conn, backfill=False)  # the source's backfill reads their rows
             conn.execute(q.backfill(queue, source, key_cols))
             return self
 
@@ -325,9 +327,43 @@ class Queue:
             conn.execute(q.create_trigger_function(self.function, body))
 
     def _trigger_body(self, conn: psycopg.Connection) -> str:
-        """The trigger function's body for this queue, as this pgvz_nb writes it."""
+        """The trigger function's body for this queue, as this pgvz_nb writes it (and as
+        pg_proc.prosrc holds it: the %% that names and format templates carry through
+        placeholder processing, see sql.Name, back to %)."""
         return q.trigger_body(self.inbox, self.source, self.keys, self.watched,
-                              notify_payload=self.id).as_string(conn)
+                              notify_payload=self.id).as_string(conn).replace("%%", "%")
+
+    def _descendants(self, conn: psycopg.Connection) -> list[tuple[Rel, set[str], bool]]:
+        """(partition or child, our triggers on it, may we add triggers) at any depth."""
+        rows = conn.execute(q.descendants(), {
+            "schema": self.source[0], "table": self.source[1], "fschema": self.function[0],
+            "fname": self.function[1], "triggers": list(self.triggers.values())}).fetchall()
+        return [((r[0], r[1]), set(r[2]), r[3]) for r in rows]
+
+    def cover_descendants(self, conn: psycopg.Connection, *, backfill: bool) -> list[Rel]:
+        """Put the triggers on every partition and inheritance child that lacks them (a
+        statement aimed at a partition fires only the partition's statement triggers), and
+        with ``backfill`` queue the rows of each one covered now: it may have been attached
+        with rows, or written to while uncovered. Returns those left uncovered because the
+        current role may not add triggers to them."""
+        left = []
+        for rel, present, may in self._descendants(conn):
+            missing = [e for e, name in self.triggers.items() if name not in present]
+            if not missing:
+                continue
+            if not may:
+                left.append(rel)
+                continue
+            conn.execute(q.create_triggers(rel, self.function, self.triggers, missing))
+            if backfill:
+                conn.execute(q.backfill(self.queue, rel, self.keys))
+        return left
+
+    def uncovered(self, conn: psycopg.Connection) -> list[Rel]:
+        """Partitions and inheritance children of the source without all of the triggers:
+        changes aimed at them directly are not queued until create()/register() runs again."""
+        names = set(self.triggers.values())
+        return [rel for rel, present, _ in self._descendants(conn) if present != names]
 
     def installed(self, conn: psycopg.Connection) -> bool:
         """True if the queue, inbox, failed table and all four triggers are in place."""
@@ -340,6 +376,9 @@ class Queue:
     def _uninstall_objects(self, conn: psycopg.Connection) -> None:
         if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:
             conn.execute(q.drop_triggers(self.source, list(self.triggers.values())))
+        # and on partitions, children, and tables detached from the source since
+        for schema, table, name in conn.execute(q.triggers_running(), list(self.function)).fetchall():
+            conn.execute(q.drop_triggers((schema, table), [name]))
         conn.execute(q.drop_function(self.function))
         for rel in (self.queue, self.inbox, self.failed):
             conn.execute(q.drop_table(rel))

@@ -31,6 +31,19 @@ class Name(sql.Identifier):
         return super().as_string(context).replace("%", "%%")
 
 
+class PctLiteral(sql.Literal):
+    """A string literal whose ``%`` signs survive placeholder processing, as a Name's do
+    (a format() template in a trigger body, say)."""
+
+    pct_escaped = True
+
+    def as_bytes(self, context=None) -> bytes:
+        return super().as_bytes(context).replace(b"%", b"%%")
+
+    def as_string(self, context=None) -> str:
+        return super().as_string(context).replace("%", "%%")
+
+
 class UserSQL(sql.SQL):
     """SQL text the user wrote (a ``where`` filter), with its ``%`` escaped like a Name's."""
 
@@ -401,6 +414,7 @@ def trigger_body(
     operator from outside pg_catalog) and keeps a key only when it appeared, vanished
     or one of the watched columns changed its text form. ``watched=None`` compares the
     whole row. TRUNCATE fires BEFORE, the only moment the doomed keys can still be read.
+    The same function serves the source's partitions and inheritance children.
     """
     kcols = _cols(keys)
     aggs = sql.SQL(", ").join(sql.SQL("array_agg({})").format(Name(k)) for k in keys)
@@ -449,6 +463,15 @@ def trigger_body(
             "  END IF;\n"
         ).format(flag=sql.Literal(f"pgvz.notified_{int(notify_payload)}"),
                  channel=sql.Literal(NOTIFY_CHANNEL), payload=sql.Literal(str(int(notify_payload))))
+    # TRUNCATE reads the keys of the table it fires for: the source, or one of its
+    # partitions or inheritance children (each carries these triggers), so dynamic SQL;
+    # every name goes through format()'s %I
+    inbox_names = [*inbox, *keys, *keys]
+    truncate_fmt = PctLiteral(
+        "INSERT INTO %I.%I (" + ", ".join(["%I"] * len(keys)) + ") SELECT "
+        + ", ".join(["array_agg(%I)"] * len(keys)) + " FROM %s HAVING count(*) > 0"
+    )
+    truncate_args = sql.SQL(", ").join(PctLiteral(n) for n in inbox_names)
     # use_column: a source column called "queued" (the one variable) would otherwise make
     # every statement on the table fail with "column reference is ambiguous"
     return sql.SQL(
@@ -469,7 +492,7 @@ BEGIN
     WHERE n.present IS NULL OR o.present IS NULL OR {changed}
     HAVING count(*) > 0;
   ELSIF TG_OP = 'TRUNCATE' THEN
-    INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM {source} HAVING count(*) > 0;
+    EXECUTE format({truncate_fmt}, {truncate_args}, TG_RELID::regclass);
   END IF;
 {notify}  RETURN NULL;
 END
@@ -477,6 +500,7 @@ END
     ).format(
         inbox=ident(inbox), source=ident(source), kcols=kcols, aggs=aggs, pick=pick,
         side=side, join_on=join_on, changed=changed, notify=notify,
+        truncate_fmt=truncate_fmt, truncate_args=truncate_args,
     )
 
 
@@ -521,25 +545,69 @@ def create_trigger_function(function: Rel, body: str) -> sql.Composed:
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS trigger LANGUAGE plpgsql "
         "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}; "
         "REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC"
-    ).format(fn=ident(function), body=sql.Literal(body))
+    ).format(fn=ident(function), body=PctLiteral(body))
 
 
-def create_triggers(source: Rel, function: Rel, names: dict[str, str]) -> sql.Composed:
-    """Transition tables allow one event per trigger, hence four triggers on one function."""
-    return sql.SQL(
-        "CREATE TRIGGER {ins} AFTER INSERT ON {src} REFERENCING NEW TABLE AS pgvz_new "
-        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}(); "
-        "CREATE TRIGGER {upd} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS pgvz_old "
-        "NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}(); "
-        "CREATE TRIGGER {dele} AFTER DELETE ON {src} REFERENCING OLD TABLE AS pgvz_old "
-        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}(); "
-        "CREATE TRIGGER {trunc} BEFORE TRUNCATE ON {src} "
-        "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()"
-    ).format(
-        src=ident(source), fn=ident(function),
-        ins=Name(names["insert"]), upd=Name(names["update"]),
-        dele=Name(names["delete"]), trunc=Name(names["truncate"]),
+_TRIGGER_DDL = {
+    "insert": "CREATE TRIGGER {name} AFTER INSERT ON {src} REFERENCING NEW TABLE AS pgvz_new "
+              "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+    "update": "CREATE TRIGGER {name} AFTER UPDATE ON {src} REFERENCING OLD TABLE AS pgvz_old "
+              "NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+    "delete": "CREATE TRIGGER {name} AFTER DELETE ON {src} REFERENCING OLD TABLE AS pgvz_old "
+              "FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+    "truncate": "CREATE TRIGGER {name} BEFORE TRUNCATE ON {src} FOR EACH STATEMENT EXECUTE FUNCTION {fn}()",
+}
+
+
+def create_triggers(source: Rel, function: Rel, names: dict[str, str],
+                    events: Sequence[str] = ("insert", "update", "delete", "truncate")) -> sql.Composed:
+    """Transition tables allow one event per trigger, hence four triggers on one function
+    (``events``: only some of them, for a partition that lacks them)."""
+    return sql.SQL("; ").join(
+        sql.SQL(_TRIGGER_DDL[e]).format(name=Name(names[e]), src=ident(source), fn=ident(function))
+        for e in events
     )
+
+
+def descendants() -> sql.Composed:
+    """Every partition and inheritance child of %(schema)s.%(table)s, at any depth:
+    (schema, name, names of %(triggers)s it carries that run function %(fschema)s.%(fname)s,
+    whether the current role may add triggers to it). A statement aimed at one of them
+    fires its own statement triggers, not the source's. Foreign tables are left out: their
+    rows are written elsewhere."""
+    return sql.SQL(
+        """
+WITH RECURSIVE d(oid) AS (
+    SELECT i.inhrelid FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhparent
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+    UNION
+    SELECT i.inhrelid FROM pg_inherits i JOIN d ON i.inhparent = d.oid
+), fn AS (
+    SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+    WHERE n.nspname = %(fschema)s AND p.proname = %(fname)s AND p.pronargs = 0
+)
+SELECT n.nspname, c.relname,
+       ARRAY(SELECT t.tgname::text FROM pg_trigger t
+             WHERE t.tgrelid = c.oid AND t.tgfoid IN (SELECT oid FROM fn)
+               AND t.tgname = ANY (%(triggers)s::text[])),
+       has_table_privilege(c.oid, 'TRIGGER')
+FROM d JOIN pg_class c ON c.oid = d.oid JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE c.relkind IN ('r', 'p')
+ORDER BY 1, 2
+"""
+    ).format()
+
+
+def triggers_running() -> sql.Composed:
+    """(schema, table, trigger) of every trigger that runs function %s.%s(): on the source,
+    its partitions, and tables detached from it since."""
+    return sql.SQL(
+        "SELECT n.nspname, c.relname, t.tgname FROM pg_trigger t "
+        "JOIN pg_class c ON c.oid = t.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace pn ON pn.oid = p.pronamespace "
+        "WHERE pn.nspname = %s AND p.proname = %s AND p.pronargs = 0 AND NOT t.tgisinternal"
+    ).format()
 
 
 def drop_triggers(source: Rel, names: Sequence[str]) -> sql.Composed:

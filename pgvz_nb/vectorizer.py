@@ -801,6 +801,7 @@ class Vectorizer:
             where = q.UserSQL(self.config.where) if self.config.where else None
             source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
             last_success = conn.execute(q.catalog_last_success(), [queue.id]).fetchone()[0]
+            uncovered = queue.uncovered(conn)
         now = datetime.now(timezone.utc)
         frame = pd.DataFrame([{
             "name": self.name, "source": ".".join(self.source),
@@ -811,6 +812,8 @@ class Vectorizer:
             "oldest_pending_age": pd.Timedelta(now - st.oldest) if st.oldest else pd.NaT,
             "next_retry": pd.Timestamp(st.next_retry) if st.next_retry else pd.NaT,
             "last_success": pd.Timestamp(last_success) if last_success else pd.NaT,
+            # partitions (or inheritance children) whose direct writes are not queued yet
+            "uncovered_partitions": ", ".join(".".join(r) for r in uncovered),
         }])
         # proper dtypes even when a value is missing: tz-aware timestamps, timedelta ages
         frame["oldest_pending_age"] = pd.Series([frame["oldest_pending_age"][0]], dtype="timedelta64[ns]")
