@@ -166,11 +166,26 @@ class Queue:
                 conn.execute(q.create_in_flight())
             if no_in_flight or no_policy:
                 conn.execute(q.in_flight_policy())
+        else:
+            conn.execute(q.create_catalog_schema())
+            conn.execute(q.create_catalog())
+            conn.execute(q.create_in_flight())
+            conn.execute(q.in_flight_policy())
+        cls._ensure_partition_event_trigger(conn)
+
+    @staticmethod
+    def _ensure_partition_event_trigger(conn: psycopg.Connection) -> None:
+        """The event trigger that covers partitions created or attached later (see
+        sql.partition_function_body), with this pgvz_nb's body. Only a superuser may create
+        event triggers: for anyone else, re-running create() covers new partitions."""
+        found, installed, superuser = conn.execute(q.partition_function_source()).fetchone()
+        if not superuser:
             return
-        conn.execute(q.create_catalog_schema())
-        conn.execute(q.create_catalog())
-        conn.execute(q.create_in_flight())
-        conn.execute(q.in_flight_policy())
+        body = q.partition_function_body().as_string(conn).replace("%%", "%")
+        if found != body:
+            conn.execute(q.create_partition_function(body))
+        if not installed:
+            conn.execute(q.create_partition_event_trigger())
 
     @classmethod
     def open(cls, conn: psycopg.Connection, name: str) -> Queue:

@@ -569,6 +569,139 @@ def create_triggers(source: Rel, function: Rel, names: dict[str, str],
     )
 
 
+PARTITION_EVENT_TRIGGER = "pgvz_cover_partitions"
+PARTITION_FUNCTION: Rel = ("pgvz", "cover_partitions")
+
+
+def partition_function_body() -> sql.Composed:
+    """PL/pgSQL body of the event trigger run at the end of every CREATE TABLE and ALTER
+    TABLE: for each vectorizer whose source (or a partition, child, or table running its
+    trigger function) the command touched, put the triggers on partitions and children
+    that lack them and queue their rows (a table attached with rows), and queue the keys of
+    tables detached since, dropping the triggers from them (their rows left the source).
+
+    It runs as whoever ran the DDL, so it can do no more than they could; it never fails
+    their command: a vectorizer it cannot cover gets a WARNING, and status() shows the
+    partition as uncovered until create() or register() runs again. Setting
+    ``pgvz.partition_event_trigger = off`` in a session turns it off there."""
+    templates = {
+        e: PctLiteral(sql.SQL(ddl).format(name=sql.SQL("%I"), src=sql.SQL("%I.%I"), fn=sql.SQL("%I.%I"))
+                      .as_string(None))
+        for e, ddl in _TRIGGER_DDL.items()
+    }
+    return sql.SQL(
+        """
+DECLARE
+  objs oid[];
+  v record;
+  src oid;
+  fn oid;
+  d record;
+  ev text;
+  added boolean;
+  keys text;
+BEGIN
+  IF current_setting('pgvz.partition_event_trigger', true) = 'off'
+     OR NOT has_schema_privilege({schema}, 'USAGE')
+     OR NOT has_table_privilege({catalog_name}, 'SELECT') THEN
+    RETURN;  -- a role that cannot see the vectorizers creates tables undisturbed
+  END IF;
+  SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
+  WHERE classid = 'pg_class'::regclass;
+  IF objs IS NULL THEN
+    RETURN;
+  END IF;
+  FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
+    BEGIN
+      src := to_regclass(quote_ident(v.source_schema) || '.' || quote_ident(v.source_table));
+      fn := to_regprocedure(quote_ident(v.config->'function'->>0) || '.'
+                            || quote_ident(v.config->'function'->>1) || '()');
+      CONTINUE WHEN src IS NULL OR fn IS NULL;
+      CONTINUE WHEN NOT EXISTS (
+        WITH RECURSIVE dd(oid) AS (
+          SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
+        SELECT 1 FROM dd WHERE dd.oid = ANY (objs)
+        UNION ALL
+        SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs));
+      SELECT string_agg(quote_ident(k), ', ') INTO keys FROM jsonb_array_elements_text(v.config->'keys') AS k;
+      -- partitions and children without the triggers: add them, queue the rows
+      FOR d IN
+        WITH RECURSIVE dd(oid) AS (
+          SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = src
+          UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
+        SELECT c.oid, n.nspname, c.relname FROM dd JOIN pg_class c ON c.oid = dd.oid
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')
+      LOOP
+        added := false;
+        FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
+          CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn
+                                AND tg.tgname = v.config->'triggers'->>ev);
+          EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
+                                 WHEN 'delete' THEN {del} ELSE {trunc} END,
+                         v.config->'triggers'->>ev, d.nspname, d.relname,
+                         v.config->'function'->>0, v.config->'function'->>1);
+          added := true;
+        END LOOP;
+        IF added THEN
+          EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+        END IF;
+      END LOOP;
+      -- tables detached from the source that still run its triggers
+      FOR d IN
+        WITH RECURSIVE dd(oid) AS (
+          SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
+        SELECT DISTINCT c.oid, n.nspname, c.relname FROM pg_trigger tg
+        JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid NOT IN (SELECT oid FROM dd)
+      LOOP
+        EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+        FOR ev IN SELECT tg.tgname FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn LOOP
+          EXECUTE format({drop}, ev, d.nspname, d.relname);
+        END LOOP;
+      END LOOP;
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'pgvz_nb: vectorizer % does not cover the partitions of %.% (%); run create() or register() again as the owner of the tables',
+        v.name, v.source_schema, v.source_table, SQLERRM;
+    END;
+  END LOOP;
+END
+"""
+    ).format(
+        catalog=ident(CATALOG), schema=PctLiteral(CATALOG[0]),
+        catalog_name=PctLiteral(ident(CATALOG).as_string(None)),
+        ins=templates["insert"], upd=templates["update"],
+        **{"del": templates["delete"]}, trunc=templates["truncate"],
+        backfill=PctLiteral("INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I"),
+        drop=PctLiteral("DROP TRIGGER %I ON %I.%I"),
+    )
+
+
+def partition_function_source() -> sql.Composed:
+    """(body or NULL, event trigger installed, current role is a superuser)."""
+    return sql.SQL(
+        "SELECT (SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
+        "        WHERE n.nspname = {fs} AND p.proname = {fn} AND p.pronargs = 0), "
+        "EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = {evt}), "
+        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+    ).format(fs=sql.Literal(PARTITION_FUNCTION[0]), fn=sql.Literal(PARTITION_FUNCTION[1]),
+             evt=sql.Literal(PARTITION_EVENT_TRIGGER))
+
+
+def create_partition_function(body: str) -> sql.Composed:
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}() RETURNS event_trigger LANGUAGE plpgsql "
+        "SET search_path = pg_catalog, pg_temp AS {body}"
+    ).format(fn=ident(PARTITION_FUNCTION), body=PctLiteral(body))
+
+
+def create_partition_event_trigger() -> sql.Composed:
+    """Needs a superuser: PostgreSQL lets no one else create event triggers."""
+    return sql.SQL(
+        "CREATE EVENT TRIGGER {evt} ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') "
+        "EXECUTE FUNCTION {fn}()"
+    ).format(evt=Name(PARTITION_EVENT_TRIGGER), fn=ident(PARTITION_FUNCTION))
+
+
 def descendants() -> sql.Composed:
     """Every partition and inheritance child of %(schema)s.%(table)s, at any depth:
     (schema, name, names of %(triggers)s it carries that run function %(fschema)s.%(fname)s,

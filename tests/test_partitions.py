@@ -89,3 +89,39 @@ def test_a_partition_added_later_is_covered_by_the_next_create(db, conn, schema)
     conn.commit()
     v.sync(progress=False)
     assert embedded(conn, schema) == source(conn, schema) and (9, "2024-03-01", "attached with rows") in source(conn, schema)
+
+
+def test_partitions_created_attached_or_detached_later_are_followed_at_once(db, conn, schema):
+    """The event trigger (installed when a superuser runs create(), as on the embedded
+    server) covers a partition in the same transaction that creates or attaches it, and
+    takes the rows of a detached one out of the embeddings."""
+    make_events(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.ev", template="{body}", embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    s = sql.Identifier
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2027-01-01') TO ('2028-01-01')")
+                 .format(s(schema, "ev_2027"), s(schema, "ev")))
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(s(schema, "ev_2024"), s(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (9, '2024-03-01', 'attached with rows')").format(s(schema, "ev_2024")))
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')")
+                 .format(s(schema, "ev"), s(schema, "ev_2024")))
+    conn.commit()
+    assert v.status()["uncovered_partitions"][0] == ""
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (7, '2027-05-01', 'into the new leaf')").format(s(schema, "ev_2027")))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed in the attached leaf' WHERE id = 9").format(s(schema, "ev_2024")))
+    conn.commit()
+    v.sync(progress=False)
+    assert embedded(conn, schema) == source(conn, schema)
+    assert (7, "2027-05-01", "into the new leaf") in source(conn, schema)
+    assert (9, "2024-03-01", "changed in the attached leaf") in source(conn, schema)
+    # detached: its rows leave the source, so they leave the embeddings, and writes to it
+    # are no longer queued
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(s(schema, "ev"), s(schema, "ev_2025")))
+    conn.commit()
+    v.sync(progress=False)
+    assert embedded(conn, schema) == source(conn, schema) and all(r[1] >= "2026" or r[0] == 9
+                                                                   for r in embedded(conn, schema))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (8, '2025-10-01', 'detached')").format(s(schema, "ev_2025")))
+    conn.commit()
+    assert v.status()["pending"][0] == 0
+    v.close()

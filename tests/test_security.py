@@ -171,6 +171,31 @@ def test_a_worker_role_sees_only_its_own_vectorizers_keys_in_flight(db, conn, sc
         conn.execute(sql.SQL("DROP ROLE {}").format(s(worker)))
 
 
+def test_a_role_without_access_to_pgvz_creates_and_alters_tables_undisturbed(db, conn, schema):
+    """The partition event trigger runs at the end of everyone's CREATE TABLE and ALTER
+    TABLE: it must never make such a command fail, whoever runs it."""
+    role = f"plain_{uuid.uuid4().hex[:6]}"
+    s = sql.Identifier
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(s(role)))
+    conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(s(schema), s(role)))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(schema, "tracked")))
+    pgvz.Vectorizer(db, f"{schema}.tracked", template="{body}", embedder=HashingEmbedder(8)).create().close()
+    assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgvz_cover_partitions'").fetchone()[0] == 1
+    conn.commit()
+    try:
+        with psycopg.connect(make_conninfo(db.dsn, user=role), autocommit=True) as c:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT 1 FROM pgvz.vectorizers")
+            c.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY) PARTITION BY RANGE (id)").format(s(schema, "own")))
+            c.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (0) TO (10)").format(
+                s(schema, "own_0"), s(schema, "own")))
+            c.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(s(schema, "own")))
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(s(schema, "own_0"))).fetchone()[0] == 0
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(s(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(s(role)))
+
+
 def test_password_never_shown(db):
     dsn = "postgresql://alice:s3cr3t-pw@127.0.0.1:1/app?connect_timeout=1"
     d = pgvz.Database(dsn)
