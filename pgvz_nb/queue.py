@@ -171,21 +171,24 @@ class Queue:
             conn.execute(q.create_catalog())
             conn.execute(q.create_in_flight())
             conn.execute(q.in_flight_policy())
-        cls._ensure_partition_event_trigger(conn)
+        cls._ensure_event_triggers(conn)
 
     @staticmethod
-    def _ensure_partition_event_trigger(conn: psycopg.Connection) -> None:
-        """The event trigger that covers partitions created or attached later (see
-        sql.partition_function_body), with this pgvz_nb's body. Only a superuser may create
-        event triggers: for anyone else, re-running create() covers new partitions."""
-        found, installed, superuser = conn.execute(q.partition_function_source()).fetchone()
-        if not superuser:
-            return
-        body = q.partition_function_body().as_string(conn).replace("%%", "%")
-        if found != body:
-            conn.execute(q.create_partition_function(body))
-        if not installed:
-            conn.execute(q.create_partition_event_trigger())
+    def _ensure_event_triggers(conn: psycopg.Connection) -> None:
+        """The event triggers that follow partitions created, attached, detached or dropped
+        later (see sql.partition_function_body and sql.drop_function_body), with this
+        pgvz_nb's bodies. Only a superuser may create event triggers: for anyone else,
+        re-running create() covers new partitions."""
+        for function, make_body, name, event in q.EVENT_TRIGGERS:
+            found, installed, superuser = conn.execute(q.event_function_source(), {
+                "fschema": function[0], "fname": function[1], "evt": name}).fetchone()
+            if not superuser:
+                return
+            body = make_body().as_string(conn).replace("%%", "%")
+            if found != body:
+                conn.execute(q.create_event_function(function, body))
+            if not installed:
+                conn.execute(q.create_event_trigger(name, event, function))
 
     @classmethod
     def open(cls, conn: psycopg.Connection, name: str) -> Queue:

@@ -676,30 +676,97 @@ END
     )
 
 
-def partition_function_source() -> sql.Composed:
-    """(body or NULL, event trigger installed, current role is a superuser)."""
+DROP_EVENT_TRIGGER = "pgvz_forget_dropped_partitions"
+DROP_FUNCTION: Rel = ("pgvz", "forget_dropped_partitions")
+
+
+def drop_function_body() -> sql.Composed:
+    """PL/pgSQL body of the event trigger run when objects are dropped: if the dropped ones
+    include a pipeline vectorizer's trigger on a table other than its source (a partition
+    dropped with DROP TABLE, whose rows are gone before any trigger could read their keys),
+    queue every destination key that no longer has a source row, so its embeddings go.
+    An anti-join over the destination, in the dropping transaction: seconds for millions
+    of chunks. Runs as whoever dropped, never fails their command (a WARNING instead)."""
+    return sql.SQL(
+        """
+DECLARE
+  dropped text[];
+  v record;
+  keys text;
+  dkeys text;
+  join_on text;
+BEGIN
+  IF current_setting('pgvz.partition_event_trigger', true) = 'off'
+     OR NOT has_schema_privilege({schema}, 'USAGE')
+     OR NOT has_table_privilege({catalog_name}, 'SELECT') THEN
+    RETURN;
+  END IF;
+  SELECT array_agg(o.address_names[3]) INTO dropped FROM pg_event_trigger_dropped_objects() AS o
+  WHERE o.object_type = 'trigger';
+  IF dropped IS NULL THEN
+    RETURN;
+  END IF;
+  FOR v IN SELECT * FROM {catalog} AS c WHERE c.config->>'kind' = 'pipeline'
+           AND EXISTS (SELECT 1 FROM jsonb_each_text(c.config->'triggers') AS t WHERE t.value = ANY (dropped))
+           ORDER BY c.id LOOP
+    BEGIN
+      CONTINUE WHEN to_regclass(quote_ident(v.source_schema) || '.' || quote_ident(v.source_table)) IS NULL
+        OR to_regclass(quote_ident(v.config->'pipeline'->'destination'->>0) || '.'
+                       || quote_ident(v.config->'pipeline'->'destination'->>1)) IS NULL;
+      SELECT string_agg(quote_ident(k.k), ', ' ORDER BY k.i), string_agg(quote_ident(d.k), ', ' ORDER BY k.i),
+             string_agg(format({pair}, k.k, d.k), ' AND ' ORDER BY k.i)
+      INTO keys, dkeys, join_on
+      FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
+      JOIN jsonb_array_elements_text(v.config->'pipeline'->'dest_keys') WITH ORDINALITY AS d(k, i) ON d.i = k.i;
+      EXECUTE format({reconcile}, v.queue_schema, v.queue_table, keys, dkeys,
+                     v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
+                     v.source_schema, v.source_table, join_on);
+    EXCEPTION WHEN OTHERS THEN
+      RAISE WARNING 'pgvz_nb: vectorizer % could not queue the keys of dropped rows (%); run its reconcile()',
+        v.name, SQLERRM;
+    END;
+  END LOOP;
+END
+"""
+    ).format(
+        catalog=ident(CATALOG), schema=PctLiteral(CATALOG[0]),
+        catalog_name=PctLiteral(ident(CATALOG).as_string(None)),
+        pair=PctLiteral("s.%I::text = d.%I::text"),
+        reconcile=PctLiteral("INSERT INTO %I.%I (%s) SELECT DISTINCT %s FROM %I.%I AS d "
+                             "WHERE NOT EXISTS (SELECT 1 FROM %I.%I AS s WHERE %s)"),
+    )
+
+
+# (function, its body, event trigger, its event and tags): what ensure_catalog installs
+EVENT_TRIGGERS = (
+    (PARTITION_FUNCTION, partition_function_body, PARTITION_EVENT_TRIGGER,
+     "ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')"),
+    (DROP_FUNCTION, drop_function_body, DROP_EVENT_TRIGGER, "sql_drop"),
+)
+
+
+def event_function_source() -> sql.Composed:
+    """(body or NULL, event trigger installed, current role is a superuser) for function
+    %(fschema)s.%(fname)s and event trigger %(evt)s."""
     return sql.SQL(
         "SELECT (SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
-        "        WHERE n.nspname = {fs} AND p.proname = {fn} AND p.pronargs = 0), "
-        "EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = {evt}), "
+        "        WHERE n.nspname = %(fschema)s AND p.proname = %(fname)s AND p.pronargs = 0), "
+        "EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %(evt)s), "
         "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
-    ).format(fs=sql.Literal(PARTITION_FUNCTION[0]), fn=sql.Literal(PARTITION_FUNCTION[1]),
-             evt=sql.Literal(PARTITION_EVENT_TRIGGER))
+    ).format()
 
 
-def create_partition_function(body: str) -> sql.Composed:
+def create_event_function(function: Rel, body: str) -> sql.Composed:
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS event_trigger LANGUAGE plpgsql "
         "SET search_path = pg_catalog, pg_temp AS {body}"
-    ).format(fn=ident(PARTITION_FUNCTION), body=PctLiteral(body))
+    ).format(fn=ident(function), body=PctLiteral(body))
 
 
-def create_partition_event_trigger() -> sql.Composed:
+def create_event_trigger(name: str, event: str, function: Rel) -> sql.Composed:
     """Needs a superuser: PostgreSQL lets no one else create event triggers."""
-    return sql.SQL(
-        "CREATE EVENT TRIGGER {evt} ON ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE') "
-        "EXECUTE FUNCTION {fn}()"
-    ).format(evt=Name(PARTITION_EVENT_TRIGGER), fn=ident(PARTITION_FUNCTION))
+    return sql.SQL("CREATE EVENT TRIGGER {evt} ON {event} EXECUTE FUNCTION {fn}()").format(
+        evt=Name(name), event=sql.SQL(event), fn=ident(function))
 
 
 def descendants() -> sql.Composed:
@@ -1044,6 +1111,42 @@ def count_where(source: Rel, where: sql.Composable | None) -> sql.Composed:
     if where is None:
         return count_rows(source)
     return sql.SQL("SELECT count(*) FROM {} WHERE ({}) IS TRUE").format(ident(source), where)
+
+
+def reconcile_gone(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
+    """Queue each destination key that has no source row and is not queued already (its
+    rows went without a trigger seeing them: a dropped partition, triggers disabled). Keys
+    are compared as text, as the trigger does: no equality operator from outside
+    pg_catalog is needed."""
+    join_on = sql.SQL(" AND ").join(
+        sql.SQL("{}::text = {}::text").format(Name("s", k), Name("d", dk)) for k, dk in zip(keys, dest_keys))
+    queued = sql.SQL(" AND ").join(
+        sql.SQL("{}::text = {}::text").format(Name("q", k), Name("d", dk)) for k, dk in zip(keys, dest_keys))
+    return sql.SQL(
+        "INSERT INTO {queue} ({k}) SELECT DISTINCT {dk} FROM {dest} AS d "
+        "WHERE NOT EXISTS (SELECT 1 FROM {source} AS s WHERE {join_on}) "
+        "AND NOT EXISTS (SELECT 1 FROM {queue} AS q WHERE {queued})"
+    ).format(queue=ident(queue), k=_cols(keys), dk=_cols(dest_keys, "d"), dest=ident(dest),
+             source=ident(source), join_on=join_on, queued=queued)
+
+
+def reconcile_missing(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest_keys: Sequence[str],
+                      where: sql.Composable | None) -> sql.Composed:
+    """Queue each source key (passing the filter) that has no destination row and is not
+    queued already (its changes went without a trigger seeing them). Rows whose text is
+    empty have no destination row by design: they come back each time, and cost a
+    no-op each."""
+    join_on = sql.SQL(" AND ").join(
+        sql.SQL("{}::text = {}::text").format(Name("s", k), Name("d", dk)) for k, dk in zip(keys, dest_keys))
+    queued = sql.SQL(" AND ").join(
+        sql.SQL("{}::text = {}::text").format(Name("s", k), Name("q", k)) for k in keys)
+    filt = sql.SQL("") if where is None else sql.SQL(" AND ({}) IS TRUE").format(where)
+    return sql.SQL(
+        "INSERT INTO {queue} ({k}) SELECT {sk} FROM {source} AS s "
+        "WHERE NOT EXISTS (SELECT 1 FROM {dest} AS d WHERE {join_on}) "
+        "AND NOT EXISTS (SELECT 1 FROM {queue} AS q WHERE {queued}){filt}"
+    ).format(queue=ident(queue), k=_cols(keys), sk=_cols(keys, "s"), dest=ident(dest),
+             source=ident(source), join_on=join_on, queued=queued, filt=filt)
 
 
 def check_where(source: Rel, where: sql.Composable) -> sql.Composed:

@@ -846,6 +846,21 @@ class Vectorizer:
         queue, _, conn = self._ready()
         return queue.retry_failed(conn)
 
+    def reconcile(self) -> dict[str, int]:
+        """Queue what no trigger could have seen, and return how many keys of each kind:
+        ``gone``, destination keys whose source row no longer exists (a partition dropped
+        without an event trigger to see it, writes made with triggers disabled, e.g. under
+        ``session_replication_role = replica``), and ``missing``, source rows (passing
+        ``where``) with no embeddings that are not queued. Scans both tables; the next sync
+        brings the destination in line."""
+        queue, _, conn = self._ready()
+        where = q.UserSQL(self.config.where) if self.config.where else None
+        args = (queue.queue, self.destination, self.source, queue.keys, self.config.dest_keys)
+        with conn.transaction():
+            gone = conn.execute(q.reconcile_gone(*args)).rowcount
+            missing = conn.execute(q.reconcile_missing(*args, where)).rowcount
+        return {"gone": gone, "missing": missing}
+
     def search(self, query: str, k: int = 5, *, filter: dict[str, Any] | None = None,
                start: datetime | None = None, end: datetime | None = None,
                hybrid: bool = False) -> pd.DataFrame:

@@ -125,3 +125,41 @@ def test_partitions_created_attached_or_detached_later_are_followed_at_once(db, 
     conn.commit()
     assert v.status()["pending"][0] == 0
     v.close()
+
+
+def test_a_dropped_partition_takes_its_embeddings_with_it(db, conn, schema):
+    """DROP TABLE of a partition removes rows no trigger sees go (the time-partitioned
+    retention pattern): the drop event trigger queues the destination keys left without a
+    source row, so the next sync deletes their embeddings."""
+    make_events(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.ev", template="{body}", embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    assert len(embedded(conn, schema)) == 3
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "ev_2026")))  # with its two leaves
+    conn.commit()
+    assert sorted(v.queue()["id"]) == [2, 3]
+    v.sync(progress=False)
+    assert embedded(conn, schema) == source(conn, schema) == [(1, "2025-05-01", "one")]
+    v.close()
+
+
+def test_reconcile_queues_what_bypassed_the_triggers(db, conn, schema):
+    """Writes made with triggers off (session_replication_role = replica, as a logical
+    replication subscriber or pg_restore --disable-triggers makes them) never reach the
+    queue; reconcile() finds both kinds of drift."""
+    make_events(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.ev", template="{body}", embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    s = sql.Identifier
+    conn.execute("SET session_replication_role = replica")
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(s(schema, "ev")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (6, '2026-09-09', 'unseen')").format(s(schema, "ev")))
+    conn.execute("RESET session_replication_role")
+    conn.commit()
+    assert v.status()["pending"][0] == 0
+    assert v.reconcile() == {"gone": 1, "missing": 1}
+    assert v.reconcile() == {"gone": 0, "missing": 0}  # queued already: not twice
+    v.sync(progress=False)
+    assert embedded(conn, schema) == source(conn, schema) and len(source(conn, schema)) == 3
+    assert v.reconcile() == {"gone": 0, "missing": 0}
+    v.close()
