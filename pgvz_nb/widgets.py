@@ -267,6 +267,11 @@ class SyncPanel(W.VBox):
         cols = ["pending", "claimable", "retrying", "failed", "embedded_rows", "source_rows",
                 "coverage_pct", "oldest_pending_age"]
         self.status_html.value = _table_html(st[cols])
+        if st["uncovered_partitions"][0]:
+            self.status_html.value += (
+                "<p style='color:#b00'>Writes aimed directly at these partitions are not queued: "
+                f"{html.escape(st['uncovered_partitions'][0])}. Run create() again as their "
+                "owner to cover them.</p>")
         self.errors_html.value = _table_html(self.v.errors())
 
     def run_batch(self) -> int:

@@ -83,8 +83,19 @@ def test_a_partition_added_later_is_covered_by_the_next_create(db, conn, schema)
     conn.execute("RESET pgvz.partition_event_trigger")
     conn.commit()
     assert v.status()["uncovered_partitions"][0] == f"{schema}.ev_2024"
+    try:
+        from pgvz_nb.widgets import SyncPanel
+    except ImportError:  # the notebook extra is missing
+        panel = None
+    else:
+        panel = SyncPanel(v, refresh=0)
+        assert "not queued" in panel.status_html.value and f"{schema}.ev_2024" in panel.status_html.value
     pgvz.Vectorizer(db, f"{schema}.ev", template="{body}", embedder=HashingEmbedder(8)).create()
     assert v.status()["uncovered_partitions"][0] == ""
+    if panel is not None:
+        panel.update()
+        assert "not queued" not in panel.status_html.value
+        panel.close()
     conn.execute(sql.SQL("INSERT INTO {} VALUES (10, '2024-04-01', 'into the new leaf')").format(s(schema, "ev_2024")))
     conn.commit()
     v.sync(progress=False)
