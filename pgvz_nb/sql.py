@@ -467,10 +467,10 @@ def trigger_body(
     # partitions or inheritance children (each carries these triggers), so dynamic SQL;
     # every name goes through format()'s %I
     inbox_names = [*inbox, *keys, *keys]
-    truncate_fmt = PctLiteral(
-        "INSERT INTO %I.%I (" + ", ".join(["%I"] * len(keys)) + ") SELECT "
-        + ", ".join(["array_agg(%I)"] * len(keys)) + " FROM %s HAVING count(*) > 0"
-    )
+    truncate_fmt = PctLiteral(sql.SQL("INSERT INTO %I.%I ({}) SELECT {} FROM %s HAVING count(*) > 0").format(
+        sql.SQL(", ").join(sql.SQL("%I") for _ in keys),
+        sql.SQL(", ").join(sql.SQL("array_agg(%I)") for _ in keys),
+    ).as_string(None))
     truncate_args = sql.SQL(", ").join(PctLiteral(n) for n in inbox_names)
     # use_column: a source column called "queued" (the one variable) would otherwise make
     # every statement on the table fail with "column reference is ambiguous"
