@@ -180,7 +180,7 @@ def test_a_role_without_access_to_pgvz_creates_and_alters_tables_undisturbed(db,
     conn.execute(sql.SQL("GRANT USAGE, CREATE ON SCHEMA {} TO {}").format(s(schema), s(role)))
     conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(schema, "tracked")))
     pgvz.Vectorizer(db, f"{schema}.tracked", template="{body}", embedder=HashingEmbedder(8)).create().close()
-    assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgvz_cover_partitions'").fetchone()[0] == 1
+    assert conn.execute("SELECT count(*) FROM pg_event_trigger WHERE evtname = 'pgvz_follow_ddl'").fetchone()[0] == 1
     conn.commit()
     try:
         with psycopg.connect(make_conninfo(db.dsn, user=role), autocommit=True) as c:

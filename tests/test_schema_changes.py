@@ -1,5 +1,7 @@
-"""Partitioned and inherited source tables: a statement aimed at a partition fires only the
-partition's own statement triggers, so every descendant carries the vectorizer's triggers."""
+"""The source table's shape changing under a vectorizer: partitions and inheritance children
+(a statement aimed at a partition fires only the partition's own statement triggers, so every
+descendant carries the vectorizer's triggers), partitions created, attached, detached and
+dropped later, renamed tables and columns."""
 
 from __future__ import annotations
 
@@ -174,3 +176,74 @@ def test_reconcile_queues_what_bypassed_the_triggers(db, conn, schema):
     assert embedded(conn, schema) == source(conn, schema) and len(source(conn, schema)) == 3
     assert v.reconcile() == {"gone": 0, "missing": 0}
     v.close()
+
+
+def make_posts(conn, schema):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, title text, category text, body text)")
+                 .format(sql.Identifier(schema, "posts")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a', 'x', 'one'), (2, 'b', 'y', 'two')")
+                 .format(sql.Identifier(schema, "posts")))
+
+
+def test_a_renamed_or_dropped_watched_column_never_fails_the_applications_updates(db, conn, schema):
+    """The trigger reads watched columns by name: renamed, every UPDATE of the table used to
+    fail inside it ("column t.category does not exist"). Now each UPDATE queues every key
+    it touched, and the DDL warns."""
+    make_posts(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.posts", template="{title}: {body}", metadata=["category"],
+                        embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    s = sql.Identifier
+    notices = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN category TO topic").format(s(schema, "posts")))
+    assert any("watches category" in m and "every UPDATE" in m for m in notices), notices
+    conn.execute(sql.SQL("UPDATE {} SET topic = 'z' WHERE id = 1").format(s(schema, "posts")))
+    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN topic").format(s(schema, "posts")))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'two, changed' WHERE id = 2").format(s(schema, "posts")))
+    conn.commit()
+    assert sorted(v.queue()["id"]) == [1, 2]
+
+
+def test_renaming_or_dropping_a_key_column_is_refused_with_what_to_do(db, conn, schema):
+    import psycopg
+    import pytest
+
+    make_posts(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.posts", template="{title}: {body}", embedder=HashingEmbedder(8)).create()
+    with pytest.raises(psycopg.errors.RaiseException) as err:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN id TO post_id").format(sql.Identifier(schema, "posts")))
+    assert "is the key of vectorizer" in str(err.value) and "drop the vectorizer first" in err.value.diag.message_hint
+    conn.rollback()
+    # the table is as it was, and writes still work
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3, 'c', 'z', 'three')").format(sql.Identifier(schema, "posts")))
+    conn.commit()
+    assert 3 in list(v.queue()["id"])
+    v.drop(keep_destination=True)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN id TO post_id").format(sql.Identifier(schema, "posts")))
+    conn.commit()
+
+
+def test_a_renamed_or_moved_source_is_followed(db, conn, schema):
+    """ALTER TABLE ... RENAME / SET SCHEMA: the triggers go with the table, and the catalog
+    follows it, so the vectorizer (reopened) keeps syncing it."""
+    make_posts(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.posts", template="{title}: {body}", embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    s = sql.Identifier
+    other = schema + "_moved"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(s(other)))
+    try:
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO articles").format(s(schema, "posts")))
+        conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(s(schema, "articles"), s(other)))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (3, 'c', 'z', 'three')").format(s(other, "articles")))
+        conn.commit()
+        again = pgvz.Vectorizer.open(db, v.name, embedder=HashingEmbedder(8))
+        assert again.source == (other, "articles")
+        assert again.sync(progress=False).processed == 1
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(s(schema, "posts_embedding"))).fetchone()[0] == 3
+        again.drop()
+    finally:
+        conn.rollback()
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(s(other)))
+        conn.commit()
