@@ -94,7 +94,9 @@ def translate(exc: psycopg.Error, doing: str) -> PgvzError:
             "connect as the table's owner or grant the privileges listed in the README"
         )
     elif isinstance(exc, pg_errors.UndefinedTable):
-        msg = f"while {doing}: {primary}; check the table name and schema, or run create()/register() first"
+        msg = (f"while {doing}: {primary}; check the table name and schema; a table renamed since is "
+               "followed in the catalog, so reopen the vectorizer (Vectorizer.open(db, name)); or run "
+               "create()/register() first")
     elif isinstance(exc, (pg_errors.DeadlockDetected, pg_errors.SerializationFailure,
                           pg_errors.TransactionRollback)):
         msg = (

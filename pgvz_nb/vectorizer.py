@@ -794,14 +794,17 @@ class Vectorizer:
         import pandas as pd
 
         queue, _, conn = self._ready()
-        with conn.transaction():
-            st = queue.state(conn)
-            chunks = conn.execute(q.count_rows(self.destination)).fetchone()[0]
-            covered = conn.execute(q.count_distinct(self.destination, self.config.dest_keys)).fetchone()[0]
-            where = q.UserSQL(self.config.where) if self.config.where else None
-            source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
-            last_success = conn.execute(q.catalog_last_success(), [queue.id]).fetchone()[0]
-            uncovered = queue.uncovered(conn)
+        try:
+            with conn.transaction():
+                st = queue.state(conn)
+                chunks = conn.execute(q.count_rows(self.destination)).fetchone()[0]
+                covered = conn.execute(q.count_distinct(self.destination, self.config.dest_keys)).fetchone()[0]
+                where = q.UserSQL(self.config.where) if self.config.where else None
+                source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
+                last_success = conn.execute(q.catalog_last_success(), [queue.id]).fetchone()[0]
+                uncovered = queue.uncovered(conn)
+        except psycopg.Error as exc:
+            raise translate(exc, f"reading the status of {self.name!r}") from exc
         now = datetime.now(timezone.utc)
         frame = pd.DataFrame([{
             "name": self.name, "source": ".".join(self.source),

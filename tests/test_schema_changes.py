@@ -238,6 +238,11 @@ def test_a_renamed_or_moved_source_is_followed(db, conn, schema):
         conn.execute(sql.SQL("ALTER TABLE {} SET SCHEMA {}").format(s(schema, "articles"), s(other)))
         conn.execute(sql.SQL("INSERT INTO {} VALUES (3, 'c', 'z', 'three')").format(s(other, "articles")))
         conn.commit()
+        import pytest
+
+        with pytest.raises(pgvz.PgvzError, match="reopen the vectorizer"):
+            v.status()  # this object still names the old table
+        v.close()
         again = pgvz.Vectorizer.open(db, v.name, embedder=HashingEmbedder(8))
         assert again.source == (other, "articles")
         assert again.sync(progress=False).processed == 1
