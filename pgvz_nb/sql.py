@@ -589,7 +589,8 @@ def partition_function_body() -> sql.Composed:
     trigger function) the command touched: follow a renamed or moved source in the
     catalog; refuse the command if it renamed or dropped a key column (every write would
     fail in the trigger), warn if it did so to a watched column (every UPDATE is queued from
-    then on); put the triggers on partitions and children that lack them and queue their
+    then on); give a key column's new type to the queue, inbox, failed and destination
+    tables (an int key made bigint, say); put the triggers on partitions and children that lack them and queue their
     rows (a table attached with rows); queue the keys of tables detached since, dropping
     the triggers from them (their rows left the source).
 
@@ -668,6 +669,32 @@ BEGIN
           v.name, gone, v.source_schema, v.source_table
           USING HINT = 'create the vectorizer again with replace=True (and a template naming the current columns)';
       END IF;
+      -- a key column's new type (int -> bigint, say) goes to the tables holding keys, or the
+      -- trigger would fail the first write of a value the old type cannot hold
+      FOR d IN
+        SELECT t.rel_schema, t.rel_name, t.col, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END AS want
+        FROM (SELECT k.k, k.i, format_type(a.atttypid, a.atttypmod) AS typ
+              FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
+              JOIN pg_attribute a ON a.attrelid = src AND a.attname = k.k) AS k
+        CROSS JOIN LATERAL (VALUES
+          (v.queue_schema, v.queue_table, k.k, false),
+          (v.config->'inbox'->>0, v.config->'inbox'->>1, k.k, true),
+          (v.config->'failed'->>0, v.config->'failed'->>1, k.k, false),
+          (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
+           v.config->'pipeline'->'dest_keys'->>(k.i::int - 1), false)) AS t(rel_schema, rel_name, col, arr)
+        JOIN pg_namespace n ON n.nspname = t.rel_schema
+        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
+        WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
+      LOOP
+        BEGIN
+          EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
+        EXCEPTION WHEN OTHERS THEN
+          RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
+            v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
+            USING HINT = 'run the ALTER TABLE as the owner of the vectorizer''s tables, or drop the vectorizer first';
+        END;
+      END LOOP;
     END IF;
     BEGIN
       CONTINUE WHEN NOT EXISTS (
@@ -725,6 +752,7 @@ END
         ins=templates["insert"], upd=templates["update"],
         **{"del": templates["delete"]}, trunc=templates["truncate"],
         backfill=PctLiteral("INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I"),
+        retype=PctLiteral("ALTER TABLE %I.%I ALTER COLUMN %I TYPE %s USING %I::text::%s"),
         drop=PctLiteral("DROP TRIGGER %I ON %I.%I"),
     )
 

@@ -252,3 +252,31 @@ def test_a_renamed_or_moved_source_is_followed(db, conn, schema):
         conn.rollback()
         conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(s(other)))
         conn.commit()
+
+
+def test_a_key_column_made_bigint_keeps_writes_and_syncs_working(db, conn, schema):
+    """int -> bigint, the migration every growing table gets: the queue's key columns used
+    to stay int, so the first id past 2^31 failed the application's INSERT inside the
+    trigger ("integer out of range")."""
+    s = sql.Identifier
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(schema, "posts")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'one')").format(s(schema, "posts")))
+    v = pgvz.Vectorizer(db, f"{schema}.posts", template="{body}", embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(s(schema, "posts")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (5000000000, 'past 2^31')").format(s(schema, "posts")))
+    conn.commit()
+    v.close()
+    v = pgvz.Vectorizer.open(db, v.name, embedder=HashingEmbedder(8))
+    assert v.sync(progress=False).processed == 1
+    assert sorted(r[0] for r in conn.execute(sql.SQL("SELECT posts_id FROM {}").format(
+        s(schema, "posts_embedding")))) == [1, 5000000000]
+    def key_type(rel, column):
+        return conn.execute(
+            "SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s AND a.attname = %s",
+            [*rel, column]).fetchone()[0]
+
+    assert [key_type(v._queue.queue, "id"), key_type(v._queue.inbox, "id"), key_type(v._queue.failed, "id"),
+            key_type((schema, "posts_embedding"), "posts_id")] == ["bigint", "bigint[]", "bigint", "bigint"]
+    v.close()
