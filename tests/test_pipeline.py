@@ -451,3 +451,33 @@ def test_create_index_adds_a_time_index_that_narrow_time_ranges_use(db, conn, sc
     hits = v.search("entry", k=5, start=start, end=end)
     assert len(hits) == 5
     v.close()
+
+
+def test_upserts_and_merge_are_followed(db, conn, schema):
+    """INSERT ... ON CONFLICT fires the INSERT and the UPDATE statement triggers, MERGE those
+    of each action it takes; an upsert that changes only an unwatched column queues nothing."""
+    t = sql.Identifier(schema, "posts")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, views int DEFAULT 0)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'one'), (2, 'two')").format(t))
+    v = pgvz.Vectorizer(db, f"{schema}.posts", template="{body}", embedder=HashingEmbedder(8)).create()
+    v.sync(progress=False)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, 'two v2'), (3, 'three') "
+                         "ON CONFLICT (id) DO UPDATE SET body = excluded.body").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'ignored') ON CONFLICT DO NOTHING").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} AS p VALUES (1, 'one') "
+                         "ON CONFLICT (id) DO UPDATE SET views = p.views + 1").format(t))
+    conn.commit()
+    assert sorted(v.queue()["id"]) == [2, 3]
+    v.sync(progress=False)
+    conn.execute(sql.SQL(
+        "MERGE INTO {} AS p USING (VALUES (1, 'one merged'), (4, 'four'), (3, NULL)) AS s(id, body) "
+        "ON p.id = s.id WHEN MATCHED AND s.body IS NULL THEN DELETE "
+        "WHEN MATCHED THEN UPDATE SET body = s.body WHEN NOT MATCHED THEN INSERT VALUES (s.id, s.body)").format(t))
+    conn.commit()
+    assert sorted(v.queue()["id"]) == [1, 3, 4]
+    v.sync(progress=False)
+    got = sorted(conn.execute(sql.SQL("SELECT posts_id, contents FROM {}").format(
+        sql.Identifier(schema, "posts_embedding"))).fetchall())
+    assert got == sorted(conn.execute(sql.SQL("SELECT id, body FROM {}").format(t)).fetchall()) == [
+        (1, "one merged"), (2, "two v2"), (4, "four")]
+    v.close()
