@@ -36,6 +36,7 @@ class WorkerStats:
     failed: int = 0
     reconnects: int = 0
     conflicts: int = 0  # batches the server rolled back (deadlock, serialization failure)
+    errors: int = 0  # syncs of one vectorizer that failed (the others went on)
     reports: list[SyncReport] = field(default_factory=list)
 
 
@@ -78,7 +79,15 @@ class Worker:
         out = []
         for name in names:
             if name not in self._open:
-                self._open[name] = Vectorizer.open(self.db, name)
+                try:
+                    self._open[name] = Vectorizer.open(self.db, name)
+                except (PgvzError, psycopg.Error) as exc:
+                    if _is_connection_error(exc):
+                        raise
+                    self.stats.errors += 1
+                    log.error("vectorizer %s cannot be opened: %s: %s; the others go on",
+                              name, type(exc).__name__, exc)
+                    continue
             out.append(self._open[name])
         return out
 
@@ -110,12 +119,26 @@ class Worker:
                     return
 
     def run_once(self) -> int:
-        """Drain every vectorizer until its queue has nothing claimable; returns keys processed."""
+        """Drain every vectorizer until its queue has nothing claimable; returns keys processed.
+
+        A vectorizer whose sync fails for a reason other than the connection or a conflict
+        (its source table dropped, its model missing) is logged and opened afresh next
+        round (which also picks up a renamed source); the others go on."""
         done = 0
         for v in self._vectorizers():
             if self.stop_event.is_set():
                 break
-            report = v.sync(progress=False, lanes=self.lanes)
+            try:
+                report = v.sync(progress=False, lanes=self.lanes)
+            except (PgvzError, psycopg.Error) as exc:
+                if _is_connection_error(exc) or rolled_back(exc):
+                    raise
+                self.stats.errors += 1
+                log.error("vectorizer %s: %s: %s; the other vectorizers go on, this one is opened "
+                          "again next round", v.name, type(exc).__name__, exc)
+                self._open.pop(v.name, None)
+                v.close()
+                continue
             self.stats.reports.append(report)
             self.stats.processed += report.processed
             self.stats.failed += report.failed

@@ -146,3 +146,37 @@ def deadlock_with_worker(db, conn, dest, queue, runner):
         got = other.execute(sql.SQL("SELECT 1 FROM {} FOR UPDATE").format(queue)).fetchall()
         assert len(got) == len(BLOG_POSTS)  # the worker's claim went back: its rows were free
         other.commit()
+
+
+def test_one_broken_vectorizer_does_not_stop_the_worker_for_the_others(db, conn, schema, caplog):
+    """A worker draining every vectorizer used to die at the first one whose sync failed for
+    a reason other than the connection (its source table dropped, say), and under a
+    supervisor died again at every restart, starving the rest. Now that vectorizer is
+    logged and reopened next round; the others go on. A renamed source is followed."""
+    import logging
+
+    from pgvz_nb.worker import Worker
+
+    s = sql.Identifier
+    for table in ("alpha", "beta", "gamma"):
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(schema, table)))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'first')").format(s(schema, table)))
+    vs = [pgvz.Vectorizer(db, f"{schema}.{t}", template="{body}", embedder=HashingEmbedder(8)).create()
+          for t in ("alpha", "beta", "gamma")]
+    worker = Worker(db, [v.name for v in vs], poll=0.1)
+    worker.run(once=True)
+    assert worker.stats.processed == 3
+    conn.execute(sql.SQL("DROP TABLE {}").format(s(schema, "alpha")))  # alpha is broken for good
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO beta_renamed").format(s(schema, "beta")))
+    for table in ("beta_renamed", "gamma"):
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (2, 'second')").format(s(schema, table)))
+    conn.commit()
+    caplog.set_level(logging.WARNING, logger="pgvz_nb.worker")
+    worker.run(once=True)
+    assert worker.stats.processed == 5 and worker.stats.errors == 1
+    assert [r.getMessage() for r in caplog.records if vs[0].name in r.getMessage() and "alpha" in r.getMessage()]
+    for v, table in ((vs[1], "beta_embedding"), (vs[2], "gamma_embedding")):
+        assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(s(schema, table))).fetchone()[0] == 2
+        assert v.status()["pending"][0] == 0 if v is vs[2] else True
+    for v in vs:
+        v.close()
