@@ -583,6 +583,20 @@ PARTITION_EVENT_TRIGGER = "pgvz_follow_ddl"
 PARTITION_FUNCTION: Rel = ("pgvz", "follow_ddl")
 
 
+def _event_guard() -> sql.Composed:
+    """The event functions' first step: nothing to do when turned off in the session
+    (``pgvz.partition_event_trigger = off``), or for a role that cannot see the vectorizers
+    (it creates and drops tables undisturbed)."""
+    return sql.SQL(
+        """  IF current_setting('pgvz.partition_event_trigger', true) = 'off'
+     OR NOT has_schema_privilege({schema}, 'USAGE')
+     OR NOT has_table_privilege({catalog_name}, 'SELECT') THEN
+    RETURN;
+  END IF;
+"""
+    ).format(schema=PctLiteral(CATALOG[0]), catalog_name=PctLiteral(ident(CATALOG).as_string(None)))
+
+
 def partition_function_body() -> sql.Composed:
     """PL/pgSQL body of the event trigger run at the end of every CREATE TABLE and ALTER
     TABLE. For each vectorizer whose source (or a partition, child, or table running its
@@ -617,12 +631,7 @@ DECLARE
   gone text;
   moved record;
 BEGIN
-  IF current_setting('pgvz.partition_event_trigger', true) = 'off'
-     OR NOT has_schema_privilege({schema}, 'USAGE')
-     OR NOT has_table_privilege({catalog_name}, 'SELECT') THEN
-    RETURN;  -- a role that cannot see the vectorizers creates tables undisturbed
-  END IF;
-  SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
+{guard}  SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
   WHERE classid = 'pg_class'::regclass;
   IF objs IS NULL THEN
     RETURN;
@@ -747,8 +756,7 @@ BEGIN
 END
 """
     ).format(
-        catalog=ident(CATALOG), schema=PctLiteral(CATALOG[0]),
-        catalog_name=PctLiteral(ident(CATALOG).as_string(None)),
+        catalog=ident(CATALOG), guard=_event_guard(),
         ins=templates["insert"], upd=templates["update"],
         **{"del": templates["delete"]}, trunc=templates["truncate"],
         backfill=PctLiteral("INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I"),
@@ -777,12 +785,7 @@ DECLARE
   dkeys text;
   join_on text;
 BEGIN
-  IF current_setting('pgvz.partition_event_trigger', true) = 'off'
-     OR NOT has_schema_privilege({schema}, 'USAGE')
-     OR NOT has_table_privilege({catalog_name}, 'SELECT') THEN
-    RETURN;
-  END IF;
-  SELECT array_agg(o.address_names[3]) INTO dropped FROM pg_event_trigger_dropped_objects() AS o
+{guard}  SELECT array_agg(o.address_names[3]) INTO dropped FROM pg_event_trigger_dropped_objects() AS o
   WHERE o.object_type = 'trigger';
   IF dropped IS NULL THEN
     RETURN;
@@ -810,8 +813,7 @@ BEGIN
 END
 """
     ).format(
-        catalog=ident(CATALOG), schema=PctLiteral(CATALOG[0]),
-        catalog_name=PctLiteral(ident(CATALOG).as_string(None)),
+        catalog=ident(CATALOG), guard=_event_guard(),
         pair=PctLiteral("s.%I::text = d.%I::text"),
         reconcile=PctLiteral("INSERT INTO %I.%I (%s) SELECT DISTINCT %s FROM %I.%I AS d "
                              "WHERE NOT EXISTS (SELECT 1 FROM %I.%I AS s WHERE %s)"),
