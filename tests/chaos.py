@@ -22,14 +22,22 @@ WORDS = ("cat dog train bread coffee tomato river night postgres vector index qu
 CATEGORIES = ["Pets", "Food", "Travel", "Databases"]
 
 
-def make_source(db: pgvz.Database, schema: str, rows: int = 50, seed: int = 1) -> str:
-    """docs(id, body, category, visible, views) and a hashing-embedder vectorizer on it."""
+PARTITIONS = 3
+
+
+def make_source(db: pgvz.Database, schema: str, rows: int = 50, seed: int = 1, partitioned: bool = False) -> str:
+    """docs(id, body, category, visible, views) and a hashing-embedder vectorizer on it
+    (``partitioned``: hash-partitioned on id into docs_p0, docs_p1, docs_p2)."""
     rng = random.Random(seed)
     t = sql.Identifier(schema, "docs")
     with db.connect() as conn:
         conn.execute(sql.SQL(
             "CREATE TABLE {} (id int PRIMARY KEY DEFERRABLE, body text, category text, "
-            "visible bool NOT NULL DEFAULT true, views int NOT NULL DEFAULT 0)").format(t))
+            "visible bool NOT NULL DEFAULT true, views int NOT NULL DEFAULT 0){}").format(
+                t, sql.SQL(" PARTITION BY HASH (id)" if partitioned else "")))
+        for i in range(PARTITIONS if partitioned else 0):
+            conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(
+                sql.Identifier(schema, f"docs_p{i}"), t, sql.Literal(PARTITIONS), sql.Literal(i)))
         conn.execute(sql.SQL("INSERT INTO {} (id, body, category, visible) VALUES (%s, %s, %s, %s)").format(t),
                      (0, "seed row", "Pets", True))
         with conn.cursor() as cur:
@@ -52,16 +60,20 @@ class Changes:
     deletes, primary-key changes, rows entering and leaving the filter, TRUNCATE, and
     transactions that roll back."""
 
-    def __init__(self, db: pgvz.Database, schema: str, seed: int, first_id: int = 10_000):
+    def __init__(self, db: pgvz.Database, schema: str, seed: int, first_id: int = 10_000,
+                 partitioned: bool = False):
         self.rng = random.Random(seed)
         self.conn = db.connect(autocommit=True)
-        self.t = sql.Identifier(schema, "docs")
+        self.parent = sql.Identifier(schema, "docs")
+        # with partitions, half the updates, deletes and truncates are aimed at one of them
+        self.partitions = [sql.Identifier(schema, f"docs_p{i}") for i in range(PARTITIONS if partitioned else 0)]
+        self.aimed = 0  # changes aimed at a partition
         self.next_id = first_id
         self.counts: dict[str, int] = {}
 
     def _ids(self, n: int) -> list[int]:
         return [r[0] for r in self.conn.execute(
-            sql.SQL("SELECT id FROM {} ORDER BY random() LIMIT %s").format(self.t), [n])]
+            sql.SQL("SELECT id FROM {} ORDER BY random() LIMIT %s").format(self.parent), [n])]
 
     def step(self) -> None:
         rng = self.rng
@@ -69,7 +81,10 @@ class Changes:
             ["insert", "body", "category", "unrelated", "visible", "delete", "pk", "bulk", "truncate", "rollback"],
             weights=[20, 20, 10, 20, 8, 8, 5, 3, 0.3, 3])[0]
         self.counts[kind] = self.counts.get(kind, 0) + 1
-        c, t = self.conn, self.t
+        c, t = self.conn, self.parent
+        if self.partitions and kind in ("body", "category", "unrelated", "delete", "truncate") and rng.random() < 0.5:
+            t = rng.choice(self.partitions)  # rows in other partitions are left alone
+            self.aimed += 1
         if kind == "insert":
             rows = []
             for _ in range(rng.randint(1, 5)):

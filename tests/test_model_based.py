@@ -13,10 +13,12 @@ from .chaos import (Changes, advisory_locks, check_converged, kill_and_respawn, 
                     spawn_worker, stop_workers)
 
 
-@pytest.mark.parametrize("workers", [1, 3])
-def test_random_changes_with_concurrent_workers_converge(db, schema, workers):
-    name = make_source(db, schema, rows=60, seed=workers)
-    changes = Changes(db, schema, seed=100 + workers)
+@pytest.mark.parametrize("workers, partitioned", [(1, False), (3, False), (3, True)])
+def test_random_changes_with_concurrent_workers_converge(db, schema, workers, partitioned):
+    """``partitioned``: the source is hash-partitioned and half the updates, deletes and
+    truncates are aimed at one partition, as loads of partitioned tables often are."""
+    name = make_source(db, schema, rows=60, seed=workers, partitioned=partitioned)
+    changes = Changes(db, schema, seed=100 + workers, partitioned=partitioned)
     procs = [spawn_worker(db, name) for _ in range(workers)]
     try:
         for _ in range(300):
@@ -28,6 +30,7 @@ def test_random_changes_with_concurrent_workers_converge(db, schema, workers):
     result = check_converged(db, name)
     assert result["source_rows"] > 0 and result["chunks"] > 0
     assert sum(changes.counts.values()) == 300 and changes.counts.get("pk", 0) > 0
+    assert changes.aimed > 30 if partitioned else changes.aimed == 0
 
 
 def test_workers_killed_at_random_points_converge(db, schema):
