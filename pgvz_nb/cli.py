@@ -32,6 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     status_p = sub.add_parser("status", help="vectorizers and their queues")
     status_p.add_argument("names", nargs="*")
     status_p.add_argument("--dsn", default=None)
+    reconcile_p = sub.add_parser("reconcile", help="queue what no trigger saw (writes with triggers off, "
+                                                  "dropped partitions); then sync")
+    reconcile_p.add_argument("names", nargs="*", help="vectorizer names (default: every pipeline vectorizer)")
+    reconcile_p.add_argument("--dsn", default=None)
     export_p = sub.add_parser("export", help="write a standalone sync script for a vectorizer")
     export_p.add_argument("name")
     export_p.add_argument("path")
@@ -89,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
                 if frames:
                     cols = ["name", "pending", "retrying", "failed", "embedded_rows", "source_rows",
                             "coverage_pct", "oldest_pending_age", "last_success"]
+                    cols += ["uncovered_partitions"] if any(f["uncovered_partitions"][0] for f in frames) else []
                     print()
                     print(pd.concat(frames)[cols].to_string(index=False))
+        elif args.command == "reconcile":
+            from .db import connect
+            from .queue import Queue
+            from .vectorizer import Vectorizer
+
+            db = connect(args.dsn)
+            for name in args.names or _pipeline_names(db, Queue):
+                found = Vectorizer.open(db, name).reconcile()
+                print(f"{name}: queued {found['gone']} keys whose rows are gone, "
+                      f"{found['missing']} rows never embedded")
         elif args.command == "export":
             from .db import connect
             from .vectorizer import Vectorizer

@@ -180,3 +180,20 @@ def test_one_broken_vectorizer_does_not_stop_the_worker_for_the_others(db, conn,
         assert v.status()["pending"][0] == 0 if v is vs[2] else True
     for v in vs:
         v.close()
+
+
+def test_reconcile_command_queues_what_the_triggers_missed(db, conn, schema):
+    v = make(db, schema)
+    v.sync(progress=False)
+    conn.execute("SET session_replication_role = replica")  # as a subscriber's apply worker writes
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id IN (1, 2)").format(sql.Identifier(schema, "blog")))
+    conn.execute("RESET session_replication_role")
+    conn.commit()
+    assert v.status()["pending"][0] == 0
+    out = pgvz_cmd("reconcile", v.name, "--dsn", db.dsn)
+    assert out.returncode == 0, out.stderr
+    assert f"{v.name}: queued 2 keys whose rows are gone, 0 rows never embedded" in out.stdout
+    assert sorted(v.queue()["id"]) == [1, 2]
+    v.sync(progress=False)
+    assert embedded(conn, schema) == len(BLOG_POSTS) - 2
+    v.close()
