@@ -637,9 +637,13 @@ BEGIN
     RETURN;
   END IF;
   FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
-    src := to_regclass(quote_ident(v.source_schema) || '.' || quote_ident(v.source_table));
-    fn := to_regprocedure(quote_ident(v.config->'function'->>0) || '.'
-                          || quote_ident(v.config->'function'->>1) || '()');
+    -- looked up in the catalogs, not with to_regclass(), which needs USAGE on the schema:
+    -- the DDL's role may have none on other vectorizers' schemas
+    src := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = v.source_schema AND c.relname = v.source_table);
+    fn := (SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+           WHERE n.nspname = v.config->'function'->>0 AND p.proname = v.config->'function'->>1
+             AND p.pronargs = 0);
     CONTINUE WHEN fn IS NULL;
     IF src IS NULL THEN
       -- renamed or moved to another schema: the touched table that carries the vectorizer's
@@ -794,9 +798,11 @@ BEGIN
            AND EXISTS (SELECT 1 FROM jsonb_each_text(c.config->'triggers') AS t WHERE t.value = ANY (dropped))
            ORDER BY c.id LOOP
     BEGIN
-      CONTINUE WHEN to_regclass(quote_ident(v.source_schema) || '.' || quote_ident(v.source_table)) IS NULL
-        OR to_regclass(quote_ident(v.config->'pipeline'->'destination'->>0) || '.'
-                       || quote_ident(v.config->'pipeline'->'destination'->>1)) IS NULL;
+      CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname = v.source_schema AND c.relname = v.source_table)
+        OR NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                       WHERE n.nspname = v.config->'pipeline'->'destination'->>0
+                         AND c.relname = v.config->'pipeline'->'destination'->>1);
       SELECT string_agg(quote_ident(k.k), ', ' ORDER BY k.i), string_agg(quote_ident(d.k), ', ' ORDER BY k.i),
              string_agg(format({pair}, k.k, d.k), ' AND ' ORDER BY k.i)
       INTO keys, dkeys, join_on

@@ -280,3 +280,39 @@ def test_a_key_column_made_bigint_keeps_writes_and_syncs_working(db, conn, schem
     assert [key_type(v._queue.queue, "id"), key_type(v._queue.inbox, "id"), key_type(v._queue.failed, "id"),
             key_type((schema, "posts_embedding"), "posts_id")] == ["bigint", "bigint[]", "bigint", "bigint"]
     v.close()
+
+
+def test_a_key_type_change_the_vectorizer_cannot_follow_is_refused(db, conn, schema):
+    """The event trigger runs as the DDL's role: one that owns the source but not the
+    vectorizer's tables cannot retype them, so its ALTER is refused (else its next big id
+    would fail in the trigger) with what to do."""
+    import uuid
+
+    import psycopg
+    import pytest
+    from psycopg.conninfo import make_conninfo
+
+    role = f"owner_{uuid.uuid4().hex[:6]}"
+    s = sql.Identifier
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(s(role)))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(schema, "posts")))
+        v = pgvz.Vectorizer(db, f"{schema}.posts", template="{body}", embedder=HashingEmbedder(8)).create()
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(s(schema, "posts"), s(role)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(s(schema), s(role)))
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA pgvz TO {}").format(s(role)))
+        conn.execute(sql.SQL("GRANT SELECT ON pgvz.vectorizers TO {}").format(s(role)))
+        conn.commit()
+        with psycopg.connect(make_conninfo(db.dsn, user=role)) as c:
+            with pytest.raises(psycopg.errors.RaiseException) as err:
+                c.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(s(schema, "posts")))
+            assert "changes type" in str(err.value) and "owner of the vectorizer" in err.value.diag.message_hint
+        assert conn.execute(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass "
+            "AND attname = 'id'", [f'"{schema}"."posts"']).fetchone()[0] == "integer"
+        v.drop()
+    finally:
+        conn.rollback()
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(s(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(s(role)))
+        conn.commit()
