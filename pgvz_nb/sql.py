@@ -588,9 +588,18 @@ def _event_guard() -> sql.Composed:
     (``pgvz.partition_event_trigger = off``), or for a role that cannot see the vectorizers
     (it creates and drops tables undisturbed)."""
     return sql.SQL(
-        """  IF current_setting('pgvz.partition_event_trigger', true) = 'off'
-     OR NOT has_schema_privilege({schema}, 'USAGE')
-     OR NOT has_table_privilege({catalog_name}, 'SELECT') THEN
+        """  -- one test at a time: SQL does not promise to evaluate OR left to right, and the
+  -- later ones raise errors where the earlier ones fail
+  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
+    RETURN;
+  END IF;
+  IF NOT has_schema_privilege({schema}, 'USAGE') THEN
+    RETURN;
+  END IF;
+  IF to_regclass({catalog_name}) IS NULL THEN
+    RETURN;  -- the catalog was dropped by hand
+  END IF;
+  IF NOT has_table_privilege({catalog_name}, 'SELECT') THEN
     RETURN;
   END IF;
 """

@@ -316,3 +316,20 @@ def test_a_key_type_change_the_vectorizer_cannot_follow_is_refused(db, conn, sch
         conn.execute(sql.SQL("DROP OWNED BY {}").format(s(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(s(role)))
         conn.commit()
+
+
+def test_ddl_keeps_working_when_the_catalog_is_gone(db, conn):
+    """The event triggers outlive a catalog dropped by hand (they live in schema pgvz with
+    it): they must then do nothing, not fail every CREATE TABLE in the database."""
+    from pgvz_nb.queue import Queue
+
+    with db.connect() as c:
+        Queue.ensure_catalog(c)
+        c.commit()
+    with db.connect() as c:  # one transaction, rolled back: the catalog comes back
+        c.execute("ALTER TABLE pgvz.vectorizers RENAME TO vectorizers_away")
+        c.execute("CREATE TABLE public.pgvz_ddl_probe (id int)")
+        c.execute("ALTER TABLE public.pgvz_ddl_probe ADD COLUMN body text")
+        c.execute("DROP TABLE public.pgvz_ddl_probe")
+        c.rollback()
+    assert conn.execute("SELECT to_regclass('pgvz.vectorizers') IS NOT NULL").fetchone()[0]
