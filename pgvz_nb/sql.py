@@ -83,10 +83,24 @@ def _cols(names: Sequence[str], prefix: str | None = None) -> sql.Composed:
     return sql.SQL(", ").join(Name(prefix, n) for n in names)
 
 
+def _index_name(rel: Rel, suffix: str) -> Name:
+    """An index named after its table: the name cut to 50 bytes (on a character boundary),
+    so the suffix always fits in PostgreSQL's 63."""
+    return Name(rel[1].encode()[:50].decode(errors="ignore") + suffix)
+
+
 def _match(left: str, right: str, names: Sequence[str]) -> sql.Composed:
     """``left.k1 = right.k1 AND ...`` over the key columns."""
     return sql.SQL(" AND ").join(
         sql.SQL("{} = {}").format(Name(left, n), Name(right, n)) for n in names
+    )
+
+
+def _match_as_text(left: str, left_cols: Sequence[str], right: str, right_cols: Sequence[str]) -> sql.Composed:
+    """``left.a1::text = right.b1::text AND ...``: keys compared as text, as the trigger
+    does, so no equality operator from outside pg_catalog is needed."""
+    return sql.SQL(" AND ").join(
+        sql.SQL("{}::text = {}::text").format(Name(left, a), Name(right, b)) for a, b in zip(left_cols, right_cols)
     )
 
 
@@ -1084,7 +1098,7 @@ def create_collection(table: Rel, dimensions: int) -> sql.Composed:
         "CREATE INDEX IF NOT EXISTS {ix} ON {t} USING gin (metadata jsonb_path_ops)"
     ).format(
         t=ident(table), n=sql.Literal(int(dimensions)),
-        ix=Name(table[1].encode()[:50].decode(errors="ignore") + "_metadata_idx"),
+        ix=_index_name(table, "_metadata_idx"),
     )
 
 
@@ -1216,16 +1230,13 @@ def reconcile_gone(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest
     rows went without a trigger seeing them: a dropped partition, triggers disabled). Keys
     are compared as text, as the trigger does: no equality operator from outside
     pg_catalog is needed."""
-    join_on = sql.SQL(" AND ").join(
-        sql.SQL("{}::text = {}::text").format(Name("s", k), Name("d", dk)) for k, dk in zip(keys, dest_keys))
-    queued = sql.SQL(" AND ").join(
-        sql.SQL("{}::text = {}::text").format(Name("q", k), Name("d", dk)) for k, dk in zip(keys, dest_keys))
     return sql.SQL(
         "INSERT INTO {queue} ({k}) SELECT DISTINCT {dk} FROM {dest} AS d "
-        "WHERE NOT EXISTS (SELECT 1 FROM {source} AS s WHERE {join_on}) "
+        "WHERE NOT EXISTS (SELECT 1 FROM {source} AS s WHERE {in_source}) "
         "AND NOT EXISTS (SELECT 1 FROM {queue} AS q WHERE {queued})"
     ).format(queue=ident(queue), k=_cols(keys), dk=_cols(dest_keys, "d"), dest=ident(dest),
-             source=ident(source), join_on=join_on, queued=queued)
+             source=ident(source), in_source=_match_as_text("s", keys, "d", dest_keys),
+             queued=_match_as_text("q", keys, "d", dest_keys))
 
 
 def reconcile_missing(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest_keys: Sequence[str],
@@ -1234,17 +1245,14 @@ def reconcile_missing(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], d
     queued already (its changes went without a trigger seeing them). Rows whose text is
     empty have no destination row by design: they come back each time, and cost a
     no-op each."""
-    join_on = sql.SQL(" AND ").join(
-        sql.SQL("{}::text = {}::text").format(Name("s", k), Name("d", dk)) for k, dk in zip(keys, dest_keys))
-    queued = sql.SQL(" AND ").join(
-        sql.SQL("{}::text = {}::text").format(Name("s", k), Name("q", k)) for k in keys)
     filt = sql.SQL("") if where is None else sql.SQL(" AND ({}) IS TRUE").format(where)
     return sql.SQL(
         "INSERT INTO {queue} ({k}) SELECT {sk} FROM {source} AS s "
-        "WHERE NOT EXISTS (SELECT 1 FROM {dest} AS d WHERE {join_on}) "
+        "WHERE NOT EXISTS (SELECT 1 FROM {dest} AS d WHERE {in_dest}) "
         "AND NOT EXISTS (SELECT 1 FROM {queue} AS q WHERE {queued}){filt}"
     ).format(queue=ident(queue), k=_cols(keys), sk=_cols(keys, "s"), dest=ident(dest),
-             source=ident(source), join_on=join_on, queued=queued, filt=filt)
+             source=ident(source), in_dest=_match_as_text("s", keys, "d", dest_keys),
+             queued=_match_as_text("s", keys, "q", keys), filt=filt)
 
 
 def check_where(source: Rel, where: sql.Composable) -> sql.Composed:
@@ -1255,20 +1263,20 @@ def check_where(source: Rel, where: sql.Composable) -> sql.Composed:
 def create_hnsw_index(dest: Rel) -> sql.Composed:
     return sql.SQL(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING hnsw (embedding vector_cosine_ops)"
-    ).format(Name(dest[1].encode()[:50].decode(errors="ignore") + "_hnsw"), ident(dest))
+    ).format(_index_name(dest, "_hnsw"), ident(dest))
 
 
 def create_time_index(dest: Rel) -> sql.Composed:
     """The time inside the v1 ids, for start/end filters: a narrow time range is then read
     from this index and sorted exactly, where the HNSW scan would walk the graph for it."""
     return sql.SQL("CREATE INDEX IF NOT EXISTS {} ON {} (uuid_extract_timestamp(id))").format(
-        Name(dest[1].encode()[:50].decode(errors="ignore") + "_time"), ident(dest))
+        _index_name(dest, "_time"), ident(dest))
 
 
 def create_fts_index(dest: Rel) -> sql.Composed:
     return sql.SQL(
         "CREATE INDEX IF NOT EXISTS {} ON {} USING gin (to_tsvector('english', coalesce(contents, '')))"
-    ).format(Name(dest[1].encode()[:50].decode(errors="ignore") + "_fts"), ident(dest))
+    ).format(_index_name(dest, "_fts"), ident(dest))
 
 
 def enable_iterative_scans() -> sql.Composed:
