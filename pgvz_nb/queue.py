@@ -184,7 +184,7 @@ class Queue:
                 "fschema": function[0], "fname": function[1], "evt": name}).fetchone()
             if not superuser:
                 return
-            body = make_body().as_string(conn).replace("%%", "%")
+            body = q.stored_text(make_body(), conn)
             if found != body:
                 conn.execute(q.create_event_function(function, body))
             if not installed:
@@ -345,11 +345,9 @@ class Queue:
             conn.execute(q.create_trigger_function(self.function, body))
 
     def _trigger_body(self, conn: psycopg.Connection) -> str:
-        """The trigger function's body for this queue, as this pgvz_nb writes it (and as
-        pg_proc.prosrc holds it: the %% that names and format templates carry through
-        placeholder processing, see sql.Name, back to %)."""
-        return q.trigger_body(self.inbox, self.source, self.keys, self.watched,
-                              notify_payload=self.id).as_string(conn).replace("%%", "%")
+        """The trigger function's body for this queue as this pgvz_nb writes it, in the form
+        pg_proc.prosrc holds it."""
+        return q.stored_text(q.trigger_body(self.inbox, self.keys, self.watched, notify_payload=self.id), conn)
 
     def _descendants(self, conn: psycopg.Connection) -> list[tuple[Rel, set[str], bool]]:
         """(partition or child, our triggers on it, may we add triggers) at any depth."""

@@ -44,6 +44,12 @@ class PctLiteral(sql.Literal):
         return super().as_string(context).replace("%", "%%")
 
 
+def stored_text(body: sql.Composable, context) -> str:
+    """A function body as pg_proc.prosrc will hold it: the %% that Names and PctLiterals
+    put in it for placeholder processing back to % (the DDL runs with parameters)."""
+    return body.as_string(context).replace("%%", "%")
+
+
 class UserSQL(sql.SQL):
     """SQL text the user wrote (a ``where`` filter), with its ``%`` escaped like a Name's."""
 
@@ -417,8 +423,7 @@ NOTIFY_CHANNEL = "pgvz_nb"
 
 
 def trigger_body(
-    inbox: Rel, source: Rel, keys: Sequence[str], watched: Sequence[str] | None,
-    notify_payload: int | None = None,
+    inbox: Rel, keys: Sequence[str], watched: Sequence[str] | None, notify_payload: int | None = None,
 ) -> sql.Composed:
     """PL/pgSQL body of the statement-level trigger: at most one inbox row per statement,
     then, if it queued anything, one NOTIFY on channel ``pgvz_nb`` with the vectorizer id
@@ -429,8 +434,9 @@ def trigger_body(
     or one of the watched columns changed its text form. ``watched=None`` compares the
     whole row. Should a watched column be renamed or dropped later, UPDATE queues every key
     it touched instead of failing the application's statement (~1 us per statement for
-    the exception block, measured on single-row UPDATEs). TRUNCATE fires BEFORE, the only moment the doomed keys can still be read.
-    The same function serves the source's partitions and inheritance children.
+    the exception block, measured on single-row UPDATEs). TRUNCATE fires BEFORE, the only
+    moment the doomed keys can still be read. The same function serves the source's
+    partitions and inheritance children: it names no table but the inbox.
     """
     kcols = _cols(keys)
     aggs = sql.SQL(", ").join(sql.SQL("array_agg({})").format(Name(k)) for k in keys)
@@ -522,7 +528,7 @@ BEGIN
 END
 """
     ).format(
-        inbox=ident(inbox), source=ident(source), kcols=kcols, aggs=aggs, pick=pick,
+        inbox=ident(inbox), kcols=kcols, aggs=aggs, pick=pick,
         side=side, join_on=join_on, changed=changed, notify=notify,
         truncate_fmt=truncate_fmt, truncate_args=truncate_args,
     )
