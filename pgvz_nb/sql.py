@@ -633,14 +633,14 @@ def partition_function_body() -> sql.Composed:
     catalog; refuse the command if it renamed or dropped a key column (every write would
     fail in the trigger), warn if it did so to a watched column (every UPDATE is queued from
     then on); give a key column's new type to the queue, inbox, failed and destination
-    tables (an int key made bigint, say); put the triggers on partitions and children that lack them and queue their
-    rows (a table attached with rows); queue the keys of tables detached since, dropping
-    the triggers from them (their rows left the source).
+    tables (an int key made bigint, say); put the triggers on partitions and children that
+    lack them and queue their rows (a table attached with rows); queue the keys of tables
+    detached since, dropping the triggers from them (their rows left the source).
 
     It runs as whoever ran the DDL, so it can do no more than they could; it fails their
-    command only for a key column: a vectorizer it cannot cover gets a WARNING, and status() shows the
-    partition as uncovered until create() or register() runs again. Setting
-    ``pgvz.partition_event_trigger = off`` in a session turns it off there."""
+    command only for a key column: a vectorizer it cannot cover gets a WARNING, and
+    status() shows the partition as uncovered until create() or register() runs again.
+    Setting ``pgvz.partition_event_trigger = off`` in a session turns it off there."""
     templates = {
         e: PctLiteral(sql.SQL(ddl).format(name=sql.SQL("%I"), src=sql.SQL("%I.%I"), fn=sql.SQL("%I.%I"))
                       .as_string(None))
@@ -653,6 +653,7 @@ DECLARE
   v record;
   src oid;
   fn oid;
+  tree oid[];
   d record;
   ev text;
   added boolean;
@@ -739,20 +740,17 @@ BEGIN
       END LOOP;
     END IF;
     BEGIN
-      CONTINUE WHEN NOT EXISTS (
-        WITH RECURSIVE dd(oid) AS (
-          SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
-        SELECT 1 FROM dd WHERE dd.oid = ANY (objs)
-        UNION ALL
-        SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs));
+      -- the source and its partitions and children, any depth
+      tree := ARRAY(WITH RECURSIVE dd(oid) AS (
+                      SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
+                    SELECT oid FROM dd);
+      CONTINUE WHEN NOT (tree && objs OR EXISTS (
+        SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs)));
       SELECT string_agg(quote_ident(k), ', ') INTO keys FROM jsonb_array_elements_text(v.config->'keys') AS k;
       -- partitions and children without the triggers: add them, queue the rows
       FOR d IN
-        WITH RECURSIVE dd(oid) AS (
-          SELECT i.inhrelid FROM pg_inherits i WHERE i.inhparent = src
-          UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
-        SELECT c.oid, n.nspname, c.relname FROM dd JOIN pg_class c ON c.oid = dd.oid
-        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.relkind IN ('r', 'p')
+        SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE c.oid = ANY (tree) AND c.oid <> src AND c.relkind IN ('r', 'p')
       LOOP
         added := false;
         FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
@@ -770,11 +768,9 @@ BEGIN
       END LOOP;
       -- tables detached from the source that still run its triggers
       FOR d IN
-        WITH RECURSIVE dd(oid) AS (
-          SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
         SELECT DISTINCT c.oid, n.nspname, c.relname FROM pg_trigger tg
         JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid NOT IN (SELECT oid FROM dd)
+        WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid <> ALL (tree)
       LOOP
         EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
         FOR ev IN SELECT tg.tgname FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn LOOP

@@ -5,7 +5,8 @@ queues: PostgreSQL's row and advisory locks keep them from processing one key tw
 Between rounds a worker sleeps until a trigger's NOTIFY (sent once per writing statement,
 at commit) or ``poll`` seconds, whichever comes first; the poll picks up rows whose
 backoff ran out. A lost connection (the server restarted, the network blinked) is retried
-with an exponential backoff, a batch the server rolled back (a deadlock) at once; SIGTERM / SIGINT finish the current batch and exit.
+with an exponential backoff, a batch the server rolled back (a deadlock) at once;
+SIGTERM / SIGINT finish the current batch and exit.
 """
 
 from __future__ import annotations
@@ -158,7 +159,8 @@ class Worker:
                     break
             except (PgvzError, psycopg.Error) as exc:
                 if rolled_back(exc):
-                    # a TransactionRollback is an OperationalError, but nothing was lost
+                    # an OperationalError to psycopg, but the connection is fine and nothing
+                    # was lost (process() already claimed again; this is after its last try)
                     self.stats.conflicts += 1
                     log.warning("the server rolled a batch back (%s); running it again", exc)
                     if self.stop_event.wait(0.1):
