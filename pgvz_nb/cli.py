@@ -63,8 +63,9 @@ def main(argv: list[str] | None = None) -> int:
                 "pgvz worker started (pid %d): %s", os.getpid(), ", ".join(args.names) or "all vectorizers")
             stats = w.run(once=args.once)
             print(f"pgvz worker: {stats.processed} rows processed, {stats.failed} failed, "
-                  f"{stats.reconnects} reconnects, {stats.errors} vectorizer errors")
-            return 1 if args.once and (stats.failed or stats.errors) else 0
+                  f"{stats.reconnects} reconnects, {stats.errors} vectorizer errors, "
+                  f"{stats.interruptions} interrupted")
+            return 1 if args.once and (stats.failed or stats.errors or stats.interruptions) else 0
         elif args.command == "sync":
             from .db import connect
             from .queue import Queue

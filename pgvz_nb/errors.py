@@ -19,7 +19,12 @@ __all__ = [
     "EmbeddingUnavailable",
     "CallbackFailed",
     "DatabaseError",
+    "LockUnavailable",
+    "Stopped",
+    "RowSecurityActive",
+    "UntrustedObject",
     "translate",
+    "blame",
 ]
 
 
@@ -70,9 +75,14 @@ class RowError(PgvzError):
 
 
 class EmbeddingUnavailable(PgvzError):
-    """The embedding service kept failing with transient errors; the batch waits and retries."""
+    """The embedding service is down or refusing work; the batch went back to the queue, its
+    rows charged nothing. ``retry_after``: seconds the service asked to wait, or a backoff."""
 
-    pgvz_whole_batch = True
+    pgvz_not_the_rows = True
+
+    def __init__(self, message: str, retry_after: float = 1.0):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class CallbackFailed(PgvzError):
@@ -83,12 +93,86 @@ class DatabaseError(PgvzError):
     """A database error, translated; the original is the ``__cause__``."""
 
 
+class LockUnavailable(PgvzError):
+    """A lock pgvz_nb needs is held by another transaction; it gave up rather than make the
+    application's statements queue behind its request."""
+
+
+class Stopped(PgvzError):
+    """A stop was asked for (SIGTERM) in the middle of a batch; the claim went back whole."""
+
+    pgvz_not_the_rows = True
+
+
+class RowSecurityActive(PgvzError):
+    """Row-level security hides source rows from the syncing role: syncing would take them
+    for deleted rows and drop their embeddings, so it refuses."""
+
+    pgvz_not_the_rows = True
+
+
+class UntrustedObject(ConfigConflict):
+    """A table or schema pgvz_nb would write into is owned or instrumented (triggers, rules)
+    by another role, whose code would then run with the syncing role's privileges."""
+
+    pgvz_not_the_rows = True
+
+
+#: SQLSTATE classes that are the server's doing, never a row's: the
+#: connection (08), a rollback for a conflict (40), a query that cannot run at all as
+#: configured (42: undefined table or column, permission denied), resources (53), a lock or
+#: object in use (55), an operator or timeout (57: statement_timeout, admin shutdown), the
+#: system (58, XX), a transaction state (25: read-only, idle-in-transaction timeout), an
+#: unknown catalog or schema (3D, 3F). Anything else raised while a row is being handled
+#: (a data exception, 22; a constraint, 23; a value too large, 54; user code) is the row's.
+SERVER_CLASSES = frozenset({"08", "25", "3D", "3F", "40", "42", "53", "55", "57", "58", "XX"})
+
+
+def _chain(exc: BaseException | None):
+    """``exc`` and what it was raised from; for a database error also what it was raised
+    while handling (a ROLLBACK that failed after the error that caused it)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        yield exc
+        exc = exc.__cause__ or (exc.__context__ if isinstance(exc, psycopg.Error) else None)
+
+
+def blame(exc: BaseException) -> str:
+    """Whose doing ``exc`` is: ``"server"`` (the database, the network, the embedding
+    service, a stop request: the batch goes back whole and no row is charged) or ``"row"``
+    (the row's content or user code handling it: that row is isolated and charged).
+
+    The one place this is decided: the queue, the pipeline and the worker all ask here."""
+    for e in _chain(exc):
+        if getattr(e, "pgvz_not_the_rows", False):
+            return "server"
+        if getattr(e, "pgvz_permanent", False):
+            return "row"
+        state = getattr(e, "sqlstate", None)
+        if state:
+            return "server" if state[:2] in SERVER_CLASSES else "row"
+        if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):
+            return "server"  # the connection went away, with no SQLSTATE to say more
+    return "row"
+
+
 def translate(exc: psycopg.Error, doing: str) -> PgvzError:
     """Turn a psycopg error into a PgvzError that says what was being done and what to try."""
     diag = getattr(exc, "diag", None)
     primary = (diag.message_primary if diag is not None else None) or str(exc).strip()
     hint = diag.message_hint if diag is not None else None
-    if isinstance(exc, pg_errors.InsufficientPrivilege):
+    if isinstance(exc, pg_errors.InsufficientPrivilege) and "row-level security" in primary:
+        return RowSecurityActive(
+            f"while {doing}: {primary}; this role is subject to the table's row-level security, "
+            "so rows its policies hide would look deleted and lose their embeddings; run the "
+            "worker as a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS) or as the table's owner "
+            "(without FORCE ROW LEVEL SECURITY); nothing was synced or charged")
+    if isinstance(exc, pg_errors.LockNotAvailable):
+        msg = (f"while {doing}: {primary}; another transaction holds a lock it needs, and pgvz_nb "
+               "gives up (lock_timeout) rather than make other statements wait behind it; "
+               "nothing was charged: run it again")
+    elif isinstance(exc, pg_errors.InsufficientPrivilege):
         msg = (
             f"while {doing}: permission denied ({primary}); "
             "connect as the table's owner or grant the privileges listed in the README"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import string
 import struct
 import threading
@@ -24,7 +25,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
-from .queue import ClaimedRow, Queue, keys_jsonb
+from .queue import ClaimedRow, Queue, check_trusted, keys_jsonb
 from .uuids import time_from_uuid, uuid_from_time
 
 __all__ = ["PipelineConfig", "Pipeline", "SyncStats", "template_fields"]
@@ -101,23 +102,36 @@ def _vector_bytes_dumper(oid: int) -> type:
     return Dumper
 
 
+#: The times a version-1 uuid can hold (60 bits of 100 ns from 1582-10-15).
+_UUID_TIMES = (datetime(1582, 10, 15, tzinfo=timezone.utc), datetime(5236, 1, 1, tzinfo=timezone.utc))
+
+
 def _instant(value: Any) -> datetime | None:
     """A time_column value as an aware datetime: a naive timestamp is local time and a date
     local midnight, as PostgreSQL casts them to timestamptz (and as uuid_from_time reads a
     naive datetime). Without this a date failed every row, and a naive timestamp never
-    matched the time in its stored id, so every update gave its chunks new ids."""
-    if value is None:
+    matched the time in its stored id, so every update gave its chunks new ids.
+
+    None for a time no v1 uuid can hold ('infinity', read as text; a BC date; a year past
+    5236): the row is embedded under random ids, found by search but by no start/end range."""
+    if value is None or not isinstance(value, (datetime, date)):
         return None
     if not isinstance(value, datetime):
         value = datetime.combine(value, clock())
-    return value if value.tzinfo is not None else value.astimezone(timezone.utc)
+    try:
+        value = value if value.tzinfo is not None else value.astimezone(timezone.utc)
+    except (OverflowError, ValueError):  # year 1 or 9999 in a time zone that leaves the range
+        return None
+    return value if _UUID_TIMES[0] <= value < _UUID_TIMES[1] else None
 
 
 def _jsonable(value: Any) -> Any:
     if isinstance(value, (datetime, date)):
         return value.isoformat()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(Decimal(value))  # JSON (and so jsonb) has no NaN or Infinity: 'NaN', 'Infinity'
     if isinstance(value, Decimal):
-        return float(value)
+        return float(value) if value.is_finite() else str(value)
     if isinstance(value, (uuid.UUID, bytes, memoryview)):
         return str(value) if isinstance(value, uuid.UUID) else bytes(value).hex()
     if isinstance(value, (list, tuple)):
@@ -144,7 +158,7 @@ class PipelineConfig:
     where: str | None = None
     batch_size: int = 64
     max_chunks: int = 500  # per source row; more is a RowError (a 1 MB text, say)
-    transient_budget: float = 120.0  # seconds to wait out a rate limit or a 5xx per batch
+    transient_budget: float = 120.0  # seconds sync waits out an unavailable model service, between claims
 
     def source_columns(self) -> list[str]:
         """The source columns the pipeline reads (and so the triggers watch)."""
@@ -183,24 +197,28 @@ class _Chunk:
     time: datetime | None
 
 
-_TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_TRANSIENT_NAMES = {"APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError",
-                    "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
+#: Answers that say the service is overloaded or unreachable, whatever was asked: the batch
+#: goes back whole and is tried again after a pause (Retry-After when given).
+_SERVICE_STATUS = {408, 409, 425, 429}
+_SERVICE_NAMES = {"APIConnectionError", "APITimeoutError", "RateLimitError",
+                  "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
+
+
+def _status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(exc, "status_code", None) or getattr(response, "status_code", None)
 
 
 def transient_wait(exc: BaseException, attempt: int, base: float = 1.0, cap: float = 30.0) -> float | None:
-    """Seconds to wait before retrying after ``exc``, or None if retrying cannot help.
-
-    Transient: HTTP 408/409/425/429/5xx, timeouts and dropped connections (openai and
-    httpx exceptions, by name, so neither needs importing). A ``Retry-After`` (or
-    ``retry-after-ms``) header wins over the exponential backoff.
-    """
-    response = getattr(exc, "response", None)
-    status = getattr(exc, "status_code", None) or getattr(response, "status_code", None)
-    if status not in _TRANSIENT_STATUS and type(exc).__name__ not in _TRANSIENT_NAMES \
-            and not isinstance(exc, (TimeoutError, ConnectionError)):
+    """Seconds to wait before asking again after ``exc``, or None if it is not the kind of
+    error that waiting cures: HTTP 408/409/425/429/5xx, timeouts and dropped connections
+    (openai and httpx exceptions, by name, so neither needs importing). A ``Retry-After``
+    (or ``retry-after-ms``) header wins over the exponential backoff."""
+    status = _status(exc)
+    if not (status in _SERVICE_STATUS or (status or 0) >= 500) and type(exc).__name__ not in _SERVICE_NAMES \
+            and type(exc).__name__ != "InternalServerError" and not isinstance(exc, (TimeoutError, ConnectionError)):
         return None
-    headers = getattr(response, "headers", None) or {}
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
     try:
         if headers.get("retry-after-ms"):
             return min(float(headers["retry-after-ms"]) / 1000, cap)
@@ -209,6 +227,21 @@ def transient_wait(exc: BaseException, attempt: int, base: float = 1.0, cap: flo
     except (TypeError, ValueError):
         pass  # an HTTP date: fall back to the backoff
     return min(cap, base * 2 ** attempt)
+
+
+def _server_error(exc: BaseException) -> bool:
+    """An HTTP 5xx: the service failed, for every request or for this one's content alone."""
+    return (_status(exc) or 0) >= 500 or type(exc).__name__ == "InternalServerError"
+
+
+class ServiceRowError(Exception):
+    """The embedding service answered these texts with a server error while it answers
+    others: the rows' doing, so they are isolated and retried with a backoff."""
+
+
+#: A service that answered in the last this many seconds is taken to be up.
+_UP_FOR = 30.0
+_PROBE_TEXT = "pgvz_nb: is the embedding service up?"
 
 
 class Pipeline:
@@ -233,6 +266,8 @@ class Pipeline:
         # sync's lanes share one model: one batch is embedded at a time, while the other
         # lane claims, reads or writes
         self._model_lock = threading.Lock()
+        self.stop: threading.Event | None = None  # set: the batch being embedded goes back (SIGTERM)
+        self._service_up_at = -math.inf  # when the model last answered
 
     # --- pure parts ----------------------------------------------------------------------
 
@@ -268,12 +303,17 @@ class Pipeline:
 
     # --- the handler ---------------------------------------------------------------------
 
-    def handle(self, conn: psycopg.Connection, rows: list[ClaimedRow], stats: SyncStats) -> None:
-        """Bring the destination in line with ``rows`` (inside the claim's transaction)."""
+    def handle(self, conn: psycopg.Connection, rows: list[ClaimedRow], stats: SyncStats,
+               reader: psycopg.Connection) -> None:
+        """Bring the destination in line with ``rows``: the stored chunks are read on
+        ``reader`` (the claim's per-key advisory locks keep every other worker off these
+        keys), the model is called, and only then does the claim's transaction on ``conn``
+        touch the destination, to delete and COPY: it holds no lock on the source or the
+        destination while the model works."""
         keys_json = self._keys_json([r.key for r in rows])
         existing: dict[tuple, list[tuple]] = {}
         nk = len(self.config.dest_keys)
-        for rec in conn.execute(
+        for rec in reader.execute(
             q.destination_rows(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
             {"keys": keys_json},
         ):
@@ -310,7 +350,7 @@ class Pipeline:
         reuse_ids = [by_hash[h] for h in needed if h in by_hash]
         vectors: dict[str, np.ndarray] = {}
         if reuse_ids:
-            stored = dict(conn.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
+            stored = dict(reader.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
             for h in needed:
                 if h in by_hash and by_hash[h] in stored:
                     vec = stored[by_hash[h]]
@@ -332,6 +372,10 @@ class Pipeline:
         stats.unchanged += sum(1 for k in changed for c in wanted[k] if c.hash not in texts)
 
         changed_json = self._keys_json(changed)
+        # the lock first (no other role can add a trigger while it is held), then the check:
+        # code someone else put on the destination must not run with this role's privileges
+        conn.execute(q.lock_for_writing(self.dest))
+        check_trusted(conn, self.dest, "the destination", owner=False)
         conn.execute(
             q.destination_delete(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
             {"keys": changed_json},
@@ -345,42 +389,102 @@ class Pipeline:
             return True
         return id_.version == 1 and time_from_uuid(id_) == chunk.time
 
+    def _call_model(self, texts: list[str]) -> Any:
+        """The embedder's answer for ``texts``. With a ``stop`` event, the call runs in a
+        daemon thread and a stop request (SIGTERM) ends the wait within a fraction of a
+        second (Stopped: the claim goes back whole), however long the service takes."""
+        def call() -> Any:
+            if hasattr(self.embedder, "encode"):
+                return self.embedder.encode(texts)
+            return self.embedder.embed_documents(texts)
+
+        if self.stop is None:
+            return call()
+        from .errors import Stopped
+
+        done: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                done["value"] = call()
+            except BaseException as exc:  # handed to the waiting thread
+                done["error"] = exc
+
+        thread = threading.Thread(target=run, name="pgvz_nb model call", daemon=True)
+        thread.start()
+        while thread.is_alive():
+            thread.join(0.1)
+            if thread.is_alive() and self.stop.is_set():
+                raise Stopped("asked to stop while the model was working; the batch went back to the queue")
+        if "error" in done:
+            raise done["error"]
+        return done["value"]
+
     def _embed(self, texts: list[str]) -> np.ndarray:
-        """The model's vectors for ``texts``; rate limits, 5xx answers and dropped connections
-        are waited out (honouring Retry-After) for up to ``transient_budget`` seconds."""
+        """The model's vectors for ``texts``.
+
+        An error of the service is told apart from an error of these texts: a rate limit
+        (429), a timeout or a dropped connection is the service's, and so is a 5xx when a
+        probe with a text of pgvz_nb's own fails too: EmbeddingUnavailable, which puts the
+        claim back whole, charges no row, and says how long to wait (Retry-After). A 5xx
+        while the service answers other texts is these texts' (ServiceRowError): the batch
+        is halved until the rows it refuses are isolated and retried with a backoff. No
+        waiting happens here, inside the claim: ``sync`` waits between claims."""
         from .errors import EmbeddingUnavailable
 
-        started = time.monotonic()
-        attempt = 0
-        while True:
-            try:
-                if hasattr(self.embedder, "encode"):
-                    arr = np.asarray(self.embedder.encode(texts), dtype=np.float32)
-                else:
-                    arr = np.asarray(self.embedder.embed_documents(texts), dtype=np.float32)
-                break
-            except Exception as exc:
-                wait = transient_wait(exc, attempt)
-                spent = time.monotonic() - started
-                if wait is None:
-                    raise
-                if spent + wait > self.config.transient_budget:
-                    raise EmbeddingUnavailable(
-                        f"the embedding service kept failing for {spent:.0f} s "
-                        f"({type(exc).__name__}: {exc}); the batch stays queued and is retried "
-                        "after a backoff; raise transient_budget= to wait longer"
-                    ) from exc
-                attempt += 1
-                time.sleep(wait)
-        dims = self.config.embedder["dimensions"]
-        if arr.shape != (len(texts), dims):
-            from .errors import DimensionMismatch
+        try:
+            raw = self._call_model(texts)
+        except Exception as exc:
+            wait = transient_wait(exc, 0)
+            if wait is None:
+                raise
+            if _server_error(exc) and self._service_is_up():
+                raise ServiceRowError(
+                    f"the embedding service answered {len(texts)} text(s) with {type(exc).__name__}: "
+                    f"{exc}, while it answers others; these rows are retried after a backoff") from exc
+            raise EmbeddingUnavailable(
+                f"the embedding service is not answering ({type(exc).__name__}: {exc}); the batch "
+                f"went back to the queue, no row was charged; next try in {wait:.0f} s",
+                retry_after=wait) from exc
+        self._service_up_at = time.monotonic()
+        return self._check_vectors(raw, len(texts))
 
+    def _service_is_up(self) -> bool:
+        """Whether the model answered lately, or answers a probe of pgvz_nb's own now."""
+        if time.monotonic() - self._service_up_at < _UP_FOR:
+            return True
+        try:
+            self._call_model([_PROBE_TEXT])
+        except Exception:
+            return False
+        self._service_up_at = time.monotonic()
+        return True
+
+    def _check_vectors(self, raw: Any, count: int) -> np.ndarray:
+        """``raw`` as a (count, dimensions) float32 array, or DimensionMismatch saying what
+        came back."""
+        from .errors import DimensionMismatch
+
+        dims = self.config.embedder["dimensions"]
+        try:
+            got = len(raw)
+        except TypeError:
+            got = None
+        if got != count:
             raise DimensionMismatch(
-                f"the embedder returned vectors of shape {arr.shape[1:]}, expected ({dims},) "
-                f"for {'.'.join(self.dest)}; use an embedder of {dims} dimensions or "
-                "recreate the vectorizer with replace=True"
-            )
+                f"the embedder returned {'no list' if got is None else got} vector(s) for {count} "
+                f"text(s) of {'.'.join(self.dest)}; an Embeddings.embed_documents must return one "
+                "vector per text, in order")
+        try:
+            arr = np.asarray(raw, dtype=np.float32)
+        except (TypeError, ValueError):
+            arr = None
+        if arr is None or arr.shape != (count, dims):
+            sizes = sorted({len(v) for v in raw if hasattr(v, "__len__")})
+            raise DimensionMismatch(
+                f"the embedder returned vectors of {sizes or 'no'} dimension(s) for "
+                f"{'.'.join(self.dest)}, which holds {dims}; use an embedder of {dims} dimensions "
+                "or recreate the vectorizer with replace=True")
         return arr
 
     def _keys_json(self, keys: Sequence[tuple]) -> Jsonb:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -19,9 +20,10 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
-from .errors import ConfigConflict, NoPrimaryKey, NotATable, NotFound, RowError
+from .errors import (ConfigConflict, LockUnavailable, NoPrimaryKey, NotATable, NotFound, RowError,
+                     UntrustedObject, _chain, blame)
 
-__all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY"]
+__all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY", "locked"]
 
 Rel = q.Rel
 
@@ -41,8 +43,9 @@ class ClaimedRow:
     key: tuple
     attempts: int
     queued_at: datetime
-    values: dict[str, Any]  # every claimed source column; all None when the row is gone
-    deleted: bool
+    values: dict[str, Any] = field(default_factory=dict)  # the source columns; all None when gone
+    deleted: bool = False
+    error: BaseException | None = None  # the row could not be read (a value Python cannot hold)
 
 
 @dataclass
@@ -119,7 +122,52 @@ def _key_text(value: Any) -> str:
 def rolled_back(exc: BaseException) -> bool:
     """A deadlock or serialization failure (or a PgvzError made from one): the server rolled
     the transaction back and the connection is fine; running it again is the cure."""
-    return any(getattr(e, "sqlstate", None) in ("40001", "40P01") for e in (exc, exc.__cause__, exc.__context__))
+    return any(getattr(e, "sqlstate", None) in ("40001", "40P01") for e in _chain(exc))
+
+
+#: How long one attempt of pgvz_nb's own DDL (triggers on the application's table) may wait
+#: for a lock: the application's statements queue behind a waiting lock request, so it is
+#: kept short and retried, rather than made long.
+LOCK_TIMEOUT = "100ms"
+#: How long, in all, an install keeps retrying before it gives up and says who holds the lock.
+LOCK_WAIT = 30.0
+
+
+class _Busy(Exception):
+    """The install lock is held by another install right now."""
+
+
+def locked(conn: psycopg.Connection, body: Callable[[], Any], *, target: Rel, doing: str,
+           wait: float = LOCK_WAIT) -> Any:
+    """``body()`` in a transaction that holds the install lock and waits at most LOCK_TIMEOUT
+    for any lock: retried (with a growing, jittered pause) until ``wait`` seconds have gone,
+    then LockUnavailable, naming the sessions that hold ``target``. So the application's
+    statements never queue for longer than LOCK_TIMEOUT behind pgvz_nb's DDL (CREATE
+    TRIGGER takes a lock that conflicts with every writer), and an install never waits for
+    another one to finish."""
+    deadline = time.monotonic() + wait
+    pause = 0.05
+    while True:
+        try:
+            with conn.transaction():
+                conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
+                if not conn.execute(q.try_install_lock()).fetchone()[0]:
+                    raise _Busy()
+                return body()
+        except (psycopg.errors.LockNotAvailable, _Busy) as exc:
+            if time.monotonic() + pause > deadline:
+                holders = conn.execute(q.lock_holders(), {"schema": target[0], "table": target[1]}).fetchall()
+                who = "; ".join(f"pid {pid} ({app or 'no application_name'}, {state}, transaction open "
+                                f"{age}): {query!r}" for pid, app, state, age, query in holders)
+                conn.rollback()
+                raise LockUnavailable(
+                    f"while {doing}: could not get the locks it needs on {'.'.join(target)} within "
+                    f"{wait:.0f} s without making the application wait (each try waits at most "
+                    f"{LOCK_TIMEOUT}); " + (f"held by {who}" if who else "another install was running")
+                    + "; run it again when those transactions have ended"
+                ) from (exc if isinstance(exc, psycopg.Error) else None)
+            time.sleep(pause * (0.5 + random.random()))
+            pause = min(pause * 2, 1.0)
 
 
 class _TakeAlone(Exception):
@@ -128,6 +176,19 @@ class _TakeAlone(Exception):
     def __init__(self, keys: list[tuple]):
         super().__init__(keys)
         self.keys = keys
+
+
+@dataclass
+class _Run:
+    """What one process() call does with each claim it makes."""
+
+    handler: Callable[[list[ClaimedRow]], None]
+    limit: int
+    columns: Sequence[str] | None
+    where: Any
+    isolate_failures: bool
+    in_flight: psycopg.Connection | None
+    reader: psycopg.Connection
 
 
 class Queue:
@@ -155,7 +216,21 @@ class Queue:
 
     @classmethod
     def ensure_catalog(cls, conn: psycopg.Connection) -> None:
-        """Create the pgvz schema and catalog if missing (caller holds the install lock)."""
+        """Create the pgvz schema and catalog if missing (caller holds the install lock).
+
+        A schema pgvz made by someone else first (any role with CREATE on the database may)
+        is refused, as are catalog tables owned or instrumented by another role: their
+        owner could run code as whoever installs or syncs (see ``check_trusted``)."""
+        found = conn.execute(q.schema_trust(), [q.CATALOG[0]]).fetchone()
+        if found is not None and not (found[1] or found[2]):
+            raise UntrustedObject(
+                f"schema {q.CATALOG[0]} exists and is owned by role {found[0]}, neither you nor a "
+                "superuser: its owner could replace pgvz_nb's tables with its own, and pgvz_nb "
+                f"would write into them; drop that schema, or give it to a trusted role "
+                f"(ALTER SCHEMA {q.CATALOG[0]} OWNER TO ...) after checking what it holds"
+            )
+        for rel in (q.CATALOG, q.IN_FLIGHT):
+            check_trusted(conn, rel, f"pgvz_nb's table {'.'.join(rel)}", superuser_ok=True)
         if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
             no_column, no_in_flight, no_policy = conn.execute(
                 q.catalog_missing_parts(),
@@ -224,7 +299,16 @@ class Queue:
         return [cls(r) for r in conn.execute(q.catalog_list()).fetchall()]
 
     @classmethod
-    def register(
+    def register(cls, conn: psycopg.Connection, **kw: Any) -> Queue:
+        """Install (or find installed) the queue for ``source``; idempotent. See ``install``;
+        this one runs it in a ``locked`` transaction of its own, then queues the rows."""
+        queue = locked(conn, lambda: cls.install(conn, **kw), target=kw["source"],
+                       doing=f"registering a vectorizer on {'.'.join(kw['source'])}")
+        queue.complete_backfill(conn)
+        return queue
+
+    @classmethod
+    def install(
         cls,
         conn: psycopg.Connection,
         *,
@@ -240,80 +324,87 @@ class Queue:
         policy: dict[str, float] | None = None,
         extra: dict[str, Any] | None = None,
     ) -> Queue:
-        """Install (or find installed) the queue for ``source``; idempotent.
+        """Install (or find installed) the queue for ``source`` in the caller's ``locked``
+        transaction; idempotent.
 
-        The catalog row, tables, function and triggers are created and the existing rows
-        back-filled in one transaction: CREATE TRIGGER locks out writers until commit, so
-        each row is queued exactly once, by the backfill or by the trigger.
+        The catalog row, tables, function and triggers are created here; the existing rows
+        are queued by ``complete_backfill`` in the next transaction. Not in this one: CREATE
+        TRIGGER locks out the table's writers until commit, and queueing a large table's
+        rows takes seconds. No row is missed: every write committed before the triggers
+        was committed before this transaction got its lock, so the backfill's later
+        snapshot sees it; a write in between is queued twice, and claimed once. Until the
+        backfill has run, the catalog row says so (``config["backfill"]``), and the next
+        create(), register() or process() runs it.
         """
-        with conn.transaction():
-            conn.execute(q.install_lock())
-            cls.ensure_catalog(conn)
-            columns = describe_table(conn, source)
-            key_cols = resolve_keys(conn, source, columns, keys)
-            watched_cols = None if watched is None else list(dict.fromkeys(watched))
-            if watched_cols is not None:
-                missing = [c for c in watched_cols if c not in columns]
-                if missing:
-                    raise NotFound(
-                        f"column(s) {missing} not found in {'.'.join(source)}; "
-                        f"its columns are {list(columns)}"
-                    )
-            clash = [k for k in key_cols if k in q.QUEUE_COLUMNS or k in q.FAILED_COLUMNS]
-            if clash:
+        cls.ensure_catalog(conn)
+        columns = describe_table(conn, source)
+        key_cols = resolve_keys(conn, source, columns, keys)
+        watched_cols = None if watched is None else list(dict.fromkeys(watched))
+        if watched_cols is not None:
+            missing = [c for c in watched_cols if c not in columns]
+            if missing:
+                raise NotFound(
+                    f"column(s) {missing} not found in {'.'.join(source)}; "
+                    f"its columns are {list(columns)}"
+                )
+        clash = [k for k in key_cols if k in q.QUEUE_COLUMNS or k in q.FAILED_COLUMNS]
+        if clash:
+            raise ConfigConflict(
+                f"key column(s) {clash} of {'.'.join(source)} share a name with the queue's "
+                f"bookkeeping columns {q.QUEUE_COLUMNS + q.FAILED_COLUMNS}; rename the column "
+                "or key the vectorizer on another unique column"
+            )
+        config = {
+            "keys": key_cols,
+            "watched": watched_cols,
+            "inbox": list(inbox),
+            "failed": list(failed),
+            "function": list(function),
+            "triggers": dict(triggers),
+            "policy": {**DEFAULT_POLICY, **(policy or {})},
+            "layout": LAYOUT_VERSION,
+            **(extra or {}),
+        }
+        new_config = {**config, "backfill": [list(source)]}
+        existing = cls.find(conn, name)
+        if existing is not None:
+            same = (
+                existing.source == source
+                and existing.queue == queue
+                and existing.keys == key_cols
+                and existing.watched == watched_cols
+            )
+            if not same:
                 raise ConfigConflict(
-                    f"key column(s) {clash} of {'.'.join(source)} share a name with the queue's "
-                    f"bookkeeping columns {q.QUEUE_COLUMNS + q.FAILED_COLUMNS}; rename the column "
-                    "or key the vectorizer on another unique column"
+                    f"vectorizer {name!r} exists with source {'.'.join(existing.source)}, "
+                    f"keys {existing.keys}, watched columns {existing.watched}; asked for "
+                    f"{'.'.join(source)}, keys {key_cols}, watched {watched_cols}; "
+                    "drop it first or choose another name"
                 )
-            config = {
-                "keys": key_cols,
-                "watched": watched_cols,
-                "inbox": list(inbox),
-                "failed": list(failed),
-                "function": list(function),
-                "triggers": dict(triggers),
-                "policy": {**DEFAULT_POLICY, **(policy or {})},
-                "layout": LAYOUT_VERSION,
-                **(extra or {}),
-            }
-            existing = cls.find(conn, name)
-            if existing is not None:
-                same = (
-                    existing.source == source
-                    and existing.queue == queue
-                    and existing.keys == key_cols
-                    and existing.watched == watched_cols
-                )
-                if not same:
-                    raise ConfigConflict(
-                        f"vectorizer {name!r} exists with source {'.'.join(existing.source)}, "
-                        f"keys {existing.keys}, watched columns {existing.watched}; asked for "
-                        f"{'.'.join(source)}, keys {key_cols}, watched {watched_cols}; "
-                        "drop it first or choose another name"
-                    )
-                if existing.installed(conn):
-                    if existing.policy != config["policy"]:  # not structural: just update it
-                        existing.set_extra(conn, policy=config["policy"])
-                        existing.policy = dict(config["policy"])
-                    existing._refresh_trigger_body(conn)
-                    existing.cover_descendants(conn, backfill=True)
-                    return existing
-                existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
-                conn.execute(q.catalog_delete(), [existing.id])
-            cls._check_names_free(conn, source, (queue, inbox, failed), triggers)
-            vid, created = conn.execute(
-                q.catalog_insert(), [name, *source, *queue, Jsonb(config)]
-            ).fetchone()
-            self = cls((vid, name, *source, *queue, config, created))
-            conn.execute(q.create_queue(queue, source, key_cols))
-            conn.execute(q.create_inbox(inbox, source, key_cols))
-            conn.execute(q.create_failed(failed, source, key_cols))
-            conn.execute(q.create_trigger_function(function, self._trigger_body(conn)))
-            conn.execute(q.create_triggers(source, function, triggers))
-            self.cover_descendants(conn, backfill=False)  # the source's backfill reads their rows
-            conn.execute(q.backfill(queue, source, key_cols))
-            return self
+            if existing.installed(conn):
+                if existing.policy != config["policy"]:  # not structural: just update it
+                    existing.set_extra(conn, policy=config["policy"])
+                    existing.policy = dict(config["policy"])
+                existing._refresh_trigger_body(conn)
+                covered = existing.cover_descendants(conn)
+                if covered:
+                    pending = existing.config.get("backfill", []) + [list(r) for r in covered]
+                    existing.set_extra(conn, backfill=pending)
+                return existing
+            existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
+            conn.execute(q.catalog_delete(), [existing.id])
+        cls._check_names_free(conn, source, (queue, inbox, failed), triggers)
+        vid, created = conn.execute(
+            q.catalog_insert(), [name, *source, *queue, Jsonb(new_config)]
+        ).fetchone()
+        self = cls((vid, name, *source, *queue, new_config, created))
+        conn.execute(q.create_queue(queue, source, key_cols))
+        conn.execute(q.create_inbox(inbox, source, key_cols))
+        conn.execute(q.create_failed(failed, source, key_cols))
+        conn.execute(q.create_trigger_function(function, self._trigger_body(conn)))
+        conn.execute(q.create_triggers(source, function, triggers))
+        self.cover_descendants(conn)  # the source's backfill reads their rows
+        return self
 
     @staticmethod
     def _check_names_free(conn, source: Rel, tables: tuple[Rel, ...], triggers: dict[str, str]) -> None:
@@ -356,24 +447,37 @@ class Queue:
             "fname": self.function[1], "triggers": list(self.triggers.values())}).fetchall()
         return [((r[0], r[1]), set(r[2]), r[3]) for r in rows]
 
-    def cover_descendants(self, conn: psycopg.Connection, *, backfill: bool) -> list[Rel]:
+    def cover_descendants(self, conn: psycopg.Connection) -> list[Rel]:
         """Put the triggers on every partition and inheritance child that lacks them (a
-        statement aimed at a partition fires only the partition's statement triggers), and
-        with ``backfill`` queue the rows of each one covered now: it may have been attached
-        with rows, or written to while uncovered. Returns those left uncovered because the
-        current role may not add triggers to them."""
-        left = []
+        statement aimed at a partition fires only the partition's statement triggers).
+        Returns those covered now, whose rows are to be queued: one may have been attached
+        with rows, or written to while uncovered. Those the current role may not add
+        triggers to stay uncovered (``uncovered``)."""
+        covered = []
         for rel, present, may in self._descendants(conn):
             missing = [e for e, name in self.triggers.items() if name not in present]
-            if not missing:
-                continue
-            if not may:
-                left.append(rel)
-                continue
-            conn.execute(q.create_triggers(rel, self.function, self.triggers, missing))
-            if backfill:
-                conn.execute(q.backfill(self.queue, rel, self.keys))
-        return left
+            if missing and may:
+                conn.execute(q.create_triggers(rel, self.function, self.triggers, missing))
+                covered.append(rel)
+        return covered
+
+    def complete_backfill(self, conn: psycopg.Connection) -> int:
+        """Queue the rows of the tables an install left to back-fill (``install``), in a
+        transaction of its own; returns the keys queued. Runs once: the list is taken out
+        of the catalog row in the same transaction."""
+        def body() -> int:
+            row = conn.execute(q.catalog_take_backfill(), [self.id]).fetchone()
+            done = 0
+            for schema, table in (row[0] if row else []):
+                if conn.execute(q.find_relation(), [schema, table]).fetchone() is not None:
+                    done += conn.execute(q.backfill(self.queue, (schema, table), self.keys)).rowcount
+            return done
+
+        if "backfill" not in self.config:
+            return 0
+        done = locked(conn, body, target=self.source, doing=f"queueing the rows of {'.'.join(self.source)}")
+        self.config.pop("backfill", None)
+        return done
 
     def uncovered(self, conn: psycopg.Connection) -> list[Rel]:
         """Partitions and inheritance children of the source without all of the triggers:
@@ -399,12 +503,17 @@ class Queue:
         for rel in (self.queue, self.inbox, self.failed):
             conn.execute(q.drop_table(rel))
 
-    def drop(self, conn: psycopg.Connection) -> None:
-        """Remove triggers, function, queue, failed table and catalog row (not the source)."""
-        with conn.transaction():
-            conn.execute(q.install_lock())
+    def drop(self, conn: psycopg.Connection, then: Callable[[], Any] | None = None) -> None:
+        """Remove triggers, function, queue, failed table and catalog row (not the source),
+        and run ``then()`` in the same transaction; ``locked``: DROP TRIGGER takes a lock
+        that every reader and writer of the table would queue behind."""
+        def body() -> None:
             self._uninstall_objects(conn)
             conn.execute(q.catalog_delete(), [self.id])
+            if then is not None:
+                then()
+
+        locked(conn, body, target=self.source, doing=f"dropping vectorizer {self.name!r}")
 
     def set_extra(self, conn: psycopg.Connection, **extra: Any) -> None:
         """Store extra configuration (the pipeline's) in the catalog row."""
@@ -420,51 +529,73 @@ class Queue:
                 q.expand_inbox(self.inbox, self.queue, self.keys), {"limit": int(limit)}
             ).rowcount
 
-    def claim(
-        self, conn: psycopg.Connection, limit: int, columns: Sequence[str] | None = None,
-        where: Any = None, only: list[tuple] | None = None,
-    ) -> tuple[list[str], list[ClaimedRow]]:
+    def claim(self, conn: psycopg.Connection, limit: int, only: list[tuple] | None = None) -> list[ClaimedRow]:
         """Claim up to ``limit`` queue rows in the caller's open transaction (``only``: just
-        these keys).
-
-        Returns the source column names and the claimed rows, one per key. The claim
-        lasts until that transaction ends: commit dequeues, rollback puts them back.
-        """
-        if columns is not None:  # the key columns tell a live row from a deleted one
-            columns = list(self.keys) + [c for c in columns if c not in self.keys]
+        these keys); one ClaimedRow per key, its source row not read yet (``read``). The
+        claim lasts until that transaction ends: commit dequeues, rollback puts them back."""
         params: dict[str, Any] = {"limit": int(limit), "vid": self.id}
         if only is not None:
             params["only"] = keys_jsonb([dict(zip(self.keys, k)) for k in only])
-        cur = conn.execute(
-            q.claim(self.queue, self.failed, self.source, self.keys, columns, where, only is not None),
-            params,
-        )
+        cur = conn.execute(q.claim(self.queue, self.failed, self.keys, only is not None), params)
         nk = len(self.keys)
-        names = [d.name for d in cur.description[nk + 2 :]]
-        key_at = [nk + 2 + names.index(k) for k in self.keys]
-        out = []
-        for rec in cur.fetchall():
-            deleted = all(rec[i] is None for i in key_at)
-            values = dict(zip(names, rec[nk + 2 :]))
-            out.append(ClaimedRow(tuple(rec[:nk]), rec[nk], rec[nk + 1], values, deleted))
-        return names, out
+        return [ClaimedRow(tuple(rec[:nk]), rec[nk], rec[nk + 1]) for rec in cur.fetchall()]
+
+    def read(self, reader: psycopg.Connection, rows: list[ClaimedRow], columns: Sequence[str] | None = None,
+             where: Any = None) -> None:
+        """Fill in the claimed rows' source values (``deleted`` for a row that is gone), with a
+        statement of its own on ``reader`` (an autocommit connection): the source is locked
+        for the length of this read, not for the claim's (which waits for the model).
+
+        The reader runs with ``row_security = off``, so a source whose row-level security
+        would hide rows from this role raises an error instead of making them look deleted.
+        A value Python cannot hold is read as its text (see ``db``); should reading still
+        fail, each row is read alone and a row that cannot be read gets ``error`` set."""
+        if columns is not None:  # the keys, as the callback API always gave them
+            columns = list(self.keys) + [c for c in columns if c not in self.keys]
+        query = q.read_rows(self.queue, self.source, self.keys, columns, where)
+        try:
+            cur = reader.execute(query, {"keys": keys_jsonb([dict(zip(self.keys, r.key)) for r in rows])})
+            recs = cur.fetchall()
+        except psycopg.DataError as exc:
+            if len(rows) == 1:
+                rows[0].error = RowError(
+                    f"the source row {rows[0].key!r} holds a value that cannot be read into Python "
+                    f"({str(exc).strip()}); change the value, or leave the row out with where=")
+                return
+            for r in rows:
+                self.read(reader, [r], columns, where)
+            return
+        names = [d.name for d in cur.description[2:]]
+        first: dict[int, tuple] = {}
+        for rec in recs:  # an inheritance child may repeat a parent's key: the first row wins
+            first.setdefault(rec[0], rec)
+        for i, r in enumerate(rows, 1):
+            rec = first[i]
+            r.deleted = bool(rec[1])
+            r.values = dict(zip(names, rec[2:]))
 
     def process(
         self,
         conn: psycopg.Connection,
         handler: Callable[[list[ClaimedRow]], None],
         *,
+        reader: psycopg.Connection,
         limit: int = 10,
         columns: Sequence[str] | None = None,
         where: Any = None,
         isolate_failures: bool = True,
         in_flight: psycopg.Connection | None = None,
     ) -> ProcessResult:
-        """Claim a batch, run ``handler`` on it, record failures; one transaction.
+        """Claim a batch, read its rows, run ``handler`` on it, record failures; the claim,
+        the handler's writes and the failures are one transaction on ``conn``; the rows
+        are read on ``reader`` (see ``read``).
 
-        The handler runs inside a savepoint. If it raises, the batch is split in halves
-        and retried until the failing keys are isolated; those get attempts + 1 and a
-        backoff (or move to the failed table), and the rest commit as done.
+        The handler runs inside a savepoint. If it raises an error that is the row's doing
+        (``errors.blame``), the batch is split in halves and retried until the failing keys
+        are isolated; those get attempts + 1 and a backoff (or move to the failed table),
+        and the rest commit as done. An error that is the server's doing (a timeout, a
+        shutdown, a missing table, the embedding service down, a stop request) puts the
+        whole claim back, charges no row, and is raised.
 
         ``in_flight``: a second connection, in autocommit mode. Before the handler runs,
         the batch's keys are recorded in ``pgvz.in_flight`` through it (committed at once);
@@ -476,17 +607,18 @@ class Queue:
         to yet another worker to die on.
         """
         track = in_flight is not None and self._has_in_flight(conn)
+        if "backfill" in self.config:
+            self.complete_backfill(conn)
         self.expand(conn)
+        run = _Run(handler, limit, columns, where, isolate_failures, in_flight if track else None, reader)
         try:
-            return self._process_again_if_rolled_back(conn, handler, limit, columns, where, isolate_failures,
-                                                      in_flight if track else None, None)
+            return self._process_again_if_rolled_back(conn, run, None)
         except _TakeAlone as alone:
             # every such key of the claim, one by one: one claim per key found would put the
             # whole batch back each time (500 keys of a killed batch: 7.4 s to drain 2,000 rows)
             total = ProcessResult()
             for key in alone.keys:
-                one = self._process_again_if_rolled_back(conn, handler, limit, columns, where,
-                                                         isolate_failures, in_flight, [key])
+                one = self._process_again_if_rolled_back(conn, run, [key])
                 total.claimed += one.claimed
                 total.succeeded += one.succeeded
                 total.failed_keys += one.failed_keys
@@ -499,14 +631,15 @@ class Queue:
 
     ROLLED_BACK_TRIES = 4
 
-    def _process_again_if_rolled_back(self, conn: psycopg.Connection, *args: Any) -> ProcessResult:
+    def _process_again_if_rolled_back(self, conn: psycopg.Connection, run: _Run,
+                                      only: list[tuple] | None) -> ProcessResult:
         """_process, run again (up to ROLLED_BACK_TRIES times in all, after 0.05, 0.1, 0.2 s)
         when the server rolls its transaction back: a deadlock with another session or a
         serialization failure is nobody's fault and passes; the whole claim went back, so
         no row got an attempt and nothing was lost."""
         for i in range(self.ROLLED_BACK_TRIES):
             try:
-                return self._process(conn, *args)
+                return self._process(conn, run, only)
             except Exception as exc:
                 if not rolled_back(exc) or i == self.ROLLED_BACK_TRIES - 1:
                     raise
@@ -533,14 +666,11 @@ class Queue:
             return "\x1e".join([str(r.key[0]) for r in rows])
         return "\x1e".join("\x1f".join(_key_text(v) for v in r.key) for r in rows)
 
-    def _process(
-        self, conn: psycopg.Connection, handler: Callable[[list[ClaimedRow]], None], limit: int,
-        columns: Sequence[str] | None, where: Any, isolate_failures: bool,
-        in_flight: psycopg.Connection | None, only: list[tuple] | None,
-    ) -> ProcessResult:
+    def _process(self, conn: psycopg.Connection, run: _Run, only: list[tuple] | None) -> ProcessResult:
         result = ProcessResult()
+        in_flight = run.in_flight
         with conn.transaction():
-            _, rows = self.claim(conn, limit, columns, where, only)
+            rows = self.claim(conn, run.limit, only)
             result.claimed = len(rows)
             if not rows:
                 result.state = self.state(conn)
@@ -572,16 +702,13 @@ class Queue:
             def attempt(batch: list[ClaimedRow]) -> None:
                 try:
                     with conn.transaction():
-                        handler(batch)
-                except Exception as exc:  # the handler is user code: any error is per item
-                    if rolled_back(exc):
-                        # a deadlock or serialization failure: the whole claim must go back
-                        # (keeping its row locks would keep the deadlock), and no row is to blame
+                        run.handler(batch)
+                except Exception as exc:  # the handler is user code: any error may be the rows'
+                    if blame(exc) == "server":
+                        # the server's doing (a timeout, a shutdown, the model's service down,
+                        # a deadlock): the whole claim goes back and no row is to blame
                         raise
-                    # an error that would hit any batch (the model's service is down) is not
-                    # narrowed down by halving: the whole batch waits out a backoff
-                    whole = getattr(exc, "pgvz_whole_batch", False)
-                    if isolate_failures and len(batch) > 1 and not whole:
+                    if run.isolate_failures and len(batch) > 1:
                         mid = len(batch) // 2
                         attempt(batch[:mid])
                         attempt(batch[mid:])
@@ -590,7 +717,12 @@ class Queue:
 
             if rows_to_run:
                 try:
-                    attempt(rows_to_run)
+                    self.read(run.reader, rows_to_run, run.columns, run.where)
+                    unreadable = [r for r in rows_to_run if r.error is not None]
+                    set_aside += [([r], r.error) for r in unreadable]
+                    readable = [r for r in rows_to_run if r.error is None]
+                    if readable:
+                        attempt(readable)
                 except BaseException:
                     if batch_id is not None:  # put back on purpose: not a dead worker's trace
                         in_flight.execute(q.in_flight_clear(), {"batch": batch_id})
@@ -649,6 +781,38 @@ class Queue:
 
 
 # --- source introspection ---------------------------------------------------------------
+
+
+def check_trusted(conn: psycopg.Connection, rel: Rel, what: str, *, superuser_ok: bool = False,
+                  owner: bool = True) -> bool:
+    """Refuse (UntrustedObject) an existing table pgvz_nb is about to write into unless the
+    current role owns it (or, with ``superuser_ok``, a superuser does; with ``owner=False``
+    anyone may: a worker syncs tables its vectorizer's creator owns) and nobody has put code
+    on it: no user trigger, no rule, no partitions or children (whose owners could add their
+    own). Otherwise that code would run with the privileges of whoever writes into it: a
+    superuser on the embedded server. False if the table does not exist."""
+    found = conn.execute(q.relation_trust(), {"schema": rel[0], "table": rel[1]}).fetchone()
+    if found is None:
+        return False
+    owner_name, mine, owner_super, kind, triggers, rules, children = found
+    name = ".".join(rel)
+    if owner and not (mine or (superuser_ok and owner_super)):
+        raise UntrustedObject(
+            f"{what} {name} already exists and is owned by role {owner_name}, not by you: pgvz_nb writes "
+            "only into tables its own user owns, since the owner's triggers would run with your "
+            f"privileges; drop it, or choose another name, or ALTER TABLE {name} OWNER TO you "
+            "after checking it"
+        )
+    if kind != "r" or triggers or rules or children:
+        found_code = (", ".join(triggers) if triggers else "") + (f" {rules} rule(s)" if rules else "")
+        raise UntrustedObject(
+            f"{what} {name} is not a plain table pgvz_nb can write into safely ("
+            + ("it carries " + found_code.strip() if found_code.strip() else
+               "it is partitioned or has inheritance children")
+            + "): code on it would run with the privileges of whoever syncs; drop it, or choose "
+            "another name, or remove the triggers and rules"
+        )
+    return True
 
 
 def check_name(name: Any, what: str) -> str:

@@ -140,12 +140,82 @@ def reload_conf() -> sql.Composed:
     return sql.SQL("SELECT pg_reload_conf()").format()
 
 
+def other_clients() -> sql.Composed:
+    """How many client sessions other than this one are connected."""
+    return sql.SQL(
+        "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()"
+    ).format()
+
+
 # --- catalog ---------------------------------------------------------------------------
 
 
 def install_lock() -> sql.Composed:
     """Serialise installs: two ``CREATE TABLE IF NOT EXISTS`` racing still collide in pg_type."""
     return sql.SQL("SELECT pg_advisory_xact_lock({})").format(sql.Literal(INSTALL_LOCK_KEY))
+
+
+def try_install_lock() -> sql.Composed:
+    """The install lock if free now (true), else false: an install never queues behind another."""
+    return sql.SQL("SELECT pg_try_advisory_xact_lock({})").format(sql.Literal(INSTALL_LOCK_KEY))
+
+
+def set_session() -> sql.Composed:
+    """Setting %s to %s for the session."""
+    return sql.SQL("SELECT set_config(%s, %s, false)").format()
+
+
+def set_local() -> sql.Composed:
+    """Setting %s to %s until the transaction ends (lock_timeout, say)."""
+    return sql.SQL("SELECT set_config(%s, %s, true)").format()
+
+
+def lock_holders() -> sql.Composed:
+    """Sessions holding a lock on %(schema)s.%(table)s, for the message of an install that gave
+    up: pid, application_name, state, how long its transaction has been open, its query."""
+    return sql.SQL(
+        "SELECT a.pid, a.application_name, a.state, now() - a.xact_start, left(a.query, 120) "
+        "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+        "JOIN pg_class c ON c.oid = l.relation JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND l.granted "
+        "AND a.pid <> pg_backend_pid() ORDER BY a.xact_start LIMIT 5"
+    ).format()
+
+
+def relation_trust() -> sql.Composed:
+    """What decides whether pgvz_nb may write into %(schema)s.%(table)s: (owner, owned by the
+    current role, owner is a superuser, relkind, user triggers with their functions' owners,
+    rule count, inheritance children or partitions)."""
+    return sql.SQL(
+        """SELECT o.rolname, c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user),
+       o.rolsuper, c.relkind,
+       ARRAY(SELECT t.tgname || ' (function ' || p.proname || ' owned by ' || po.rolname || ')'
+             FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_roles po ON po.oid = p.proowner
+             WHERE t.tgrelid = c.oid AND NOT t.tgisinternal ORDER BY t.tgname),
+       (SELECT count(*) FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'),
+       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles o ON o.oid = c.relowner
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s"""
+    ).format()
+
+
+def schema_trust() -> sql.Composed:
+    """(owner, owned by the current role, owner is a superuser) of schema %s, or no row."""
+    return sql.SQL(
+        "SELECT o.rolname, n.nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), o.rolsuper "
+        "FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner WHERE n.nspname = %s"
+    ).format()
+
+
+def catalog_take_backfill() -> sql.Composed:
+    """The tables whose rows an install still has to queue (config->'backfill'), taken out
+    of the catalog row in the caller's transaction. FOR NO KEY UPDATE: workers recording a
+    batch in pgvz.in_flight hold KEY SHARE on the row (its foreign key) and go on."""
+    return sql.SQL(
+        """WITH row AS (SELECT id, config->'backfill' AS pending FROM {c} WHERE id = %s AND config ? 'backfill'
+                     FOR NO KEY UPDATE)
+UPDATE {c} AS c SET config = c.config - 'backfill' FROM row WHERE c.id = row.id RETURNING row.pending"""
+    ).format(c=ident(CATALOG))
 
 
 def create_catalog_schema() -> sql.Composed:
@@ -422,6 +492,20 @@ def create_inbox(inbox: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
 NOTIFY_CHANNEL = "pgvz_nb"
 
 
+#: Bytes of key text per inbox row when one statement's keys do not fit one array (1 GB).
+KEY_SLICE_BYTES = 128 * 1024 * 1024
+
+
+def _sliced_insert(inbox: Rel, keys: Sequence[str], rows: sql.Composable) -> sql.Composed:
+    """``INSERT INTO inbox`` of the keys that ``rows`` yields, as several inbox rows of about
+    KEY_SLICE_BYTES of key text each (a running sum over the rows decides the slice)."""
+    return sql.SQL(
+        "INSERT INTO {inbox} ({k}) SELECT {aggs} FROM (SELECT {k}, sum(octet_length(ROW({k})::text) + 16) "
+        "OVER (ROWS UNBOUNDED PRECEDING) / {size} AS pgvz_slice FROM ({rows}) AS r) AS s GROUP BY pgvz_slice"
+    ).format(inbox=ident(inbox), k=_cols(keys), size=sql.Literal(KEY_SLICE_BYTES), rows=rows,
+             aggs=sql.SQL(", ").join(sql.SQL("array_agg({})").format(Name(k)) for k in keys))
+
+
 def trigger_body(
     inbox: Rel, keys: Sequence[str], watched: Sequence[str] | None, notify_payload: int | None = None,
 ) -> sql.Composed:
@@ -437,6 +521,15 @@ def trigger_body(
     the exception block, measured on single-row UPDATEs). TRUNCATE fires BEFORE, the only
     moment the doomed keys can still be read. The same function serves the source's
     partitions and inheritance children: it names no table but the inbox.
+
+    A statement whose keys pass 1 GB (PostgreSQL's limit for one array: 8,000 keys of
+    150 kB, or a TRUNCATE of ~270M int keys) would fail in ``array_agg``: then the keys go
+    in slices of KEY_SLICE_BYTES, one inbox row each, rather than fail the statement.
+
+    No NOTIFY where the server allows prepared transactions (``max_prepared_transactions >
+    0``): PostgreSQL refuses PREPARE TRANSACTION after a NOTIFY, so it would break the
+    application's two-phase commit; workers then find changes by polling. The setting
+    ``pgvz.notify`` (on/off, e.g. ``ALTER DATABASE ... SET``) overrides that choice.
     """
     kcols = _cols(keys)
     aggs = sql.SQL(", ").join(sql.SQL("array_agg({})").format(Name(k)) for k in keys)
@@ -478,9 +571,11 @@ def trigger_body(
     notify: sql.Composable = sql.SQL("")
     if notify_payload is not None:
         notify = sql.SQL(
-            "  GET DIAGNOSTICS queued = ROW_COUNT;\n"
             "  IF queued > 0 AND current_setting({flag}, true) IS DISTINCT FROM 'y' THEN\n"
-            "    PERFORM pg_notify({channel}, {payload});\n"
+            "    IF coalesce(nullif(current_setting('pgvz.notify', true), ''),\n"
+            "                CASE WHEN current_setting('max_prepared_transactions')::int > 0 THEN 'off' ELSE 'on' END) = 'on' THEN\n"
+            "      PERFORM pg_notify({channel}, {payload});\n"
+            "    END IF;\n"
             "    PERFORM set_config({flag}, 'y', true);\n"
             "  END IF;\n"
         ).format(flag=sql.Literal(f"pgvz.notified_{int(notify_payload)}"),
@@ -494,6 +589,15 @@ def trigger_body(
         sql.SQL(", ").join(sql.SQL("array_agg(%I)") for _ in keys),
     ).as_string(None))
     truncate_args = sql.SQL(", ").join(PctLiteral(n) for n in inbox_names)
+    # the sliced TRUNCATE, the same over the table it fires for
+    each = sql.SQL(", ").join(sql.SQL("%I") for _ in keys)
+    sliced_truncate_fmt = PctLiteral(sql.SQL(
+        "INSERT INTO %I.%I ({each}) SELECT {aggs} FROM (SELECT {each}, sum(octet_length(ROW({each})::text) + 16) "
+        "OVER (ROWS UNBOUNDED PRECEDING) / {size} AS pgvz_slice FROM %s) AS s GROUP BY pgvz_slice"
+    ).format(each=each, size=sql.Literal(KEY_SLICE_BYTES),
+             aggs=sql.SQL(", ").join(sql.SQL("array_agg(%I)") for _ in keys)).as_string(None))
+    sliced_truncate_args = sql.SQL(", ").join(PctLiteral(n) for n in [*inbox, *keys, *keys, *keys, *keys])
+    every_key = sql.SQL("SELECT {k} FROM pgvz_new UNION ALL SELECT {k} FROM pgvz_old").format(k=kcols)
     # use_column: a source column called "queued" (the one variable) would otherwise make
     # every statement on the table fail with "column reference is ambiguous"
     return sql.SQL(
@@ -502,28 +606,44 @@ def trigger_body(
 DECLARE
   queued bigint;
 BEGIN
-  IF TG_OP = 'INSERT' THEN
-    INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_new HAVING count(*) > 0;
-  ELSIF TG_OP = 'DELETE' THEN
-    INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_old HAVING count(*) > 0;
-  ELSIF TG_OP = 'UPDATE' THEN
-    BEGIN
-      INSERT INTO {inbox} ({kcols})
-      SELECT {pick}
-      FROM (SELECT {side} FROM pgvz_new AS t) AS n
-      FULL JOIN (SELECT {side} FROM pgvz_old AS t) AS o ON {join_on}
-      WHERE n.present IS NULL OR o.present IS NULL OR {changed}
-      HAVING count(*) > 0;
-    EXCEPTION WHEN undefined_column THEN
-      -- a watched column was renamed or dropped since create(): the application's UPDATE
-      -- must not fail for it, so every key it touched is queued, unchanged or not
-      INSERT INTO {inbox} ({kcols})
-      SELECT {aggs} FROM (SELECT {kcols} FROM pgvz_new UNION SELECT {kcols} FROM pgvz_old) AS t
-      HAVING count(*) > 0;
-    END;
-  ELSIF TG_OP = 'TRUNCATE' THEN
-    EXECUTE format({truncate_fmt}, {truncate_args}, TG_RELID::regclass);
-  END IF;
+  BEGIN
+    IF TG_OP = 'INSERT' THEN
+      INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_new HAVING count(*) > 0;
+    ELSIF TG_OP = 'DELETE' THEN
+      INSERT INTO {inbox} ({kcols}) SELECT {aggs} FROM pgvz_old HAVING count(*) > 0;
+    ELSIF TG_OP = 'UPDATE' THEN
+      BEGIN
+        INSERT INTO {inbox} ({kcols})
+        SELECT {pick}
+        FROM (SELECT {side} FROM pgvz_new AS t) AS n
+        FULL JOIN (SELECT {side} FROM pgvz_old AS t) AS o ON {join_on}
+        WHERE n.present IS NULL OR o.present IS NULL OR {changed}
+        HAVING count(*) > 0;
+      EXCEPTION WHEN undefined_column THEN
+        -- a watched column was renamed or dropped since create(): the application's UPDATE
+        -- must not fail for it, so every key it touched is queued, unchanged or not
+        INSERT INTO {inbox} ({kcols})
+        SELECT {aggs} FROM (SELECT {kcols} FROM pgvz_new UNION SELECT {kcols} FROM pgvz_old) AS t
+        HAVING count(*) > 0;
+      END;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+      EXECUTE format({truncate_fmt}, {truncate_args}, TG_RELID::regclass);
+    END IF;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+  EXCEPTION WHEN program_limit_exceeded THEN
+    -- the statement's keys do not fit one array (1 GB): queue them in slices; an UPDATE
+    -- queues every key it touched
+    IF TG_OP = 'INSERT' THEN
+      {sliced_new};
+    ELSIF TG_OP = 'DELETE' THEN
+      {sliced_old};
+    ELSIF TG_OP = 'UPDATE' THEN
+      {sliced_every};
+    ELSE
+      EXECUTE format({sliced_truncate_fmt}, {sliced_truncate_args}, TG_RELID::regclass);
+    END IF;
+    GET DIAGNOSTICS queued = ROW_COUNT;
+  END;
 {notify}  RETURN NULL;
 END
 """
@@ -531,6 +651,10 @@ END
         inbox=ident(inbox), kcols=kcols, aggs=aggs, pick=pick,
         side=side, join_on=join_on, changed=changed, notify=notify,
         truncate_fmt=truncate_fmt, truncate_args=truncate_args,
+        sliced_new=_sliced_insert(inbox, keys, sql.SQL("SELECT {} FROM pgvz_new").format(kcols)),
+        sliced_old=_sliced_insert(inbox, keys, sql.SQL("SELECT {} FROM pgvz_old").format(kcols)),
+        sliced_every=_sliced_insert(inbox, keys, every_key),
+        sliced_truncate_fmt=sliced_truncate_fmt, sliced_truncate_args=sliced_truncate_args,
     )
 
 
@@ -605,42 +729,49 @@ PARTITION_FUNCTION: Rel = ("pgvz", "follow_ddl")
 
 def _event_guard() -> sql.Composed:
     """The event functions' first step: nothing to do when turned off in the session
-    (``pgvz.partition_event_trigger = off``), or for a role that cannot see the vectorizers
-    (it creates and drops tables undisturbed)."""
+    (``pgvz.partition_event_trigger = off``), or when there is no catalog (dropped by hand)."""
     return sql.SQL(
-        """  -- one test at a time: SQL does not promise to evaluate OR left to right, and the
-  -- later ones raise errors where the earlier ones fail
-  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
-    RETURN;
-  END IF;
-  IF NOT has_schema_privilege({schema}, 'USAGE') THEN
+        """  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
     RETURN;
   END IF;
   IF to_regclass({catalog_name}) IS NULL THEN
     RETURN;  -- the catalog was dropped by hand
   END IF;
-  IF NOT has_table_privilege({catalog_name}, 'SELECT') THEN
-    RETURN;
-  END IF;
 """
-    ).format(schema=PctLiteral(CATALOG[0]), catalog_name=PctLiteral(ident(CATALOG).as_string(None)))
+    ).format(catalog_name=PctLiteral(ident(CATALOG).as_string(None)))
+
+
+#: format() templates shared by the event functions: queue a table's keys; queue the
+#: destination keys that have no source row left (their rows went without a trigger
+#: seeing them); one key pair of that anti-join
+_BACKFILL_FMT = "INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I"
+_GONE_FMT = ("INSERT INTO %I.%I (%s) SELECT DISTINCT %s FROM %I.%I AS d "
+             "WHERE NOT EXISTS (SELECT 1 FROM %I.%I AS s WHERE %s)")
+_PAIR_FMT = "s.%I::text = d.%I::text"
 
 
 def partition_function_body() -> sql.Composed:
     """PL/pgSQL body of the event trigger run at the end of every CREATE TABLE and ALTER
     TABLE. For each vectorizer whose source (or a partition, child, or table running its
     trigger function) the command touched: follow a renamed or moved source in the
-    catalog; refuse the command if it renamed or dropped a key column (every write would
-    fail in the trigger), warn if it did so to a watched column (every UPDATE is queued from
-    then on); give a key column's new type to the queue, inbox, failed and destination
-    tables (an int key made bigint, say); put the triggers on partitions and children that
-    lack them and queue their rows (a table attached with rows); queue the keys of tables
-    detached since, dropping the triggers from them (their rows left the source).
+    catalog; take on a new table created (or renamed) under the source's name after the
+    source was dropped, if it has the key columns (triggers, its rows queued, the
+    embeddings of rows it lacks queued for deletion); refuse the command if it renamed or
+    dropped a key column (every write would fail in the trigger), warn if it did so to a
+    watched column (every UPDATE is queued from then on); give a key column's new type to
+    the queue, inbox, failed and destination tables (an int key made bigint, say); put the
+    triggers on partitions and children that lack them and queue their rows (a table
+    attached with rows); queue the keys of tables detached since, dropping the triggers
+    from them (their rows left the source).
 
-    It runs as whoever ran the DDL, so it can do no more than they could; it fails their
-    command only for a key column: a vectorizer it cannot cover gets a WARNING, and
-    status() shows the partition as uncovered until create() or register() runs again.
-    Setting ``pgvz.partition_event_trigger = off`` in a session turns it off there."""
+    SECURITY DEFINER (see ``create_event_function``): it runs as the superuser who installed
+    it, so the guards hold for every role, the table's owner without access to schema pgvz
+    included. It fails the command only to refuse a key change (messages that start with
+    "pgvz_nb:", each with a HINT); anything else that goes wrong for a vectorizer becomes a
+    WARNING, and status() shows what is left uncovered until create() or register() runs
+    again. Key types are followed only to built-in types: a domain's CHECK would run here,
+    as the superuser. Setting ``pgvz.partition_event_trigger = off`` in a session turns it
+    off there."""
     templates = {
         e: PctLiteral(sql.SQL(ddl).format(name=sql.SQL("%I"), src=sql.SQL("%I.%I"), fn=sql.SQL("%I.%I"))
                       .as_string(None))
@@ -657,7 +788,10 @@ DECLARE
   d record;
   ev text;
   added boolean;
+  fresh boolean;
   keys text;
+  dkeys text;
+  join_on text;
   gone text;
   moved record;
 BEGIN
@@ -667,8 +801,7 @@ BEGIN
     RETURN;
   END IF;
   FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
-    -- looked up in the catalogs, not with to_regclass(), which needs USAGE on the schema:
-    -- the DDL's role may have none on other vectorizers' schemas
+  BEGIN
     src := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = v.source_schema AND c.relname = v.source_table);
     fn := (SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -684,27 +817,36 @@ BEGIN
         AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)
       LIMIT 1;
       CONTINUE WHEN NOT FOUND;
-      BEGIN
-        UPDATE {catalog} SET source_schema = moved.nspname, source_table = moved.relname WHERE id = v.id;
-      EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'pgvz_nb: vectorizer % could not follow its table to %.% (%); its syncs fail until the catalog names it',
-          v.name, moved.nspname, moved.relname, SQLERRM;
-        CONTINUE;
-      END;
+      UPDATE {catalog} SET source_schema = moved.nspname, source_table = moved.relname WHERE id = v.id;
       src := moved.oid;
     END IF;
-    -- a key column renamed or dropped would make every write to the table fail in the
-    -- trigger: refuse the DDL, saying what to do instead
+    SELECT string_agg(quote_ident(k), ', ') INTO keys FROM jsonb_array_elements_text(v.config->'keys') AS k;
+    -- a table under the source's name without its triggers: the source was dropped (or
+    -- renamed away) and this one took its name; it is followed if it has the key columns
+    fresh := src = ANY (objs) AND NOT EXISTS (
+      SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgfoid = fn
+        AND tg.tgname = v.config->'triggers'->>'insert');
     IF src = ANY (objs) THEN
       SELECT string_agg(quote_ident(k), ', ') INTO gone FROM jsonb_array_elements_text(v.config->'keys') AS k
       WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = src AND a.attname = k
                         AND a.attnum > 0 AND NOT a.attisdropped);
+      IF gone IS NOT NULL AND fresh THEN
+        RAISE WARNING 'pgvz_nb: vectorizer % no longer follows %.%: the new table of that name has no key column %',
+          v.name, v.source_schema, v.source_table, gone
+          USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
+        CONTINUE;
+      END IF;
+      -- a key column renamed or dropped would make every write to the table fail in the
+      -- trigger: refuse the DDL, saying what to do instead
       IF gone IS NOT NULL THEN
         RAISE EXCEPTION 'pgvz_nb: % is the key of vectorizer %, whose triggers on %.% read it on every write',
           gone, v.name, v.source_schema, v.source_table
-          USING HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
+          USING ERRCODE = 'dependent_objects_still_exist',
+                HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
       END IF;
-      SELECT string_agg(quote_ident(k), ', ') INTO gone FROM jsonb_array_elements_text(v.config->'watched') AS k
+      SELECT string_agg(quote_ident(k), ', ') INTO gone
+      FROM jsonb_array_elements_text(CASE jsonb_typeof(v.config->'watched') WHEN 'array' THEN v.config->'watched'
+                                     ELSE '[]' END) AS k
       WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = src AND a.attname = k
                         AND a.attnum > 0 AND NOT a.attisdropped);
       IF gone IS NOT NULL THEN
@@ -714,73 +856,120 @@ BEGIN
       END IF;
       -- a key column's new type (int -> bigint, say) goes to the tables holding keys, or the
       -- trigger would fail the first write of a value the old type cannot hold
-      FOR d IN
-        SELECT t.rel_schema, t.rel_name, t.col, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END AS want
-        FROM (SELECT k.k, k.i, format_type(a.atttypid, a.atttypmod) AS typ
-              FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
-              JOIN pg_attribute a ON a.attrelid = src AND a.attname = k.k) AS k
-        CROSS JOIN LATERAL (VALUES
-          (v.queue_schema, v.queue_table, k.k, false),
-          (v.config->'inbox'->>0, v.config->'inbox'->>1, k.k, true),
-          (v.config->'failed'->>0, v.config->'failed'->>1, k.k, false),
-          (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
-           v.config->'pipeline'->'dest_keys'->>(k.i::int - 1), false)) AS t(rel_schema, rel_name, col, arr)
-        JOIN pg_namespace n ON n.nspname = t.rel_schema
-        JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name
-        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
-        WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
-      LOOP
-        BEGIN
-          EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
-        EXCEPTION WHEN OTHERS THEN
-          RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
-            v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
-            USING HINT = 'run the ALTER TABLE as the owner of the vectorizer''s tables, or drop the vectorizer first';
-        END;
-      END LOOP;
-    END IF;
-    BEGIN
-      -- the source and its partitions and children, any depth
-      tree := ARRAY(WITH RECURSIVE dd(oid) AS (
-                      SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
-                    SELECT oid FROM dd);
-      CONTINUE WHEN NOT (tree && objs OR EXISTS (
-        SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs)));
-      SELECT string_agg(quote_ident(k), ', ') INTO keys FROM jsonb_array_elements_text(v.config->'keys') AS k;
-      -- partitions and children without the triggers: add them, queue the rows
-      FOR d IN
-        SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE c.oid = ANY (tree) AND c.oid <> src AND c.relkind IN ('r', 'p')
-      LOOP
-        added := false;
-        FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
-          CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn
-                                AND tg.tgname = v.config->'triggers'->>ev);
-          EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
-                                 WHEN 'delete' THEN {del} ELSE {trunc} END,
-                         v.config->'triggers'->>ev, d.nspname, d.relname,
-                         v.config->'function'->>0, v.config->'function'->>1);
-          added := true;
+      BEGIN
+        FOR d IN
+          SELECT t.rel_schema, t.rel_name, t.col, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END AS want,
+                 k.builtin, k.k
+          FROM (SELECT k.k, k.i, format_type(a.atttypid, a.atttypmod) AS typ,
+                       ty.typnamespace = 'pg_catalog'::regnamespace AS builtin
+                FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
+                JOIN pg_attribute a ON a.attrelid = src AND a.attname = k.k
+                JOIN pg_type ty ON ty.oid = a.atttypid) AS k
+          CROSS JOIN LATERAL (VALUES
+            (v.queue_schema, v.queue_table, k.k, false),
+            (v.config->'inbox'->>0, v.config->'inbox'->>1, k.k, true),
+            (v.config->'failed'->>0, v.config->'failed'->>1, k.k, false),
+            (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
+             v.config->'pipeline'->'dest_keys'->>(k.i::int - 1), false)) AS t(rel_schema, rel_name, col, arr)
+          JOIN pg_namespace n ON n.nspname = t.rel_schema
+          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name
+          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
+          WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
+        LOOP
+          IF NOT d.builtin THEN
+            RAISE EXCEPTION 'pgvz_nb: the key % of vectorizer % becomes %, which is not a built-in type; its tables follow built-in key types only',
+              quote_ident(d.k), v.name, d.want
+              USING ERRCODE = 'feature_not_supported',
+                    HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
+          END IF;
+          BEGIN
+            EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
+          EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
+              v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
+              USING ERRCODE = 'feature_not_supported',
+                    HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
+          END;
         END LOOP;
-        IF added THEN
-          EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+      EXCEPTION WHEN OTHERS THEN
+        IF NOT fresh THEN
+          RAISE;
         END IF;
+        RAISE WARNING '%; vectorizer % does not follow the new table %.%', SQLERRM, v.name, v.source_schema, v.source_table
+          USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
+        CONTINUE;
+      END;
+    END IF;
+    IF fresh THEN
+      -- take on the new table: its triggers, its rows queued, and, for a pipeline, the
+      -- destination keys it does not hold queued, so their embeddings go
+      FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgname = v.config->'triggers'->>ev);
+        EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
+                               WHEN 'delete' THEN {del} ELSE {trunc} END,
+                       v.config->'triggers'->>ev, v.source_schema, v.source_table,
+                       v.config->'function'->>0, v.config->'function'->>1);
       END LOOP;
-      -- tables detached from the source that still run its triggers
-      FOR d IN
-        SELECT DISTINCT c.oid, n.nspname, c.relname FROM pg_trigger tg
-        JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid <> ALL (tree)
-      LOOP
+      EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, v.source_schema, v.source_table);
+      IF v.config->>'kind' = 'pipeline' AND EXISTS (
+          SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+          WHERE n.nspname = v.config->'pipeline'->'destination'->>0
+            AND c.relname = v.config->'pipeline'->'destination'->>1) THEN
+        SELECT string_agg(quote_ident(dk.k), ', ' ORDER BY sk.i), string_agg(format({pair}, sk.k, dk.k), ' AND ' ORDER BY sk.i)
+        INTO dkeys, join_on
+        FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS sk(k, i)
+        JOIN jsonb_array_elements_text(v.config->'pipeline'->'dest_keys') WITH ORDINALITY AS dk(k, i) ON dk.i = sk.i;
+        EXECUTE format({reconcile}, v.queue_schema, v.queue_table, keys, dkeys,
+                       v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
+                       v.source_schema, v.source_table, join_on);
+      END IF;
+      RAISE NOTICE 'pgvz_nb: vectorizer % follows the new table %.%; its rows are queued', v.name, v.source_schema, v.source_table;
+    END IF;
+    -- the source and its partitions and children, any depth
+    tree := ARRAY(WITH RECURSIVE dd(oid) AS (
+                    SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
+                  SELECT oid FROM dd);
+    CONTINUE WHEN NOT (tree && objs OR EXISTS (
+      SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs)));
+    -- partitions and children without the triggers: add them, queue the rows
+    FOR d IN
+      SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE c.oid = ANY (tree) AND c.oid <> src AND c.relkind IN ('r', 'p')
+    LOOP
+      added := false;
+      FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
+        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn
+                              AND tg.tgname = v.config->'triggers'->>ev);
+        EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
+                               WHEN 'delete' THEN {del} ELSE {trunc} END,
+                       v.config->'triggers'->>ev, d.nspname, d.relname,
+                       v.config->'function'->>0, v.config->'function'->>1);
+        added := true;
+      END LOOP;
+      IF added THEN
         EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
-        FOR ev IN SELECT tg.tgname FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn LOOP
-          EXECUTE format({drop}, ev, d.nspname, d.relname);
-        END LOOP;
+      END IF;
+    END LOOP;
+    -- tables detached from the source that still run its triggers
+    FOR d IN
+      SELECT DISTINCT c.oid, n.nspname, c.relname FROM pg_trigger tg
+      JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid <> ALL (tree)
+    LOOP
+      EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+      FOR ev IN SELECT tg.tgname FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn LOOP
+        EXECUTE format({drop}, ev, d.nspname, d.relname);
       END LOOP;
-    EXCEPTION WHEN OTHERS THEN
-      RAISE WARNING 'pgvz_nb: vectorizer % does not cover the partitions of %.% (%); run create() or register() again as the owner of the tables',
-        v.name, v.source_schema, v.source_table, SQLERRM;
-    END;
+    END LOOP;
+  EXCEPTION WHEN OTHERS THEN
+    -- the refusals above are meant; anything else must not fail the application's DDL
+    IF SQLERRM LIKE 'pgvz\\_nb:%%' THEN
+      RAISE;
+    END IF;
+    RAISE WARNING 'pgvz_nb: vectorizer % could not follow this change to its table %.% (%)',
+      v.name, v.source_schema, v.source_table, SQLERRM
+      USING HINT = 'run create() or register() again; v.status() shows partitions left uncovered';
+  END;
   END LOOP;
 END
 """
@@ -788,7 +977,7 @@ END
         catalog=ident(CATALOG), guard=_event_guard(),
         ins=templates["insert"], upd=templates["update"],
         **{"del": templates["delete"]}, trunc=templates["truncate"],
-        backfill=PctLiteral("INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I"),
+        backfill=PctLiteral(_BACKFILL_FMT), reconcile=PctLiteral(_GONE_FMT), pair=PctLiteral(_PAIR_FMT),
         retype=PctLiteral("ALTER TABLE %I.%I ALTER COLUMN %I TYPE %s USING %I::text::%s"),
         drop=PctLiteral("DROP TRIGGER %I ON %I.%I"),
     )
@@ -845,9 +1034,7 @@ END
 """
     ).format(
         catalog=ident(CATALOG), guard=_event_guard(),
-        pair=PctLiteral("s.%I::text = d.%I::text"),
-        reconcile=PctLiteral("INSERT INTO %I.%I (%s) SELECT DISTINCT %s FROM %I.%I AS d "
-                             "WHERE NOT EXISTS (SELECT 1 FROM %I.%I AS s WHERE %s)"),
+        pair=PctLiteral(_PAIR_FMT), reconcile=PctLiteral(_GONE_FMT),
     )
 
 
@@ -871,9 +1058,15 @@ def event_function_source() -> sql.Composed:
 
 
 def create_event_function(function: Rel, body: str) -> sql.Composed:
+    """SECURITY DEFINER: an event trigger runs for every role's DDL, and the guards must hold
+    for a role that cannot see schema pgvz (a table's owner running its migrations); as the
+    superuser who installs it, it reads the catalog and changes pgvz_nb's own tables and
+    the triggers on vectorized tables, and nothing else. Every name it builds goes through
+    format()'s %I, and the search_path is pinned."""
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS event_trigger LANGUAGE plpgsql "
-        "SET search_path = pg_catalog, pg_temp AS {body}"
+        "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}; "
+        "REVOKE ALL ON FUNCTION {fn}() FROM PUBLIC"
     ).format(fn=ident(function), body=PctLiteral(body))
 
 
@@ -948,20 +1141,16 @@ def backfill(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
 # --- claim and process -----------------------------------------------------------------
 
 
-def claim(
-    queue: Rel, failed: Rel, source: Rel, keys: Sequence[str], columns: Sequence[str] | None,
-    where: sql.Composable | None = None, only: bool = False,
-) -> sql.Composed:
-    """Claim up to %(limit)s queue rows, dequeue their keys and read the source rows, in one
-    statement so the dequeue and the read share a snapshot (a change committed later keeps
-    its own queue row and is processed again).
+def claim(queue: Rel, failed: Rel, keys: Sequence[str], only: bool = False) -> sql.Composed:
+    """Claim up to %(limit)s queue rows and dequeue their keys; the result is one row per
+    key: the key columns, attempts so far, oldest queued_at.
 
     SKIP LOCKED passes over rows other workers hold; the per-key transaction advisory lock
     (vectorizer id, hash of the key) stops two workers taking duplicates of one key. The
     key's other queue rows are dequeued too, except those another worker holds (they
-    come back later; the chunk hashes make that cheap). The result: the key columns,
-    attempts so far, oldest queued_at, then the source columns (NULL for a deleted row),
-    then, if ``where`` is given, whether the row passes it (column ``pgvz_where``).
+    come back later; the chunk hashes make that cheap). The claim reads no source row: a
+    transaction holding a claim lasts as long as the model takes, and must hold no lock on
+    the application's table meanwhile (``read_rows`` reads them, in a statement of its own).
     ``only``: claim just the keys in %(only)s (a jsonb array of key objects).
     """
     k = _cols(keys)
@@ -970,9 +1159,6 @@ def claim(
         only_sql = sql.SQL(
             "AND ({k}) IN (SELECT {k} FROM jsonb_populate_recordset(NULL::{queue}, %(only)s))"
         ).format(k=k, queue=ident(queue))
-    src_cols = sql.SQL("s.*") if columns is None else _cols(columns, "s")
-    if where is not None:
-        src_cols = sql.SQL("{}, {} AS pgvz_where").format(src_cols, where_test(where))
     return sql.SQL(
         """
 WITH cand AS MATERIALIZED (
@@ -994,18 +1180,32 @@ WITH cand AS MATERIALIZED (
     RETURNING {k}, attempts, queued_at
 ), cleared AS (
     DELETE FROM {failed} AS f USING locked AS l WHERE {f_l}
-), claimed AS (
-    SELECT {k}, max(attempts) AS attempts, min(queued_at) AS queued_at FROM gone GROUP BY {k}
 )
-SELECT {ck}, c.attempts, c.queued_at, {src_cols}
-FROM claimed AS c LEFT JOIN {source} AS s ON {s_c}
-ORDER BY {ck}
+SELECT {k}, max(attempts) AS attempts, min(queued_at) AS queued_at FROM gone GROUP BY {k} ORDER BY {k}
 """
     ).format(
-        k=k, queue=ident(queue), failed=ident(failed), source=ident(source),
-        qq_l=_match("qq", "l", keys), f_l=_match("f", "l", keys), s_c=_match("s", "c", keys),
-        ck=_cols(keys, "c"), src_cols=src_cols, only=only_sql,
+        k=k, queue=ident(queue), failed=ident(failed),
+        qq_l=_match("qq", "l", keys), f_l=_match("f", "l", keys), only=only_sql,
     )
+
+
+def read_rows(queue: Rel, source: Rel, keys: Sequence[str], columns: Sequence[str] | None,
+              where: sql.Composable | None = None) -> sql.Composed:
+    """The source rows of the keys in %(keys)s (a jsonb array of key objects, typed back by
+    the queue's row type), in their order: position, whether the row is gone, then the
+    source columns (NULL for a gone row) and, if ``where`` is given, whether the row passes
+    it (column ``pgvz_where``). Run apart from the claim, in a statement of its own, so the
+    lock it takes on the source lasts milliseconds, not a model call."""
+    src_cols = sql.SQL("s.*") if columns is None else _cols(columns, "s")
+    if where is not None:
+        src_cols = sql.SQL("{}, {} AS pgvz_where").format(src_cols, where_test(where))
+    return sql.SQL(
+        "SELECT e.pgvz_i, s.{first} IS NULL AS pgvz_gone, {src_cols} "
+        "FROM jsonb_array_elements(%(keys)s) WITH ORDINALITY AS e(pgvz_key, pgvz_i) "
+        "CROSS JOIN LATERAL jsonb_populate_record(NULL::{queue}, e.pgvz_key) AS k "
+        "LEFT JOIN {source} AS s ON {s_k} ORDER BY e.pgvz_i"
+    ).format(first=Name(keys[0]), src_cols=src_cols, queue=ident(queue), source=ident(source),
+             s_k=_match("s", "k", keys))
 
 
 def where_test(where: sql.Composable) -> sql.Composed:
@@ -1196,6 +1396,11 @@ def destination_delete(dest: Rel, queue: Rel, src_keys: Sequence[str], dest_keys
     ).format(q=ident(queue), dest=ident(dest), m=_key_match(src_keys, dest_keys))
 
 
+def lock_for_writing(rel: Rel) -> sql.Composed:
+    """The lock a DELETE or COPY would take, taken before either runs anything."""
+    return sql.SQL("LOCK TABLE {} IN ROW EXCLUSIVE MODE").format(ident(rel))
+
+
 def destination_embeddings_of(dest: Rel) -> sql.Composed:
     """Stored vectors by id, to reuse for chunks whose hash did not change."""
     return sql.SQL("SELECT id, embedding FROM {} WHERE id = ANY(%s)").format(ident(dest))
@@ -1260,6 +1465,15 @@ def reconcile_missing(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], d
 def check_where(source: Rel, where: sql.Composable) -> sql.Composed:
     """Plan and run the filter over no rows: a syntax or column error shows up now."""
     return sql.SQL("SELECT ({}) IS TRUE FROM {} LIMIT 0").format(where, ident(source))
+
+
+def where_probe(source: Rel, where: sql.Composable) -> sql.Composed:
+    """A partial index over the filter on an empty temporary copy of the source's columns:
+    PostgreSQL refuses one whose predicate is not immutable (run and rolled back)."""
+    return sql.SQL(
+        "CREATE TEMPORARY TABLE pgvz_where_probe (LIKE {src}) ON COMMIT DROP; "
+        "CREATE INDEX ON pgvz_where_probe ((1)) WHERE ({where})"
+    ).format(src=ident(source), where=where)
 
 
 def create_hnsw_index(dest: Rel) -> sql.Composed:

@@ -11,6 +11,7 @@ advisory lock key is the table OID, and an UPDATE that changes nothing re-queues
 from __future__ import annotations
 
 import hashlib
+import logging
 import re
 import threading
 import time
@@ -26,13 +27,15 @@ from . import sql as q
 from .db import Database, as_database
 from .errors import (CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError,
                      translate)
-from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, check_name, describe_table,
-                    resolve_keys)
+from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, check_name, check_trusted,
+                    describe_table, locked, resolve_keys)
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = ["Vectorizer", "Vectorize", "Row", "SyncReport", "vectorizers"]
+
+_log = logging.getLogger("pgvz_nb.sync")
 
 
 def _create_ident(base: str, suffix: str) -> str:
@@ -64,22 +67,26 @@ class Row(dict):
         return super().__getitem__(key)
 
 
-class _InFlightConnection:
-    """The autocommit connection on which a worker records the keys it is processing, so
-    that a worker that dies leaves a trace (see ``Queue.process``). Opened on first use,
-    shared by sync's lanes."""
+class _SideConnection:
+    """An autocommit connection beside the one holding a batch's claim, opened on first use
+    and shared by sync's lanes: one records the keys a worker is processing in
+    pgvz.in_flight (so that a worker that dies leaves a trace, see ``Queue.process``), one
+    reads the source rows and the stored chunks (so that the claim, which lasts as long as
+    the model takes, holds no lock on them)."""
 
-    def __init__(self, db: Database):
+    def __init__(self, db: Database, *settings: str, vector: bool = False):
         self.db = db
+        self.settings = settings
+        self.vector = vector
         self.conn: psycopg.Connection | None = None
         self.lock = threading.Lock()
 
     def get(self) -> psycopg.Connection:
         with self.lock:
             if self.conn is None or self.conn.closed or self.conn.broken:
-                self.conn = self.db.connect(autocommit=True)
-                # a record lost in a server crash costs nothing: that crash ended the batch too
-                self.conn.execute("SET synchronous_commit = off")
+                self.conn = self.db.connect(autocommit=True, vector=self.vector, worker=True)
+                for setting in self.settings:
+                    self.conn.execute(setting)
             return self.conn
 
     def close(self) -> None:
@@ -87,6 +94,17 @@ class _InFlightConnection:
             if self.conn is not None:
                 self.conn.close()
                 self.conn = None
+
+
+def _in_flight_connection(db: Database) -> _SideConnection:
+    # a record lost in a server crash costs nothing: that crash ended the batch too
+    return _SideConnection(db, "SET synchronous_commit = off")
+
+
+def _reader_connection(db: Database) -> _SideConnection:
+    # row_security off: a read that row-level security would filter fails instead, so rows
+    # hidden from this role are never taken for deleted ones (errors.RowSecurityActive)
+    return _SideConnection(db, "SET row_security = off", vector=True)
 
 
 class Vectorize:
@@ -138,7 +156,8 @@ class Vectorize:
         self._backoff = float(retry_backoff)
         self._queue: Queue | None = None
         self._conn: psycopg.Connection | None = None
-        self._in_flight = _InFlightConnection(self._db)
+        self._in_flight = _in_flight_connection(self._db)
+        self._reader = _reader_connection(self._db)
         self.connection: psycopg.Connection | None = None
 
     def __repr__(self) -> str:
@@ -154,7 +173,7 @@ class Vectorize:
 
     def _connect(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self._db.connect(vector=True)
+            self._conn = self._db.connect(vector=True, worker=True)
         return self._conn
 
     def register(self) -> None:
@@ -228,7 +247,8 @@ class Vectorize:
                 self.connection = None
 
         try:
-            result = queue.process(conn, handler, limit=batch_size, in_flight=self._in_flight.get())
+            result = queue.process(conn, handler, limit=batch_size, in_flight=self._in_flight.get(),
+                                   reader=self._reader.get())
         except psycopg.Error as exc:
             raise translate(exc, f"processing the queue of {self.name}") from exc
         self.last_result = result
@@ -281,6 +301,7 @@ class Vectorize:
             self._conn.close()
             self._conn = None
         self._in_flight.close()
+        self._reader.close()
 
 
 
@@ -468,7 +489,8 @@ class Vectorizer:
         self._queue: Queue | None = None
         self._pipeline = None
         self._conn: psycopg.Connection | None = None
-        self._in_flight = _InFlightConnection(self.db)
+        self._in_flight = _in_flight_connection(self.db)
+        self._reader = _reader_connection(self.db)
 
     def __repr__(self) -> str:
         state = "created" if self._queue is not None else "not created"
@@ -504,7 +526,8 @@ class Vectorizer:
         self._queue = queue
         self._pipeline = None
         self._conn = None
-        self._in_flight = _InFlightConnection(db)
+        self._in_flight = _in_flight_connection(db)
+        self._reader = _reader_connection(db)
         return self
 
     def create(self, *, replace: bool = False) -> Vectorizer:
@@ -514,49 +537,56 @@ class Vectorizer:
         drops this vectorizer and its destination first and rebuilds both.
         """
         cfg = self.config
+
+        def install(conn: psycopg.Connection) -> Queue:
+            Queue.ensure_catalog(conn)
+            columns = describe_table(conn, self.source)
+            self._validate(conn, columns)
+            keys = resolve_keys(conn, self.source, columns, None)
+            cfg.dest_keys = [cfg.metadata_key] if len(keys) == 1 else [
+                _fit(f"{self.source[1]}_{k}") for k in keys]
+            cfg.dest_keys = [k + "_key" if k in q.DEST_FIXED else k for k in cfg.dest_keys]
+            cfg.embedder = _embedder_config(self.embedder)
+            existing = Queue.find(conn, self.name)
+            if existing is not None and replace:
+                existing._uninstall_objects(conn)
+                conn.execute(q.catalog_delete(), [existing.id])
+                conn.execute(q.drop_table(tuple(existing.config.get("pipeline", {}).get(
+                    "destination", cfg.destination))))
+                existing = None
+            if existing is not None:
+                self._check_same(existing)
+            self._prepare_destination(conn, existing, keys)
+            tag = hashlib.sha1(self.name.encode()).hexdigest()[:8]
+            base = re.sub(r"[^a-z0-9_]", "_", self.name.lower())[:30]
+            watched = list(dict.fromkeys(
+                cfg.source_columns() + (_where_columns(cfg.where, list(columns)) if cfg.where else [])))
+            queue = Queue.install(
+                conn,
+                name=self.name,
+                source=self.source,
+                queue=("pgvz", f"q_{base}_{tag}"),
+                inbox=("pgvz", f"i_{base}_{tag}"),
+                failed=("pgvz", f"f_{base}_{tag}"),
+                function=("pgvz", f"t_{base}_{tag}"),
+                triggers={ev: f"pgvz_{tag}_{ev}" for ev in ("insert", "update", "delete", "truncate")},
+                keys=keys,
+                watched=watched,
+                policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
+                extra={"kind": "pipeline", "pipeline": cfg.to_json()},
+            )
+            stored = queue.config["pipeline"]
+            if any(stored.get(k) != getattr(cfg, k) for k in _OPERATIONAL):
+                queue.set_extra(conn, pipeline={**stored, **{k: getattr(cfg, k) for k in _OPERATIONAL}})
+            return queue
+
+        doing = f"creating vectorizer {self.name!r} on {'.'.join(self.source)}"
         try:
-            with self.db.connect(vector=True) as conn, conn.transaction():
-                conn.execute(q.install_lock())
-                Queue.ensure_catalog(conn)
-                columns = describe_table(conn, self.source)
-                self._validate(conn, columns)
-                keys = resolve_keys(conn, self.source, columns, None)
-                cfg.dest_keys = [cfg.metadata_key] if len(keys) == 1 else [
-                    _fit(f"{self.source[1]}_{k}") for k in keys]
-                cfg.dest_keys = [k + "_key" if k in q.DEST_FIXED else k for k in cfg.dest_keys]
-                cfg.embedder = _embedder_config(self.embedder)
-                existing = Queue.find(conn, self.name)
-                if existing is not None and replace:
-                    existing.drop(conn)
-                    conn.execute(q.drop_table(tuple(existing.config.get("pipeline", {}).get(
-                        "destination", cfg.destination))))
-                    existing = None
-                if existing is not None:
-                    self._check_same(existing)
-                self._prepare_destination(conn, existing, keys)
-                tag = hashlib.sha1(self.name.encode()).hexdigest()[:8]
-                base = re.sub(r"[^a-z0-9_]", "_", self.name.lower())[:30]
-                watched = list(dict.fromkeys(
-                    cfg.source_columns() + (_where_columns(cfg.where, list(columns)) if cfg.where else [])))
-                self._queue = Queue.register(
-                    conn,
-                    name=self.name,
-                    source=self.source,
-                    queue=("pgvz", f"q_{base}_{tag}"),
-                    inbox=("pgvz", f"i_{base}_{tag}"),
-                    failed=("pgvz", f"f_{base}_{tag}"),
-                    function=("pgvz", f"t_{base}_{tag}"),
-                    triggers={ev: f"pgvz_{tag}_{ev}" for ev in ("insert", "update", "delete", "truncate")},
-                    keys=keys,
-                    watched=watched,
-                    policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
-                    extra={"kind": "pipeline", "pipeline": cfg.to_json()},
-                )
-                stored = self._queue.config["pipeline"]
-                if any(stored.get(k) != getattr(cfg, k) for k in _OPERATIONAL):
-                    self._queue.set_extra(conn, pipeline={**stored, **{k: getattr(cfg, k) for k in _OPERATIONAL}})
+            with self.db.connect(vector=True) as conn:
+                self._queue = locked(conn, lambda: install(conn), target=self.source, doing=doing)
+                self._queue.complete_backfill(conn)
         except psycopg.Error as exc:
-            raise translate(exc, f"creating vectorizer {self.name!r} on {'.'.join(self.source)}") from exc
+            raise translate(exc, doing) from exc
         self._pipeline = None
         return self
 
@@ -594,6 +624,29 @@ class Vectorizer:
                     f"{str(exc).strip()}; expected a boolean expression over its columns, "
                     "such as \"published_time IS NOT NULL\""
                 ) from None
+            self._check_where_immutable(conn)
+
+    def _check_where_immutable(self, conn: psycopg.Connection) -> None:
+        """Refuse a ``where`` whose answer can change while the row does not (``now()``, a
+        subquery, ``random()``, a timestamptz cast that reads the TimeZone): the filter is
+        evaluated when a row changes, so a scheduled post would never go live. PostgreSQL
+        says it: a partial index's predicate must be immutable; one is tried on an empty
+        temporary copy of the table's columns and rolled back."""
+        cfg = self.config
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute(q.where_probe(self.source, q.UserSQL(cfg.where)))
+        except (psycopg.errors.InvalidObjectDefinition, psycopg.errors.FeatureNotSupported) as exc:
+            raise PgvzError(
+                f"where={cfg.where!r} can change its answer while the row stays the same "
+                f"({str(exc).strip()}); pgvz_nb evaluates it when a row changes, so a row would "
+                "not enter or leave the embeddings when time passes or another table changes; "
+                "keep the condition on the row's own columns with immutable functions (a column "
+                "the application or a scheduled job sets, e.g. is_published), or filter at "
+                "search time (filter=, start=/end=)"
+            ) from None
+        except psycopg.Error:
+            pass  # no TEMP privilege, say: the check cannot run, and the filter is taken as it is
 
     def _check_same(self, existing: Queue) -> None:
         old = existing.config.get("pipeline")
@@ -646,6 +699,7 @@ class Vectorizer:
                 "use an embedder of the same size, or create(replace=True) to drop and re-embed, "
                 "or give this vectorizer its own destination="
             )
+        check_trusted(conn, dest, "the destination", superuser_ok=True)
         types = dict(conn.execute(q.column_types(), list(dest)).fetchall())
         if existing is None and not set(cfg.dest_keys + ["chunk_hash"]) <= set(types):
             raise ConfigConflict(
@@ -662,7 +716,7 @@ class Vectorizer:
         if self._queue is None:
             raise NotFound(f"vectorizer {self.name!r} is not created yet; call create() first")
         if self._conn is None or self._conn.closed or self._conn.broken:
-            self._conn = self.db.connect(vector=True)
+            self._conn = self.db.connect(vector=True, worker=True)
         if self._pipeline is None:
             self.config = PipelineConfig.from_json(self._queue.config["pipeline"])
             self._pipeline = Pipeline(self._queue, self.config, self.embedder)
@@ -677,10 +731,11 @@ class Vectorizer:
         queue, pipe, own = self._ready()
         conn = conn or own
         total = SyncStats()
+        reader = self._reader.get()
 
         def handler(rows: list[ClaimedRow]) -> None:
             part = SyncStats()
-            pipe.handle(conn, rows, part)
+            pipe.handle(conn, rows, part, reader)
             for f in ("rows", "chunks", "embedded", "unchanged", "embed_calls"):
                 setattr(total, f, getattr(total, f) + getattr(part, f))
             total.embed_seconds += part.embed_seconds
@@ -689,7 +744,7 @@ class Vectorizer:
         try:
             result = queue.process(conn, handler, limit=batch_size or self.config.batch_size,
                                    columns=self.config.source_columns(), where=where,
-                                   in_flight=self._in_flight.get())
+                                   in_flight=self._in_flight.get(), reader=reader)
             if result.succeeded:
                 with conn.transaction():
                     conn.execute(q.catalog_mark_success(), [queue.id])
@@ -698,7 +753,8 @@ class Vectorizer:
         return result, total
 
     def sync(self, *, progress: bool = True, max_batches: int | None = None,
-             lanes: int = 2, batch_seconds: float | None = 2.0) -> SyncReport:
+             lanes: int = 2, batch_seconds: float | None = 2.0,
+             stop: threading.Event | None = None) -> SyncReport:
         """Drain the queue; a progress bar shows rows, rate and ETA. Returns a SyncReport.
 
         With ``lanes=2`` two claims run at once on two connections, and the model is lent to
@@ -710,9 +766,25 @@ class Vectorizer:
         in large batches, so the fixed cost of a claim and its commit stays small beside
         the model, and long chunked texts in small ones, so a batch never holds its rows
         for minutes. ``batch_seconds=None`` keeps every claim at ``batch_size``.
+
+        While the model's service is unavailable (a rate limit, a timeout, server errors
+        for every text), each batch goes back to the queue uncharged and sync waits between
+        claims, as the service asks (Retry-After), for up to ``transient_budget`` seconds in
+        all, then raises EmbeddingUnavailable. ``stop``: an event that, once set, ends the
+        sync within a fraction of a second, a batch in the model's hands going back whole
+        (answer ``"stopped"``).
         """
-        queue, _, conn = self._ready()
+        from .errors import EmbeddingUnavailable, Stopped
+
+        queue, pipe, conn = self._ready()
+        pipe.stop = stop
         with conn.transaction():
+            if conn.execute(q.find_relation(), list(self.source)).fetchone() is None:
+                raise NotFound(
+                    f"the source table {'.'.join(self.source)} of vectorizer {self.name!r} is gone "
+                    "(dropped, or renamed since this vectorizer was opened: reopen it with "
+                    "Vectorizer.open(db, name)); its embeddings are kept: a table created again "
+                    "under that name with the same key is followed, or v.drop() removes them")
             pending = queue.state(conn).rows
         report = SyncReport()
         t0 = time.perf_counter()
@@ -723,6 +795,8 @@ class Vectorizer:
         errors: list[BaseException] = []
         size = [self.config.batch_size]  # rows per claim, shared by the lanes
         per_row: list[float | None] = [None]  # smoothed seconds per claimed row
+        waited = [0.0]  # seconds spent waiting for the model's service since it last answered
+        hold = [0.0]  # no claim before this time.monotonic(): the service asked for a pause
 
         def lane(lane_conn: psycopg.Connection | None) -> None:
             try:
@@ -735,9 +809,29 @@ class Vectorizer:
                             budget[0] -= 1
                         if errors:
                             return
+                    # every lane keeps the pause the service asked for (Retry-After)
+                    pause = hold[0] - time.monotonic()
+                    if (stop is not None and stop.is_set()) or (
+                            pause > 0 and (stop.wait if stop is not None else time.sleep)(pause)):
+                        report.answer = "stopped"
+                        return
                     started = time.perf_counter()
-                    result, stats = self.process(size[0], conn=lane_conn)
+                    try:
+                        result, stats = self.process(size[0], conn=lane_conn)
+                    except Stopped:
+                        report.answer = "stopped"
+                        return
+                    except EmbeddingUnavailable as exc:
+                        with lock:
+                            if waited[0] + exc.retry_after > self.config.transient_budget:
+                                raise
+                            waited[0] += exc.retry_after
+                            hold[0] = max(hold[0], time.monotonic() + exc.retry_after)
+                        _log.warning("%s; waiting %.1f s", exc, exc.retry_after)
+                        continue
                     with lock:
+                        if result.claimed:
+                            waited[0] = 0.0
                         if batch_seconds and result.claimed:
                             size[0], per_row[0] = next_batch_size(
                                 per_row[0], result.claimed, time.perf_counter() - started,
@@ -768,7 +862,7 @@ class Vectorizer:
                 with lock:
                     active[0] -= 1
 
-        extra = [self.db.connect(vector=True) for _ in range(max(1, lanes) - 1)]
+        extra = [self.db.connect(vector=True, worker=True) for _ in range(max(1, lanes) - 1)]
         threads = [threading.Thread(target=lane, args=(c,), daemon=True) for c in extra]
         try:
             for t in threads:
@@ -909,10 +1003,10 @@ class Vectorizer:
     def drop(self, *, keep_destination: bool = False) -> None:
         """Remove triggers, queue, catalog row and (unless kept) the destination table."""
         queue, _, conn = self._ready()
-        queue.drop(conn)
-        if not keep_destination:
-            with conn.transaction():
-                conn.execute(q.drop_table(self.destination))
+        try:
+            queue.drop(conn, then=None if keep_destination else lambda: conn.execute(q.drop_table(self.destination)))
+        except psycopg.Error as exc:
+            raise translate(exc, f"dropping vectorizer {self.name!r}") from exc
         self.close()
         self._queue = None
 
@@ -921,6 +1015,7 @@ class Vectorizer:
             self._conn.close()
             self._conn = None
         self._in_flight.close()
+        self._reader.close()
 
 
 def _progress(total: int, name: str):

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from .db import Database
-from .errors import ConnectionFailed, DatabaseError, PgvzError
+from .errors import ConnectionFailed, DatabaseError, PgvzError, blame
 from .queue import Queue, rolled_back
 from .vectorizer import SyncReport, Vectorizer
 
@@ -37,6 +37,7 @@ class WorkerStats:
     failed: int = 0
     reconnects: int = 0
     conflicts: int = 0  # batches the server rolled back (deadlock, serialization failure)
+    interruptions: int = 0  # syncs the server or the model's service stopped (no row charged)
     errors: int = 0  # syncs of one vectorizer that failed (the others went on)
     reports: list[SyncReport] = field(default_factory=list)
 
@@ -130,10 +131,17 @@ class Worker:
             if self.stop_event.is_set():
                 break
             try:
-                report = v.sync(progress=False, lanes=self.lanes)
+                report = v.sync(progress=False, lanes=self.lanes, stop=self.stop_event)
             except (PgvzError, psycopg.Error) as exc:
                 if _is_connection_error(exc) or rolled_back(exc):
                     raise
+                if blame(exc) == "server":
+                    # a lock or statement timeout, the model's service down, row security:
+                    # the batch went back uncharged; this vectorizer is tried again next round
+                    self.stats.interruptions += 1
+                    log.warning("vectorizer %s: %s: %s; its batch went back to the queue, next "
+                                "round in %.1f s", v.name, type(exc).__name__, exc, self.poll)
+                    continue
                 self.stats.errors += 1
                 log.error("vectorizer %s: %s: %s; the other vectorizers go on, this one is opened "
                           "again next round", v.name, type(exc).__name__, exc)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import numpy as np
@@ -15,7 +16,9 @@ class FakeOpenAI:
     """``with FakeOpenAI() as server:`` serves POST /v1/embeddings at ``server.base_url``.
 
     ``fail_next`` is a list of (status, headers) answers given before normal service
-    resumes (e.g. ``(429, {"Retry-After": "1"})``). ``requests`` records each call.
+    resumes (e.g. ``(429, {"Retry-After": "1"})``). ``fail_texts``: a predicate; a request
+    holding a text it accepts is answered with HTTP 500 (a text the service cannot take).
+    ``hang``: seconds to wait before answering (a slow service). ``requests`` records each call.
     """
 
     def __init__(self, embedder=None):
@@ -26,6 +29,8 @@ class FakeOpenAI:
         self.embedder = embedder
         self.requests: list[dict] = []
         self.fail_next: list[tuple[int, dict]] = []
+        self.fail_texts = None
+        self.hang = 0.0
         self._lock = threading.Lock()
         outer = self
 
@@ -35,7 +40,7 @@ class FakeOpenAI:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                import time
+
 
                 with outer._lock:
                     outer.requests.append({"path": self.path, "auth": self.headers.get("Authorization"),
@@ -45,6 +50,9 @@ class FakeOpenAI:
                     status, headers = failure
                     self._reply(status, {"error": {"message": "injected failure", "type": "test"}}, headers)
                     return
+                deadline = time.monotonic() + outer.hang
+                while time.monotonic() < deadline and outer.hang:
+                    time.sleep(0.05)
                 if not self.path.rstrip("/").endswith("/embeddings"):
                     self._reply(404, {"error": {"message": f"no route {self.path}"}})
                     return
@@ -54,7 +62,12 @@ class FakeOpenAI:
                 if inputs and not isinstance(inputs[0], str):
                     self._reply(400, {"error": {"message": "token arrays are not supported here"}})
                     return
-                vectors = np.asarray(outer.embedder.encode(list(inputs)), dtype=np.float32)
+                if outer.fail_texts is not None and any(outer.fail_texts(t) for t in inputs):
+                    self._reply(500, {"error": {"message": "the model failed on this input", "type": "server_error"}})
+                    return
+                model = outer.embedder
+                vectors = np.asarray(model.encode(list(inputs)) if hasattr(model, "encode")
+                                     else model.embed_documents(list(inputs)), dtype=np.float32)
                 data = []
                 for i, vec in enumerate(vectors):
                     if body.get("encoding_format") == "base64":

@@ -573,7 +573,8 @@ def test_one_notify_per_writing_transaction_and_again_in_the_next(db, conn, sche
     ins = sql.SQL("INSERT INTO {} (title, contents) VALUES ('t', 'b')").format(sql.Identifier(schema, "blog"))
     with psycopg.connect(db.dsn, autocommit=True) as listener:
         listener.execute("LISTEN pgvz_nb")
-        with psycopg.connect(db.dsn) as w:
+        # pgvz.notify = on: notify even where prepared transactions are allowed (see the 2PC test)
+        with psycopg.connect(db.dsn, options="-c pgvz.notify=on") as w:
             for _ in range(3):
                 w.execute(ins)
             flag = w.execute("SELECT current_setting(%s, true)", [f"pgvz.notified_{vid}"]).fetchone()[0]
