@@ -138,13 +138,14 @@ class _Busy(Exception):
 
 
 def locked(conn: psycopg.Connection, body: Callable[[], Any], *, target: Rel, doing: str,
-           wait: float = LOCK_WAIT) -> Any:
+           wait: float | None = None) -> Any:
     """``body()`` in a transaction that holds the install lock and waits at most LOCK_TIMEOUT
     for any lock: retried (with a growing, jittered pause) until ``wait`` seconds have gone,
     then LockUnavailable, naming the sessions that hold ``target``. So the application's
     statements never queue for longer than LOCK_TIMEOUT behind pgvz_nb's DDL (CREATE
     TRIGGER takes a lock that conflicts with every writer), and an install never waits for
     another one to finish."""
+    wait = LOCK_WAIT if wait is None else wait
     deadline = time.monotonic() + wait
     pause = 0.05
     while True:
@@ -254,16 +255,19 @@ class Queue:
         later (see sql.partition_function_body and sql.drop_function_body), with this
         pgvz_nb's bodies. Only a superuser may create event triggers: for anyone else,
         re-running create() covers new partitions."""
-        for function, make_body, name, event in q.EVENT_TRIGGERS:
-            found, installed, superuser = conn.execute(q.event_function_source(), {
+        for function, make_body, name, event, tags in q.EVENT_TRIGGERS:
+            found, installed, installed_tags, superuser = conn.execute(q.event_function_source(), {
                 "fschema": function[0], "fname": function[1], "evt": name}).fetchone()
             if not superuser:
                 return
             body = q.stored_text(make_body(), conn)
             if found != body:
                 conn.execute(q.create_event_function(function, body))
+            if installed and installed_tags != (sorted(tags) if tags else None):
+                conn.execute(q.drop_event_trigger(name))  # an older pgvz_nb's, on other commands
+                installed = False
             if not installed:
-                conn.execute(q.create_event_trigger(name, event, function))
+                conn.execute(q.create_event_trigger(name, event, tags, function))
 
     @classmethod
     def open(cls, conn: psycopg.Connection, name: str) -> Queue:
@@ -607,8 +611,14 @@ class Queue:
         to yet another worker to die on.
         """
         track = in_flight is not None and self._has_in_flight(conn)
-        if "backfill" in self.config:
-            self.complete_backfill(conn)
+        if "backfill" in self.config:  # an install stopped before queueing the rows
+            try:
+                self.complete_backfill(conn)
+            except psycopg.errors.InsufficientPrivilege:
+                self.config.pop("backfill")
+                log.warning("the rows of %s are not all queued yet (an install stopped half-way) and "
+                            "this role may not queue them: run create()/register() again as the "
+                            "vectorizer's owner", ".".join(self.source))
         self.expand(conn)
         run = _Run(handler, limit, columns, where, isolate_failures, in_flight if track else None, reader)
         try:
