@@ -187,7 +187,7 @@ def translate(exc: psycopg.Error, doing: str) -> PgvzError:
             f"while {doing}: the server rolled the transaction back ({primary}), a conflict with "
             "another session; nothing it did was kept: run it again"
         )
-    elif isinstance(exc, psycopg.OperationalError):
+    elif isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "08").startswith("08"):
         msg = f"while {doing}: the connection failed ({primary}); check that the server is running and the DSN"
     else:
         msg = f"while {doing}: {primary}"

@@ -540,7 +540,8 @@ def trigger_body(
     ]
     if watched is None:
         walias = ["w0"]
-        side_cols.append(sql.SQL("t::text AS w0"))
+        # ROW(t.*), not t: a column called "t" would be read instead of the row
+        side_cols.append(sql.SQL("ROW(t.*)::text AS w0"))
     else:
         walias = [f"w{i}" for i in range(len(watched))]
         side_cols += [
@@ -794,8 +795,60 @@ DECLARE
   join_on text;
   gone text;
   moved record;
+  ns record;
+  cfg jsonb;
 BEGIN
-{guard}  SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
+  -- schema pgvz renamed: every vectorized table's trigger names it (and so would fail)
+  IF current_setting('pgvz.partition_event_trigger', true) IS DISTINCT FROM 'off' THEN
+    FOR ns IN SELECT n.nspname FROM pg_event_trigger_ddl_commands() AS dc JOIN pg_namespace n ON n.oid = dc.objid
+              WHERE dc.classid = 'pg_namespace'::regclass AND dc.command_tag = 'ALTER SCHEMA'
+                AND n.oid = (SELECT p.pronamespace FROM pg_event_trigger e JOIN pg_proc p ON p.oid = e.evtfoid
+                             WHERE e.evtname = {self_name})
+                AND n.nspname <> {pgvz} LOOP
+      RAISE EXCEPTION 'pgvz_nb: schema pgvz holds pgvz_nb''s catalog, queues and trigger functions, and the triggers on every vectorized table name it'
+        USING ERRCODE = 'dependent_objects_still_exist',
+              HINT = 'keep the name pgvz (to remove pgvz_nb, drop its vectorizers, then the schema)';
+    END LOOP;
+  END IF;
+{guard}  -- a schema renamed: the catalog follows the vectorizers' tables and functions into it
+  FOR ns IN SELECT dc.objid, n.nspname FROM pg_event_trigger_ddl_commands() AS dc JOIN pg_namespace n ON n.oid = dc.objid
+            WHERE dc.classid = 'pg_namespace'::regclass AND dc.command_tag = 'ALTER SCHEMA' LOOP
+    FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
+      IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v.config->'inbox'->>0)
+         AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = v.config->'inbox'->>1) THEN
+        RAISE EXCEPTION 'pgvz_nb: schema % holds the inbox of vectorizer %, which its trigger names on every write (an older pgvz_nb put it there)',
+          quote_ident(ns.nspname), v.name
+          USING ERRCODE = 'dependent_objects_still_exist',
+                HINT = 'unregister() the vectorizer and register() it again with this pgvz_nb, which keeps inboxes in schema pgvz; then rename the schema';
+      END IF;
+      cfg := v.config;
+      IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = cfg->'failed'->>0)
+         AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = cfg->'failed'->>1) THEN
+        cfg := jsonb_set(cfg, '{{failed,0}}', to_jsonb(ns.nspname::text));
+      END IF;
+      IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = cfg->'function'->>0)
+         AND EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = ns.objid AND proname = cfg->'function'->>1) THEN
+        cfg := jsonb_set(cfg, '{{function,0}}', to_jsonb(ns.nspname::text));
+      END IF;
+      IF cfg ? 'pipeline' AND NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = cfg->'pipeline'->'destination'->>0)
+         AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid
+                     AND relname = cfg->'pipeline'->'destination'->>1) THEN
+        cfg := jsonb_set(cfg, '{{pipeline,destination,0}}', to_jsonb(ns.nspname::text));
+      END IF;
+      UPDATE {catalog} AS c SET
+        config = cfg,
+        source_schema = CASE WHEN NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.source_schema)
+                              AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = c.source_table)
+                             THEN ns.nspname ELSE c.source_schema END,
+        queue_schema = CASE WHEN NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.queue_schema)
+                             AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = c.queue_table)
+                            THEN ns.nspname ELSE c.queue_schema END
+      WHERE c.id = v.id AND (c.config IS DISTINCT FROM cfg
+        OR NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.source_schema)
+        OR NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.queue_schema));
+    END LOOP;
+  END LOOP;
+  SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
   WHERE classid = 'pg_class'::regclass;
   IF objs IS NULL THEN
     RETURN;
@@ -975,6 +1028,7 @@ END
 """
     ).format(
         catalog=ident(CATALOG), guard=_event_guard(),
+        self_name=sql.Literal(PARTITION_EVENT_TRIGGER), pgvz=PctLiteral(CATALOG[0]),
         ins=templates["insert"], upd=templates["update"],
         **{"del": templates["delete"]}, trunc=templates["truncate"],
         backfill=PctLiteral(_BACKFILL_FMT), reconcile=PctLiteral(_GONE_FMT), pair=PctLiteral(_PAIR_FMT),
@@ -1003,7 +1057,25 @@ DECLARE
   dkeys text;
   join_on text;
 BEGIN
-{guard}  SELECT array_agg(o.address_names[3]) INTO dropped FROM pg_event_trigger_dropped_objects() AS o
+{guard}  -- a partition or child of a callback vectorizer's source, dropped while the source stays:
+  -- its rows are gone before any trigger could read their keys, and a callback queue has no
+  -- destination to find them in, so the consumer would never hear of them
+  FOR v IN SELECT c.name, c.source_schema, c.source_table, t.relname
+           FROM pg_event_trigger_dropped_objects() AS o
+           JOIN (SELECT split_part(x, ':', 1)::oid AS rel, split_part(x, ':', 2)::int AS vid,
+                        split_part(x, ':', 3) AS relname
+                 FROM unnest(string_to_array(current_setting('pgvz.callback_children', true), ',')) AS x) AS t
+             ON t.rel = o.objid
+           JOIN {catalog} AS c ON c.id = t.vid
+           WHERE o.object_type = 'table'
+             AND EXISTS (SELECT 1 FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace
+                         WHERE n.nspname = c.source_schema AND k.relname = c.source_table) LOOP
+    RAISE EXCEPTION 'pgvz_nb: % is a partition or child of %.%, whose callback vectorizer % learns of removed rows only from its triggers, and the rows of a dropped table can no longer be read',
+      v.relname, v.source_schema, v.source_table, v.name
+      USING ERRCODE = 'dependent_objects_still_exist',
+            HINT = 'detach it first (ALTER TABLE ... DETACH PARTITION, or NO INHERIT): its rows are queued as deleted and its triggers taken off; then drop it';
+  END LOOP;
+  SELECT array_agg(o.address_names[3]) INTO dropped FROM pg_event_trigger_dropped_objects() AS o
   WHERE o.object_type = 'trigger';
   IF dropped IS NULL THEN
     RETURN;
@@ -1038,23 +1110,63 @@ END
     )
 
 
-# (function, its body, event trigger, its event and tags): what ensure_catalog installs
+GUARD_DROPS_EVENT_TRIGGER = "pgvz_before_drop"
+GUARD_DROPS_FUNCTION: Rel = ("pgvz", "before_drop")
+
+
+def guard_drops_function_body() -> sql.Composed:
+    """PL/pgSQL body of the event trigger run at the start of DROP TABLE / SCHEMA / OWNED:
+    note, for the sql_drop function (``drop_function_body``), which tables carry a
+    callback vectorizer's triggers without being its source (its partitions and children),
+    as 'oid:vectorizer id:name,...' in the transaction-local setting pgvz.callback_children.
+    At sql_drop time those tables and triggers are gone from the catalogs, so this is the
+    one moment to see which table belonged to which vectorizer."""
+    return sql.SQL(
+        """
+DECLARE
+  found text;
+BEGIN
+{guard}  SELECT string_agg(tg.tgrelid::text || ':' || c.id || ':' || replace(replace(k.relname, ',', '_'), ':', '_'), ',')
+  INTO found
+  FROM {catalog} AS c
+  JOIN pg_namespace fn ON fn.nspname = c.config->'function'->>0
+  JOIN pg_proc p ON p.pronamespace = fn.oid AND p.proname = c.config->'function'->>1 AND p.pronargs = 0
+  JOIN pg_trigger tg ON tg.tgfoid = p.oid AND tg.tgname = c.config->'triggers'->>'insert'
+  JOIN pg_class k ON k.oid = tg.tgrelid JOIN pg_namespace kn ON kn.oid = k.relnamespace
+  WHERE c.config->>'kind' = 'callback'
+    AND NOT (kn.nspname = c.source_schema AND k.relname = c.source_table);
+  PERFORM set_config('pgvz.callback_children', coalesce(found, ''), true);
+EXCEPTION WHEN OTHERS THEN
+  RAISE WARNING 'pgvz_nb: could not note the partitions of callback vectorizers (%)', SQLERRM;
+END
+"""
+    ).format(catalog=ident(CATALOG), guard=_event_guard())
+
+
+# (function, its body, event trigger, its event, its tags or None): what ensure_catalog installs
 EVENT_TRIGGERS = (
-    (PARTITION_FUNCTION, partition_function_body, PARTITION_EVENT_TRIGGER,
-     "ddl_command_end WHEN TAG IN ('CREATE TABLE', 'ALTER TABLE')"),
-    (DROP_FUNCTION, drop_function_body, DROP_EVENT_TRIGGER, "sql_drop"),
+    (PARTITION_FUNCTION, partition_function_body, PARTITION_EVENT_TRIGGER, "ddl_command_end",
+     ("ALTER SCHEMA", "ALTER TABLE", "CREATE TABLE")),
+    (DROP_FUNCTION, drop_function_body, DROP_EVENT_TRIGGER, "sql_drop", None),
+    (GUARD_DROPS_FUNCTION, guard_drops_function_body, GUARD_DROPS_EVENT_TRIGGER, "ddl_command_start",
+     ("DROP OWNED", "DROP SCHEMA", "DROP TABLE")),
 )
 
 
 def event_function_source() -> sql.Composed:
-    """(body or NULL, event trigger installed, current role is a superuser) for function
-    %(fschema)s.%(fname)s and event trigger %(evt)s."""
+    """(body or NULL, event trigger installed, its tags sorted, current role is a superuser)
+    for function %(fschema)s.%(fname)s and event trigger %(evt)s."""
     return sql.SQL(
         "SELECT (SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "        WHERE n.nspname = %(fschema)s AND p.proname = %(fname)s AND p.pronargs = 0), "
         "EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %(evt)s), "
+        "(SELECT ARRAY(SELECT unnest(evttags) ORDER BY 1) FROM pg_event_trigger WHERE evtname = %(evt)s), "
         "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
     ).format()
+
+
+def drop_event_trigger(name: str) -> sql.Composed:
+    return sql.SQL("DROP EVENT TRIGGER IF EXISTS {}").format(Name(name))
 
 
 def create_event_function(function: Rel, body: str) -> sql.Composed:
@@ -1070,10 +1182,12 @@ def create_event_function(function: Rel, body: str) -> sql.Composed:
     ).format(fn=ident(function), body=PctLiteral(body))
 
 
-def create_event_trigger(name: str, event: str, function: Rel) -> sql.Composed:
+def create_event_trigger(name: str, event: str, tags: Sequence[str] | None, function: Rel) -> sql.Composed:
     """Needs a superuser: PostgreSQL lets no one else create event triggers."""
-    return sql.SQL("CREATE EVENT TRIGGER {evt} ON {event} EXECUTE FUNCTION {fn}()").format(
-        evt=Name(name), event=sql.SQL(event), fn=ident(function))
+    when = sql.SQL("") if tags is None else sql.SQL(" WHEN TAG IN ({})").format(
+        sql.SQL(", ").join(sql.Literal(t) for t in tags))
+    return sql.SQL("CREATE EVENT TRIGGER {evt} ON {event}{when} EXECUTE FUNCTION {fn}()").format(
+        evt=Name(name), event=sql.SQL(event), when=when, fn=ident(function))
 
 
 def descendants() -> sql.Composed:

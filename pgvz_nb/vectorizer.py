@@ -52,6 +52,13 @@ def _with_suffix(base: str, suffix: str) -> str:
     return base.encode()[:room].decode(errors="ignore") + "_" + suffix
 
 
+def _callback_inbox_name(name: str, table: str) -> str:
+    """The inbox of a callback vectorizer, in schema pgvz: the table's name and a hash of the
+    vectorizer's (schema-qualified) name, unique and within 63 bytes."""
+    tag = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return "ci_" + table.encode()[:40].decode(errors="ignore") + "_" + tag
+
+
 def _quote_ident(ident: str) -> str:
     # only for the quoted attributes the original exposes; pgvz_nb itself never uses them in SQL
     return '"{}"'.format(ident.replace('"', '""'))
@@ -189,7 +196,9 @@ class Vectorize:
                 name=self.name,
                 source=(schema, table),
                 queue=(schema, self.work_queue_table_name_unquoted),
-                inbox=(schema, _create_ident(table, "embedding_inbox")),
+                # the inbox in pgvz, not beside the table: the trigger names it on every write,
+                # so it must not move when the application renames its schema
+                inbox=("pgvz", _callback_inbox_name(self.name, table)),
                 failed=(schema, _create_ident(table, "embedding_failed")),
                 function=(schema, self.trigger_name_fn_unquoted),
                 triggers={ev: _with_suffix(trig, ev) for ev in ("insert", "update", "delete", "truncate")},

@@ -603,3 +603,134 @@ def test_15_a_worker_stops_within_seconds_of_sigterm_whatever_it_waits_for(db, c
         assert failed_count(conn, v) == 0
         assert sorted(v.queue()["attempts"]) == [0] * 5, "the batch went back whole"
         v.close()
+
+
+# --- found by the DDL property test ------------------------------------------------------
+
+
+def test_16_a_schema_renamed_under_its_vectorizers_is_followed(db, conn):
+    """ALTER SCHEMA ... RENAME was followed by nothing (the event trigger did not even run
+    for it): a callback vectorizer's trigger named its inbox in that schema, so every write
+    to the table failed from then on ("relation ... does not exist"), and the catalog named
+    a source, queue, destination that were gone. Found by tests/test_ddl_property.py."""
+    from .conftest import drop_schema
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    renamed = schema + "_r"
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(s(schema)))
+    try:
+        make_posts(conn, schema, n=2)
+        make_posts(conn, schema, n=2, table="notes")
+        v = pipeline(db, schema).create()
+        cb = pgvz.Vectorize(db.dsn, "notes", schema_name=schema)
+        cb.register()
+        v.sync(progress=False)
+        conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(s(schema), s(renamed)))
+        for table in ("posts", "notes"):  # the application's writes go on
+            conn.execute(sql.SQL("INSERT INTO {} VALUES (3, 'after the rename')").format(s(renamed, table)))
+        v.close(), cb.close()
+        v = pgvz.Vectorizer.open(db, v.name, embedder=HashingEmbedder(8))
+        assert v.source == (renamed, "posts") and v.destination == (renamed, "posts_embedding")
+        v.sync(progress=False)
+        assert embedded(conn, renamed) == [(1, "post 1"), (2, "post 2"), (3, "after the rename")]
+        row = conn.execute("SELECT source_schema, queue_schema, config->'failed'->>0, config->'function'->>0 "
+                           "FROM pgvz.vectorizers WHERE name = %s", [cb.name]).fetchone()
+        assert row == (renamed, renamed, renamed, renamed)
+        v.close()
+    finally:
+        conn.rollback()
+        drop_schema(db, renamed)
+        drop_schema(db, schema)
+
+
+def test_16_renaming_schema_pgvz_is_refused(db, conn, schema):
+    make_posts(conn, schema, n=1)
+    pipeline(db, schema).create().close()
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as err:
+        conn.execute("ALTER SCHEMA pgvz RENAME TO pgvz_old")
+    assert "keep the name pgvz" in err.value.diag.message_hint
+    conn.rollback()
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, 'still queued')").format(s(schema, "posts")))
+
+
+def test_17_a_callback_vectorizers_partition_is_detached_before_it_is_dropped(db, conn, schema):
+    """DROP TABLE of a partition takes rows no trigger can read, and a callback queue has no
+    destination to find their keys in: the consumer never heard of them (found by the DDL
+    property test). The DROP is refused with what to do; DETACH first queues them."""
+    t = s(schema, "ev")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, at date, body text, PRIMARY KEY (id, at)) "
+                         "PARTITION BY RANGE (at)").format(t))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')")
+                 .format(s(schema, "ev_2025"), t))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ('2026-01-01') TO ('2027-01-01')")
+                 .format(s(schema, "ev_2026"), t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, '2025-05-01', 'old'), (2, '2026-05-01', 'new')").format(t))
+    cb = pgvz.Vectorize(db.dsn, "ev", schema_name=schema, id_column_name=["id", "at"])
+    mirror = {}
+
+    def drain():
+        def callback(rows, _):
+            for r in rows:
+                key = r["locked_id"]
+                if r["id"] is None:
+                    mirror.pop(key, None)
+                else:
+                    mirror[key] = r["body"]
+        while cb.process(callback) > 0:
+            pass
+
+    drain()
+    assert sorted(mirror.values()) == ["new", "old"]
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as err:
+        conn.execute(sql.SQL("DROP TABLE {}").format(s(schema, "ev_2025")))
+    assert "detach it first" in err.value.diag.message_hint
+    conn.rollback()
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, s(schema, "ev_2025")))
+    conn.execute(sql.SQL("DROP TABLE {}").format(s(schema, "ev_2025")))
+    drain()
+    assert list(mirror.values()) == ["new"]
+    # dropping the whole source is the application's to do
+    conn.execute(sql.SQL("DROP TABLE {}").format(t))
+    cb.close()
+
+
+def test_16_a_schema_holding_an_old_layout_inbox_is_not_renamed_under_it(db, conn, schema):
+    """Callback vectorizers made before this version keep their inbox beside the table;
+    renaming that schema would make every write fail, so it is refused, saying how to move
+    the inbox (register again)."""
+    from pgvz_nb.queue import Queue
+
+    make_posts(conn, schema, n=1)
+    with db.connect() as c:
+        Queue.register(c, name=f"{schema}.legacy", source=(schema, "posts"), queue=(schema, "legacy_q"),
+                       inbox=(schema, "legacy_inbox"), failed=(schema, "legacy_failed"),
+                       function=(schema, "legacy_fn"), triggers={e: f"legacy_{e}" for e in
+                                                                 ("insert", "update", "delete", "truncate")},
+                       extra={"kind": "callback"})
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist) as err:
+        conn.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(s(schema), s(schema + "_r")))
+    assert "register() it again" in err.value.diag.message_hint
+    conn.rollback()
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, 'written')").format(s(schema, "posts")))
+
+
+def test_18_a_column_named_like_the_triggers_aliases_does_not_hide_updates(db, conn, schema):
+    """The UPDATE trigger of a callback vectorizer (which compares whole rows) read the row
+    as ``t::text``, and a column called "t" is what PostgreSQL reads for that: from the
+    moment the application added one, no UPDATE was queued (found by the DDL property test,
+    after ADD COLUMN t). Now ``ROW(t.*)``."""
+    t = s(schema, "posts")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, t bool DEFAULT true, "
+                         "n int, o int, present bool)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (1, 'one'), (2, 'two')").format(t))
+    cb = pgvz.Vectorize(db.dsn, "posts", schema_name=schema)
+    while cb.process(lambda rows, _: None) > 0:
+        pass
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed' WHERE id = 1").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (2, 'upserted') ON CONFLICT (id) DO UPDATE "
+                         "SET body = excluded.body").format(t))
+    seen = {}
+    while cb.process(lambda rows, _: seen.update({r["locked_id"]: r["body"] for r in rows})) > 0:
+        pass
+    assert seen == {1: "changed", 2: "upserted"}
+    cb.close()
