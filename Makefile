@@ -50,9 +50,11 @@ bench: $(VENV)/.bench
 	$(PY) benchmarks/search_latency.py --vectors synthetic
 	$(PY) benchmarks/report.py
 
-# The randomized stress test: 10,000 changes, 4 workers, a worker SIGKILLed every 400 changes.
+# The randomized stress tests: 10,000 changes, 4 workers, a worker SIGKILLed every 400 changes;
+# the DDL property test at size (100 sequences of 80 statements, three roles); a statement
+# whose keys pass 1 GB (about a minute for its data alone).
 stress: $(VENV)/.test
-	$(PY) -m pytest -m slow -s tests/test_model_based.py $(PYTEST_ARGS)
+	$(PY) -m pytest -m slow -s tests/test_model_based.py tests/test_ddl_property.py tests/test_first_rule.py $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache
