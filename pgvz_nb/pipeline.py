@@ -268,6 +268,7 @@ class Pipeline:
         self._model_lock = threading.Lock()
         self.stop: threading.Event | None = None  # set: the batch being embedded goes back (SIGTERM)
         self._service_up_at = -math.inf  # when the model last answered
+        self._outages = 0  # batches sent back in a row because the service was unavailable
 
     # --- pure parts ----------------------------------------------------------------------
 
@@ -435,18 +436,19 @@ class Pipeline:
         try:
             raw = self._call_model(texts)
         except Exception as exc:
-            wait = transient_wait(exc, 0)
+            wait = transient_wait(exc, self._outages)  # the pause grows while the service stays down
             if wait is None:
                 raise
             if _server_error(exc) and self._service_is_up():
                 raise ServiceRowError(
                     f"the embedding service answered {len(texts)} text(s) with {type(exc).__name__}: "
                     f"{exc}, while it answers others; these rows are retried after a backoff") from exc
+            self._outages += 1
             raise EmbeddingUnavailable(
                 f"the embedding service is not answering ({type(exc).__name__}: {exc}); the batch "
                 f"went back to the queue, no row was charged; next try in {wait:.0f} s",
                 retry_after=wait) from exc
-        self._service_up_at = time.monotonic()
+        self._service_up_at, self._outages = time.monotonic(), 0
         return self._check_vectors(raw, len(texts))
 
     def _service_is_up(self) -> bool:
@@ -491,12 +493,14 @@ class Pipeline:
         return keys_jsonb([dict(zip(self.queue.keys, k)) for k in keys])
 
     def _write(self, conn, items, vectors, ids_for_reuse) -> None:
-        if self._copy_types is None:
-            types = dict(conn.execute(q.column_types(), list(self.dest)).fetchall())
-            self._copy_types = [types[c] for c in
-                                ("id", "metadata", "contents", "embedding", *self.config.dest_keys,
-                                 "chunk_seq", "chunk_hash")]
-            self._vector_dumper = _vector_bytes_dumper(self._copy_types[3])
+        # looked up at every batch (~0.2 ms): the key's type can change under a running worker
+        # (int made bigint, a table created again with a text key), and binary COPY needs it exact
+        types = dict(conn.execute(q.column_types(), list(self.dest)).fetchall())
+        copy_types = [types[c] for c in ("id", "metadata", "contents", "embedding", *self.config.dest_keys,
+                                         "chunk_seq", "chunk_hash")]
+        if copy_types != self._copy_types:
+            self._copy_types = copy_types
+            self._vector_dumper = _vector_bytes_dumper(copy_types[3])
         cur = conn.cursor()
         cur.adapters.register_dumper(_VectorBytes, self._vector_dumper)
         encoded = {h: _vector_bytes(v) for h, v in vectors.items()}

@@ -138,13 +138,14 @@ class _Busy(Exception):
 
 
 def locked(conn: psycopg.Connection, body: Callable[[], Any], *, target: Rel, doing: str,
-           wait: float | None = None) -> Any:
+           wait: float | None = None, install: bool = True) -> Any:
     """``body()`` in a transaction that holds the install lock and waits at most LOCK_TIMEOUT
     for any lock: retried (with a growing, jittered pause) until ``wait`` seconds have gone,
     then LockUnavailable, naming the sessions that hold ``target``. So the application's
     statements never queue for longer than LOCK_TIMEOUT behind pgvz_nb's DDL (CREATE
     TRIGGER takes a lock that conflicts with every writer), and an install never waits for
-    another one to finish."""
+    another one to finish. ``install=False``: without the install lock (a backfill, which
+    only reads the source and writes its own queue)."""
     wait = LOCK_WAIT if wait is None else wait
     deadline = time.monotonic() + wait
     pause = 0.05
@@ -152,7 +153,7 @@ def locked(conn: psycopg.Connection, body: Callable[[], Any], *, target: Rel, do
         try:
             with conn.transaction():
                 conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
-                if not conn.execute(q.try_install_lock()).fetchone()[0]:
+                if install and not conn.execute(q.try_install_lock()).fetchone()[0]:
                     raise _Busy()
                 return body()
         except (psycopg.errors.LockNotAvailable, _Busy) as exc:
@@ -479,7 +480,8 @@ class Queue:
 
         if "backfill" not in self.config:
             return 0
-        done = locked(conn, body, target=self.source, doing=f"queueing the rows of {'.'.join(self.source)}")
+        done = locked(conn, body, target=self.source, doing=f"queueing the rows of {'.'.join(self.source)}",
+                      install=False)
         self.config.pop("backfill", None)
         return done
 

@@ -853,6 +853,7 @@ BEGIN
   IF objs IS NULL THEN
     RETURN;
   END IF;
+  <<vectorizers>>
   FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
   BEGIN
     src := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -908,50 +909,63 @@ BEGIN
           USING HINT = 'create the vectorizer again with replace=True (and a template naming the current columns)';
       END IF;
       -- a key column's new type (int -> bigint, say) goes to the tables holding keys, or the
-      -- trigger would fail the first write of a value the old type cannot hold
+      -- trigger would fail the first write of a value the old type cannot hold; a table of
+      -- that name created again may bring a type the keys kept for the dropped one cannot
+      -- take: those named rows that are gone, so they are emptied and it is tried again
+      FOR attempt IN 1..2 LOOP
       BEGIN
-        FOR d IN
-          SELECT t.rel_schema, t.rel_name, t.col, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END AS want,
-                 k.builtin, k.k
-          FROM (SELECT k.k, k.i, format_type(a.atttypid, a.atttypmod) AS typ,
-                       ty.typnamespace = 'pg_catalog'::regnamespace AS builtin
-                FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
-                JOIN pg_attribute a ON a.attrelid = src AND a.attname = k.k
-                JOIN pg_type ty ON ty.oid = a.atttypid) AS k
-          CROSS JOIN LATERAL (VALUES
-            (v.queue_schema, v.queue_table, k.k, false),
-            (v.config->'inbox'->>0, v.config->'inbox'->>1, k.k, true),
-            (v.config->'failed'->>0, v.config->'failed'->>1, k.k, false),
-            (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
-             v.config->'pipeline'->'dest_keys'->>(k.i::int - 1), false)) AS t(rel_schema, rel_name, col, arr)
-          JOIN pg_namespace n ON n.nspname = t.rel_schema
-          JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name
-          JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
-          WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
-        LOOP
-          IF NOT d.builtin THEN
-            RAISE EXCEPTION 'pgvz_nb: the key % of vectorizer % becomes %, which is not a built-in type; its tables follow built-in key types only',
-              quote_ident(d.k), v.name, d.want
-              USING ERRCODE = 'feature_not_supported',
-                    HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
-          END IF;
-          BEGIN
-            EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
-          EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
-              v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
-              USING ERRCODE = 'feature_not_supported',
-                    HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
-          END;
-        END LOOP;
+          FOR d IN
+            SELECT t.rel_schema, t.rel_name, t.col, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END AS want,
+                   k.builtin, k.k
+            FROM (SELECT k.k, k.i, format_type(a.atttypid, a.atttypmod) AS typ,
+                         ty.typnamespace = 'pg_catalog'::regnamespace AS builtin
+                  FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
+                  JOIN pg_attribute a ON a.attrelid = src AND a.attname = k.k
+                  JOIN pg_type ty ON ty.oid = a.atttypid) AS k
+            CROSS JOIN LATERAL (VALUES
+              (v.queue_schema, v.queue_table, k.k, false),
+              (v.config->'inbox'->>0, v.config->'inbox'->>1, k.k, true),
+              (v.config->'failed'->>0, v.config->'failed'->>1, k.k, false),
+              (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
+               v.config->'pipeline'->'dest_keys'->>(k.i::int - 1), false)) AS t(rel_schema, rel_name, col, arr)
+            JOIN pg_namespace n ON n.nspname = t.rel_schema
+            JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
+            WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
+          LOOP
+            IF NOT d.builtin THEN
+              RAISE EXCEPTION 'pgvz_nb: the key % of vectorizer % becomes %, which is not a built-in type; its tables follow built-in key types only',
+                quote_ident(d.k), v.name, d.want
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
+            END IF;
+            BEGIN
+              EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
+            EXCEPTION WHEN OTHERS THEN
+              RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
+                v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
+            END;
+          END LOOP;
+        EXIT;
       EXCEPTION WHEN OTHERS THEN
         IF NOT fresh THEN
           RAISE;
         END IF;
-        RAISE WARNING '%; vectorizer % does not follow the new table %.%', SQLERRM, v.name, v.source_schema, v.source_table
-          USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
-        CONTINUE;
+        IF attempt = 2 THEN
+          RAISE WARNING '%; vectorizer % does not follow the new table %.%', SQLERRM, v.name, v.source_schema, v.source_table
+            USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
+          CONTINUE vectorizers;
+        END IF;
+        FOR d IN SELECT t.s, t.r FROM (VALUES (v.queue_schema, v.queue_table),
+                   (v.config->'inbox'->>0, v.config->'inbox'->>1), (v.config->'failed'->>0, v.config->'failed'->>1),
+                   (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
+                 JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r LOOP
+          EXECUTE format({truncate}, d.s, d.r);
+        END LOOP;
       END;
+      END LOOP;
     END IF;
     IF fresh THEN
       -- take on the new table: its triggers, its rows queued, and, for a pipeline, the
@@ -1033,6 +1047,7 @@ END
         **{"del": templates["delete"]}, trunc=templates["truncate"],
         backfill=PctLiteral(_BACKFILL_FMT), reconcile=PctLiteral(_GONE_FMT), pair=PctLiteral(_PAIR_FMT),
         retype=PctLiteral("ALTER TABLE %I.%I ALTER COLUMN %I TYPE %s USING %I::text::%s"),
+        truncate=PctLiteral("TRUNCATE %I.%I"),
         drop=PctLiteral("DROP TRIGGER %I ON %I.%I"),
     )
 
