@@ -13,7 +13,9 @@ retyped, or a callback source's partition dropped); a statement refused or faili
 two sides are compared every few steps. After each sequence, every vectorizer whose source
 still exists with its key is drained and its destination must hold exactly what the source
 implies (a callback's mirror may keep the rows of a table dropped under it: no trigger sees
-them go, and there is no destination to compare with; ddl_workload.CALLBACK_DROPS_REACH_THE_CALLBACK).
+them go, and there is no destination to compare with; nor, once a table is created again with a
+key of another type, the keys queued for the dropped one that the new type cannot hold;
+ddl_workload.CALLBACK_DROPS_REACH_THE_CALLBACK).
 
 CI runs a fixed list of seeds. At size: ``PGVZ_DDL_SEQUENCES=200 PGVZ_DDL_STEPS=80 pytest -s
 tests/test_ddl_property.py`` (``PGVZ_DDL_SEED`` starts the seeds elsewhere; a failure's
