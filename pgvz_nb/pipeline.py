@@ -198,8 +198,9 @@ class _Chunk:
 
 
 #: Answers that say the service is overloaded or unreachable, whatever was asked: the batch
-#: goes back whole and is tried again after a pause (Retry-After when given).
-_SERVICE_STATUS = {408, 409, 425, 429}
+#: goes back whole and is tried again after a pause (Retry-After when given). 502, 503 and
+#: 504 are the service's (or its gateway's) by definition; a 500 may be the texts'.
+_SERVICE_STATUS = {408, 409, 425, 429, 502, 503, 504}
 _SERVICE_NAMES = {"APIConnectionError", "APITimeoutError", "RateLimitError",
                   "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
 
@@ -230,8 +231,11 @@ def transient_wait(exc: BaseException, attempt: int, base: float = 1.0, cap: flo
 
 
 def _server_error(exc: BaseException) -> bool:
-    """An HTTP 5xx: the service failed, for every request or for this one's content alone."""
-    return (_status(exc) or 0) >= 500 or type(exc).__name__ == "InternalServerError"
+    """An HTTP 500 (or another 5xx but 502-504): the service failed, for every request or for
+    this one's content alone."""
+    status = _status(exc)
+    return (status is not None and status >= 500 and status not in _SERVICE_STATUS) or (
+        status is None and type(exc).__name__ == "InternalServerError")
 
 
 class ServiceRowError(Exception):
@@ -376,7 +380,8 @@ class Pipeline:
         # the lock first (no other role can add a trigger while it is held), then the check:
         # code someone else put on the destination must not run with this role's privileges
         conn.execute(q.lock_for_writing(self.dest))
-        check_trusted(conn, self.dest, "the destination", owner=False)
+        owner = self.queue.config.get("owner") or conn.execute(q.role_of_table(), list(self.dest)).fetchone()[1]
+        check_trusted(conn, self.dest, "the destination", owner=False, trusted=[owner])
         conn.execute(
             q.destination_delete(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
             {"keys": changed_json},

@@ -232,7 +232,7 @@ class Queue:
                 f"(ALTER SCHEMA {q.CATALOG[0]} OWNER TO ...) after checking what it holds"
             )
         for rel in (q.CATALOG, q.IN_FLIGHT):
-            check_trusted(conn, rel, f"pgvz_nb's table {'.'.join(rel)}", superuser_ok=True)
+            check_trusted(conn, rel, "pgvz_nb's table", superuser_ok=True)
         if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
             no_column, no_in_flight, no_policy = conn.execute(
                 q.catalog_missing_parts(),
@@ -352,6 +352,16 @@ class Queue:
                     f"column(s) {missing} not found in {'.'.join(source)}; "
                     f"its columns are {list(columns)}"
                 )
+        foreign = conn.execute(q.untrusted_key_types(), {"schema": source[0], "table": source[1],
+                                                          "keys": key_cols}).fetchall()
+        if foreign:
+            raise UntrustedObject(
+                f"key column(s) {[f'{c} ({t}, owned by {o})' for c, t, o in foreign]} of "
+                f"{'.'.join(source)} have a type that belongs to another role: its domain checks "
+                "and casts would run on every write with the privileges of the vectorizer's "
+                "trigger (yours); create the vectorizer as that role, or key it on a built-in type"
+            )
+        me, source_owner = conn.execute(q.role_of_table(), list(source)).fetchone()
         clash = [k for k in key_cols if k in q.QUEUE_COLUMNS or k in q.FAILED_COLUMNS]
         if clash:
             raise ConfigConflict(
@@ -368,6 +378,10 @@ class Queue:
             "triggers": dict(triggers),
             "policy": {**DEFAULT_POLICY, **(policy or {})},
             "layout": LAYOUT_VERSION,
+            # whose tables these are, and whose the source: the event triggers, which run as
+            # a superuser, act only on tables these roles (or superusers) own
+            "owner": me,
+            "source_owner": source_owner,
             **(extra or {}),
         }
         new_config = {**config, "backfill": [list(source)]}
@@ -390,6 +404,8 @@ class Queue:
                 if existing.policy != config["policy"]:  # not structural: just update it
                     existing.set_extra(conn, policy=config["policy"])
                     existing.policy = dict(config["policy"])
+                if "owner" not in existing.config and existing._owns_function(conn):
+                    existing.set_extra(conn, owner=me, source_owner=source_owner)  # installs before these
                 existing._refresh_trigger_body(conn)
                 covered = existing.cover_descendants(conn)
                 if covered:
@@ -430,6 +446,10 @@ class Queue:
                 "or drop the old trigger if it is a leftover (timescale_vector's "
                 "track_changes_for_embedding, say)"
             )
+
+    def _owns_function(self, conn: psycopg.Connection) -> bool:
+        found = conn.execute(q.trigger_function_source(), list(self.function)).fetchone()
+        return bool(found and found[1])
 
     def _refresh_trigger_body(self, conn: psycopg.Connection) -> None:
         """Give an installed trigger function the body this pgvz_nb writes (fixes and
@@ -478,7 +498,7 @@ class Queue:
                     done += conn.execute(q.backfill(self.queue, (schema, table), self.keys)).rowcount
             return done
 
-        if "backfill" not in self.config:
+        if not self.config.get("backfill"):
             return 0
         done = locked(conn, body, target=self.source, doing=f"queueing the rows of {'.'.join(self.source)}",
                       install=False)
@@ -562,11 +582,15 @@ class Queue:
         try:
             cur = reader.execute(query, {"keys": keys_jsonb([dict(zip(self.keys, r.key)) for r in rows])})
             recs = cur.fetchall()
-        except psycopg.DataError as exc:
+        except psycopg.Error as exc:
+            if blame(exc) != "row":
+                raise
+            # a row's doing (a value Python cannot hold; a where= whose function raises for
+            # this row): each row read alone, so one cannot stop the others
             if len(rows) == 1:
                 rows[0].error = RowError(
-                    f"the source row {rows[0].key!r} holds a value that cannot be read into Python "
-                    f"({str(exc).strip()}); change the value, or leave the row out with where=")
+                    f"the source row {rows[0].key!r} cannot be read ({str(exc).strip()}): a value "
+                    "Python cannot hold, or where= failing on it; change the row, or the filter")
                 return
             for r in rows:
                 self.read(reader, [r], columns, where)
@@ -613,7 +637,9 @@ class Queue:
         to yet another worker to die on.
         """
         track = in_flight is not None and self._has_in_flight(conn)
-        if "backfill" in self.config:  # an install stopped before queueing the rows
+        with conn.transaction():  # rows to queue: an install stopped half-way, a partition attached
+            self.config["backfill"] = conn.execute(q.catalog_backfill_pending(), [self.id]).fetchone()[0]
+        if self.config["backfill"]:
             try:
                 self.complete_backfill(conn)
             except psycopg.errors.InsufficientPrivilege:
@@ -796,33 +822,38 @@ class Queue:
 
 
 def check_trusted(conn: psycopg.Connection, rel: Rel, what: str, *, superuser_ok: bool = False,
-                  owner: bool = True) -> bool:
-    """Refuse (UntrustedObject) an existing table pgvz_nb is about to write into unless the
-    current role owns it (or, with ``superuser_ok``, a superuser does; with ``owner=False``
-    anyone may: a worker syncs tables its vectorizer's creator owns) and nobody has put code
-    on it: no user trigger, no rule, no partitions or children (whose owners could add their
-    own). Otherwise that code would run with the privileges of whoever writes into it: a
-    superuser on the embedded server. False if the table does not exist."""
-    found = conn.execute(q.relation_trust(), {"schema": rel[0], "table": rel[1]}).fetchone()
+                  owner: bool = True, trusted: Sequence[str] = ()) -> bool:
+    """Refuse (UntrustedObject) an existing table pgvz_nb is about to write into unless it is
+    owned by the current role (or, with ``superuser_ok``, a superuser; with ``owner=False``,
+    by one of ``trusted`` or a superuser: a worker syncs tables its vectorizer's creator
+    owns) and nobody else has put code on it: no user trigger, no rule, no partitions or
+    children, no function, type or operator owned by another role in its columns, defaults,
+    constraints or indexes (``sql.foreign_code``). Otherwise that code would run with the
+    privileges of whoever writes into it: a superuser on the embedded server. False if the
+    table does not exist."""
+    me = conn.execute(q.role_of_table(), list(rel)).fetchone()[0]
+    trusted_roles = [me, *trusted]
+    found = conn.execute(q.relation_trust(), {"schema": rel[0], "table": rel[1],
+                                               "trusted": trusted_roles}).fetchone()
     if found is None:
         return False
-    owner_name, mine, owner_super, kind, triggers, rules, children = found
+    owner_name, mine, owner_super, kind, triggers, rules, children, code = found
     name = ".".join(rel)
-    if owner and not (mine or (superuser_ok and owner_super)):
+    allowed = (mine or (superuser_ok and owner_super)) if owner else (owner_super or owner_name in trusted_roles)
+    if not allowed:
         raise UntrustedObject(
-            f"{what} {name} already exists and is owned by role {owner_name}, not by you: pgvz_nb writes "
-            "only into tables its own user owns, since the owner's triggers would run with your "
-            f"privileges; drop it, or choose another name, or ALTER TABLE {name} OWNER TO you "
-            "after checking it"
+            f"{what} {name} is owned by role {owner_name}, not by you: pgvz_nb writes only into "
+            "tables its own user owns, since the owner's triggers would run with your "
+            f"privileges and the owner would read what is written; drop it, or choose another "
+            f"name, or ALTER TABLE {name} OWNER TO you after checking it"
         )
-    if kind != "r" or triggers or rules or children:
-        found_code = (", ".join(triggers) if triggers else "") + (f" {rules} rule(s)" if rules else "")
+    if kind != "r" or triggers or rules or children or code:
+        found_code = ", ".join(filter(None, [", ".join(triggers), f"{rules} rule(s)" if rules else "", code or ""]))
         raise UntrustedObject(
             f"{what} {name} is not a plain table pgvz_nb can write into safely ("
-            + ("it carries " + found_code.strip() if found_code.strip() else
-               "it is partitioned or has inheritance children")
-            + "): code on it would run with the privileges of whoever syncs; drop it, or choose "
-            "another name, or remove the triggers and rules"
+            + ("it carries " + found_code if found_code else "it is partitioned or has inheritance children")
+            + "): that code would run with the privileges of whoever syncs; drop it, or choose "
+            "another name, or remove it"
         )
     return True
 

@@ -182,10 +182,46 @@ def lock_holders() -> sql.Composed:
     ).format()
 
 
+def foreign_code(rel: sql.Composable, trusted: sql.Composable) -> sql.Composed:
+    """A text saying what code on table ``rel`` (an oid expression) belongs to a role that is
+    neither a superuser nor one of ``trusted`` (a name[] expression), or NULL if none: the
+    functions, types (domains and their CHECKs), operators and operator classes its
+    columns, defaults, generated columns, constraints and indexes use, except an
+    extension's (pgvector's). Such code runs with the privileges of whoever writes into the
+    table, or alters it. Foreign keys count too (a cascade writes elsewhere)."""
+    return sql.SQL(
+        """(SELECT coalesce(string_agg(DISTINCT pg_describe_object(dep.refclassid, dep.refobjid, 0)
+                                || ' owned by ' || r.rolname, ', '),
+                 (SELECT 'a foreign key ' || fk.conname || ' with a table of ' || fr.rolname
+                  FROM pg_constraint fk
+                  JOIN pg_class ft ON ft.oid = CASE WHEN fk.conrelid = {rel} THEN fk.confrelid ELSE fk.conrelid END
+                  JOIN pg_roles fr ON fr.oid = ft.relowner
+                  WHERE fk.contype = 'f' AND (fk.conrelid = {rel} OR fk.confrelid = {rel})
+                    AND NOT fr.rolsuper AND fr.rolname <> ALL ({trusted}) LIMIT 1))
+   FROM pg_depend dep
+   JOIN pg_roles r ON r.oid = CASE dep.refclassid
+        WHEN 'pg_proc'::regclass THEN (SELECT x.proowner FROM pg_proc x WHERE x.oid = dep.refobjid)
+        WHEN 'pg_type'::regclass THEN (SELECT x.typowner FROM pg_type x WHERE x.oid = dep.refobjid)
+        WHEN 'pg_operator'::regclass THEN (SELECT x.oprowner FROM pg_operator x WHERE x.oid = dep.refobjid)
+        WHEN 'pg_opclass'::regclass THEN (SELECT x.opcowner FROM pg_opclass x WHERE x.oid = dep.refobjid) END
+   WHERE dep.deptype IN ('n', 'a')
+     AND ((dep.classid = 'pg_class'::regclass
+           AND (dep.objid = {rel} OR dep.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = {rel})))
+          OR (dep.classid = 'pg_constraint'::regclass
+              AND dep.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid = {rel}))
+          OR (dep.classid = 'pg_attrdef'::regclass
+              AND dep.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = {rel})))
+     AND NOT r.rolsuper AND r.rolname <> ALL ({trusted})
+     AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid
+                     AND e.deptype = 'e'))"""
+    ).format(rel=rel, trusted=trusted)
+
+
 def relation_trust() -> sql.Composed:
     """What decides whether pgvz_nb may write into %(schema)s.%(table)s: (owner, owned by the
     current role, owner is a superuser, relkind, user triggers with their functions' owners,
-    rule count, inheritance children or partitions)."""
+    rule count, inheritance children or partitions, code owned by roles other than
+    %(trusted)s and superusers)."""
     return sql.SQL(
         """SELECT o.rolname, c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user),
        o.rolsuper, c.relkind,
@@ -193,9 +229,33 @@ def relation_trust() -> sql.Composed:
              FROM pg_trigger t JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_roles po ON po.oid = p.proowner
              WHERE t.tgrelid = c.oid AND NOT t.tgisinternal ORDER BY t.tgname),
        (SELECT count(*) FROM pg_rewrite r WHERE r.ev_class = c.oid AND r.rulename <> '_RETURN'),
-       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid)
+       EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhparent = c.oid),
+       {code}
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace JOIN pg_roles o ON o.oid = c.relowner
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s"""
+    ).format(code=foreign_code(sql.SQL("c.oid"), sql.SQL("%(trusted)s::name[]")))
+
+
+def untrusted_key_types() -> sql.Composed:
+    """Key columns (%(keys)s) of %(schema)s.%(table)s whose type is not built in and belongs
+    to a role other than the current one and superusers (nor to an extension): its
+    domain CHECKs or casts would run with the privileges of the trigger's owner."""
+    return sql.SQL(
+        """SELECT a.attname, format_type(a.atttypid, a.atttypmod), o.rolname
+FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace
+JOIN pg_type t ON t.oid = a.atttypid JOIN pg_roles o ON o.oid = t.typowner
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s AND a.attname = ANY (%(keys)s::text[])
+  AND NOT o.rolsuper AND o.rolname <> current_user
+  AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = 'pg_type'::regclass AND e.objid = t.oid
+                  AND e.deptype = 'e')"""
+    ).format()
+
+
+def role_of_table() -> sql.Composed:
+    """(current role, owner of %s.%s)."""
+    return sql.SQL(
+        "SELECT current_user::text, (SELECT o.rolname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "JOIN pg_roles o ON o.oid = c.relowner WHERE n.nspname = %s AND c.relname = %s)"
     ).format()
 
 
@@ -205,6 +265,11 @@ def schema_trust() -> sql.Composed:
         "SELECT o.rolname, n.nspowner = (SELECT oid FROM pg_roles WHERE rolname = current_user), o.rolsuper "
         "FROM pg_namespace n JOIN pg_roles o ON o.oid = n.nspowner WHERE n.nspname = %s"
     ).format()
+
+
+def catalog_backfill_pending() -> sql.Composed:
+    """The tables vectorizer %s has still to queue the rows of (config->'backfill'), or NULL."""
+    return sql.SQL("SELECT config->'backfill' FROM {} WHERE id = %s").format(ident(CATALOG))
 
 
 def catalog_take_backfill() -> sql.Composed:
@@ -526,6 +591,9 @@ def trigger_body(
     150 kB, or a TRUNCATE of ~270M int keys) would fail in ``array_agg``: then the keys go
     in slices of KEY_SLICE_BYTES, one inbox row each, rather than fail the statement.
 
+    Should the key's type or name change with no event trigger to follow it (none installed),
+    the keys cannot be queued: the statement goes on, with a WARNING, rather than fail.
+
     No NOTIFY where the server allows prepared transactions (``max_prepared_transactions >
     0``): PostgreSQL refuses PREPARE TRANSACTION after a NOTIFY, so it would break the
     application's two-phase commit; workers then find changes by polling. The setting
@@ -644,6 +712,13 @@ BEGIN
       EXECUTE format({sliced_truncate_fmt}, {sliced_truncate_args}, TG_RELID::regclass);
     END IF;
     GET DIAGNOSTICS queued = ROW_COUNT;
+  WHEN numeric_value_out_of_range OR invalid_text_representation OR datatype_mismatch
+       OR string_data_right_truncation OR undefined_column OR undefined_table THEN
+    -- the table's key changed and the vectorizer's tables did not follow (no event trigger:
+    -- none was installed, or it was turned off): the application's statement goes on
+    RAISE WARNING 'pgvz_nb: the keys this statement changed in % were not queued (%)', TG_TABLE_NAME, SQLERRM
+      USING HINT = 'run create() or register() again as the vectorizer''s owner, then reconcile()';
+    queued := 0;
   END;
 {notify}  RETURN NULL;
 END
@@ -751,6 +826,30 @@ _GONE_FMT = ("INSERT INTO %I.%I (%s) SELECT DISTINCT %s FROM %I.%I AS d "
 _PAIR_FMT = "s.%I::text = d.%I::text"
 
 
+def _unsafe_tables() -> sql.Composed:
+    """For the event functions, in a loop over the catalog as ``v``: what is wrong with the
+    vectorizer's queue, inbox, failed and destination tables for a superuser to alter or
+    write them (each, and why), or NULL when each is a plain table owned by the vectorizer's
+    owner (config->>'owner') or a superuser, with no trigger, rule, or code of another role
+    on it (``foreign_code``)."""
+    return sql.SQL(
+        """(SELECT string_agg(format('%I.%I', t.s, t.r) || ' ' || u.why, '; ')
+   FROM (VALUES (v.queue_schema, v.queue_table), (v.config->'inbox'->>0, v.config->'inbox'->>1),
+                (v.config->'failed'->>0, v.config->'failed'->>1),
+                (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
+   JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
+   JOIN pg_roles o ON o.oid = c.relowner
+   CROSS JOIN LATERAL (SELECT CASE
+       WHEN c.relkind <> 'r' THEN 'is not a plain table'
+       WHEN NOT (o.rolsuper OR coalesce(o.rolname = v.config->>'owner', false)) THEN 'is owned by ' || o.rolname
+       WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) THEN 'carries triggers'
+       WHEN EXISTS (SELECT 1 FROM pg_rewrite rw WHERE rw.ev_class = c.oid AND rw.rulename <> '_RETURN')
+         THEN 'carries rules'
+       ELSE 'uses ' || {code} END AS why) AS u
+   WHERE u.why IS NOT NULL)"""
+    ).format(code=foreign_code(sql.SQL("c.oid"), sql.SQL("array_remove(ARRAY[v.config->>'owner'], NULL)::name[]")))
+
+
 def partition_function_body() -> sql.Composed:
     """PL/pgSQL body of the event trigger run at the end of every CREATE TABLE and ALTER
     TABLE. For each vectorizer whose source (or a partition, child, or table running its
@@ -797,6 +896,7 @@ DECLARE
   moved record;
   ns record;
   cfg jsonb;
+  bad text;
 BEGIN
   -- schema pgvz renamed: every vectorized table's trigger names it (and so would fail)
   IF current_setting('pgvz.partition_event_trigger', true) IS DISTINCT FROM 'off' THEN
@@ -810,42 +910,39 @@ BEGIN
               HINT = 'keep the name pgvz (to remove pgvz_nb, drop its vectorizers, then the schema)';
     END LOOP;
   END IF;
-{guard}  -- a schema renamed: the catalog follows the vectorizers' tables and functions into it
-  FOR ns IN SELECT dc.objid, n.nspname FROM pg_event_trigger_ddl_commands() AS dc JOIN pg_namespace n ON n.oid = dc.objid
-            WHERE dc.classid = 'pg_namespace'::regclass AND dc.command_tag = 'ALTER SCHEMA' LOOP
+{guard}  -- a schema renamed: each name the catalog held for it (noted by pgvz_before_ddl at the
+  -- statement's start, by the schema's oid) becomes the new one; nothing is matched by name
+  FOR ns IN SELECT dc.objid, n.nspname AS new, (current_setting('pgvz.schema_names', true)::jsonb)->>(dc.objid::text) AS old
+            FROM pg_event_trigger_ddl_commands() AS dc JOIN pg_namespace n ON n.oid = dc.objid
+            WHERE dc.classid = 'pg_namespace'::regclass AND dc.command_tag = 'ALTER SCHEMA'
+              AND coalesce(current_setting('pgvz.schema_names', true), '') <> '' LOOP
+    CONTINUE WHEN ns.old IS NULL OR ns.old = ns.new;
     FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
-      IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = v.config->'inbox'->>0)
-         AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = v.config->'inbox'->>1) THEN
+      IF v.config->'inbox'->>0 = ns.old THEN
         RAISE EXCEPTION 'pgvz_nb: schema % holds the inbox of vectorizer %, which its trigger names on every write (an older pgvz_nb put it there)',
-          quote_ident(ns.nspname), v.name
+          quote_ident(ns.new), v.name
           USING ERRCODE = 'dependent_objects_still_exist',
                 HINT = 'unregister() the vectorizer and register() it again with this pgvz_nb, which keeps inboxes in schema pgvz; then rename the schema';
       END IF;
       cfg := v.config;
-      IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = cfg->'failed'->>0)
-         AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = cfg->'failed'->>1) THEN
-        cfg := jsonb_set(cfg, '{{failed,0}}', to_jsonb(ns.nspname::text));
+      IF cfg->'failed'->>0 = ns.old THEN
+        cfg := jsonb_set(cfg, '{{failed,0}}', to_jsonb(ns.new::text));
       END IF;
-      IF NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = cfg->'function'->>0)
-         AND EXISTS (SELECT 1 FROM pg_proc WHERE pronamespace = ns.objid AND proname = cfg->'function'->>1) THEN
-        cfg := jsonb_set(cfg, '{{function,0}}', to_jsonb(ns.nspname::text));
+      IF cfg->'function'->>0 = ns.old THEN
+        cfg := jsonb_set(cfg, '{{function,0}}', to_jsonb(ns.new::text));
       END IF;
-      IF cfg ? 'pipeline' AND NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = cfg->'pipeline'->'destination'->>0)
-         AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid
-                     AND relname = cfg->'pipeline'->'destination'->>1) THEN
-        cfg := jsonb_set(cfg, '{{pipeline,destination,0}}', to_jsonb(ns.nspname::text));
+      IF cfg->'pipeline'->'destination'->>0 = ns.old THEN
+        cfg := jsonb_set(cfg, '{{pipeline,destination,0}}', to_jsonb(ns.new::text));
       END IF;
-      UPDATE {catalog} AS c SET
-        config = cfg,
-        source_schema = CASE WHEN NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.source_schema)
-                              AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = c.source_table)
-                             THEN ns.nspname ELSE c.source_schema END,
-        queue_schema = CASE WHEN NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.queue_schema)
-                             AND EXISTS (SELECT 1 FROM pg_class WHERE relnamespace = ns.objid AND relname = c.queue_table)
-                            THEN ns.nspname ELSE c.queue_schema END
-      WHERE c.id = v.id AND (c.config IS DISTINCT FROM cfg
-        OR NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.source_schema)
-        OR NOT EXISTS (SELECT 1 FROM pg_namespace WHERE nspname = c.queue_schema));
+      IF jsonb_typeof(cfg->'backfill') = 'array' THEN
+        cfg := jsonb_set(cfg, '{{backfill}}', coalesce((
+          SELECT jsonb_agg(CASE WHEN e->>0 = ns.old THEN jsonb_set(e, '{{0}}', to_jsonb(ns.new::text)) ELSE e END)
+          FROM jsonb_array_elements(cfg->'backfill') AS e), '[]'));
+      END IF;
+      UPDATE {catalog} AS c SET config = cfg,
+        source_schema = CASE WHEN c.source_schema = ns.old THEN ns.new ELSE c.source_schema END,
+        queue_schema = CASE WHEN c.queue_schema = ns.old THEN ns.new ELSE c.queue_schema END
+      WHERE c.id = v.id AND (c.config IS DISTINCT FROM cfg OR ns.old IN (c.source_schema, c.queue_schema));
     END LOOP;
   END LOOP;
   SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
@@ -871,7 +968,12 @@ BEGIN
         AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)
       LIMIT 1;
       CONTINUE WHEN NOT FOUND;
-      UPDATE {catalog} SET source_schema = moved.nspname, source_table = moved.relname WHERE id = v.id;
+      UPDATE {catalog} AS c SET source_schema = moved.nspname, source_table = moved.relname,
+        config = CASE WHEN jsonb_typeof(c.config->'backfill') = 'array' THEN jsonb_set(c.config, '{{backfill}}', (
+          SELECT jsonb_agg(CASE WHEN e = jsonb_build_array(v.source_schema, v.source_table)
+                                THEN jsonb_build_array(moved.nspname, moved.relname) ELSE e END)
+          FROM jsonb_array_elements(c.config->'backfill') AS e)) ELSE c.config END
+      WHERE c.id = v.id;
       src := moved.oid;
     END IF;
     SELECT string_agg(quote_ident(k), ', ') INTO keys FROM jsonb_array_elements_text(v.config->'keys') AS k;
@@ -880,10 +982,21 @@ BEGIN
     fresh := src = ANY (objs) AND NOT EXISTS (
       SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgfoid = fn
         AND tg.tgname = v.config->'triggers'->>'insert');
+    -- this function runs as a superuser: it alters or writes the vectorizer's own tables only
+    -- if they are as pgvz_nb made them (owned by the vectorizer's owner or a superuser, with no
+    -- code of anyone else's on them), else a role could have its code run as the superuser
+    bad := CASE WHEN src = ANY (objs) THEN {unsafe} END;
     IF src = ANY (objs) THEN
       SELECT string_agg(quote_ident(k), ', ') INTO gone FROM jsonb_array_elements_text(v.config->'keys') AS k
       WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = src AND a.attname = k
                         AND a.attnum > 0 AND NOT a.attisdropped);
+      IF fresh AND NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
+                               WHERE c.oid = src AND (o.rolsuper OR o.rolname = v.config->>'source_owner')) THEN
+        RAISE WARNING 'pgvz_nb: vectorizer % does not take on the new table %.%: it belongs to another role than the table it followed',
+          v.name, v.source_schema, v.source_table
+          USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
+        CONTINUE;
+      END IF;
       IF gone IS NOT NULL AND fresh THEN
         RAISE WARNING 'pgvz_nb: vectorizer % no longer follows %.%: the new table of that name has no key column %',
           v.name, v.source_schema, v.source_table, gone
@@ -933,6 +1046,12 @@ BEGIN
             JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
             WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
           LOOP
+            IF bad IS NOT NULL THEN
+              RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and its tables cannot follow: %',
+                v.name, bad
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'put the vectorizer''s tables back as pgvz_nb made them, or drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings)';
+            END IF;
             IF NOT d.builtin THEN
               RAISE EXCEPTION 'pgvz_nb: the key % of vectorizer % becomes %, which is not a built-in type; its tables follow built-in key types only',
                 quote_ident(d.k), v.name, d.want
@@ -942,6 +1061,9 @@ BEGIN
             BEGIN
               EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
             EXCEPTION WHEN OTHERS THEN
+              IF SQLSTATE IN ('55P03', '57014') THEN
+                RAISE;  -- the statement's own lock_timeout or statement_timeout: not a refusal
+              END IF;
               RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
                 v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
                 USING ERRCODE = 'feature_not_supported',
@@ -950,10 +1072,10 @@ BEGIN
           END LOOP;
         EXIT;
       EXCEPTION WHEN OTHERS THEN
-        IF NOT fresh THEN
+        IF NOT fresh OR SQLSTATE IN ('55P03', '57014') THEN
           RAISE;
         END IF;
-        IF attempt = 2 THEN
+        IF attempt = 2 OR bad IS NOT NULL THEN
           RAISE WARNING '%; vectorizer % does not follow the new table %.%', SQLERRM, v.name, v.source_schema, v.source_table
             USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
           CONTINUE vectorizers;
@@ -967,9 +1089,15 @@ BEGIN
       END;
       END LOOP;
     END IF;
+    IF fresh AND bad IS NOT NULL THEN
+      RAISE WARNING 'pgvz_nb: vectorizer % does not take on the new table %.%: %', v.name, v.source_schema, v.source_table, bad
+        USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
+      CONTINUE;
+    END IF;
     IF fresh THEN
-      -- take on the new table: its triggers, its rows queued, and, for a pipeline, the
-      -- destination keys it does not hold queued, so their embeddings go
+      -- take on the new table: its triggers, its rows queued (by the next sync, not in the
+      -- application's statement), and, for a pipeline, the destination keys it does not hold
+      -- queued now, so their embeddings go
       FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgname = v.config->'triggers'->>ev);
         EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
@@ -977,7 +1105,9 @@ BEGIN
                        v.config->'triggers'->>ev, v.source_schema, v.source_table,
                        v.config->'function'->>0, v.config->'function'->>1);
       END LOOP;
-      EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, v.source_schema, v.source_table);
+      UPDATE {catalog} AS c SET config = jsonb_set(c.config, '{{backfill}}',
+        coalesce(c.config->'backfill', '[]') || jsonb_build_array(jsonb_build_array(v.source_schema, v.source_table)))
+      WHERE c.id = v.id;
       IF v.config->>'kind' = 'pipeline' AND EXISTS (
           SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
           WHERE n.nspname = v.config->'pipeline'->'destination'->>0
@@ -990,7 +1120,7 @@ BEGIN
                        v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
                        v.source_schema, v.source_table, join_on);
       END IF;
-      RAISE NOTICE 'pgvz_nb: vectorizer % follows the new table %.%; its rows are queued', v.name, v.source_schema, v.source_table;
+      RAISE NOTICE 'pgvz_nb: vectorizer % follows the new table %.%; its rows are queued at the next sync', v.name, v.source_schema, v.source_table;
     END IF;
     -- the source and its partitions and children, any depth
     tree := ARRAY(WITH RECURSIVE dd(oid) AS (
@@ -998,6 +1128,9 @@ BEGIN
                   SELECT oid FROM dd);
     CONTINUE WHEN NOT (tree && objs OR EXISTS (
       SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs)));
+    IF NOT src = ANY (objs) THEN
+      bad := {unsafe};
+    END IF;
     -- partitions and children without the triggers: add them, queue the rows
     FOR d IN
       SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -1013,8 +1146,10 @@ BEGIN
                        v.config->'function'->>0, v.config->'function'->>1);
         added := true;
       END LOOP;
-      IF added THEN
-        EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+      IF added THEN  -- its rows (attached with the table, say) are queued by the next sync
+        UPDATE {catalog} AS c SET config = jsonb_set(c.config, '{{backfill}}',
+          coalesce(c.config->'backfill', '[]') || jsonb_build_array(jsonb_build_array(d.nspname, d.relname)))
+        WHERE c.id = v.id;
       END IF;
     END LOOP;
     -- tables detached from the source that still run its triggers
@@ -1023,7 +1158,12 @@ BEGIN
       JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
       WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid <> ALL (tree)
     LOOP
-      EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+      -- now, in the statement: the table may be dropped next, and its rows with it
+      IF bad IS NULL THEN
+        EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
+      ELSE
+        RAISE WARNING 'pgvz_nb: vectorizer % could not queue the rows of %.%, which left its table: %', v.name, d.nspname, d.relname, bad;
+      END IF;
       FOR ev IN SELECT tg.tgname FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn LOOP
         EXECUTE format({drop}, ev, d.nspname, d.relname);
       END LOOP;
@@ -1041,7 +1181,7 @@ BEGIN
 END
 """
     ).format(
-        catalog=ident(CATALOG), guard=_event_guard(),
+        catalog=ident(CATALOG), guard=_event_guard(), unsafe=_unsafe_tables(),
         self_name=sql.Literal(PARTITION_EVENT_TRIGGER), pgvz=PctLiteral(CATALOG[0]),
         ins=templates["insert"], upd=templates["update"],
         **{"del": templates["delete"]}, trunc=templates["truncate"],
@@ -1071,6 +1211,7 @@ DECLARE
   keys text;
   dkeys text;
   join_on text;
+  bad text;
 BEGIN
 {guard}  -- a partition or child of a callback vectorizer's source, dropped while the source stays:
   -- its rows are gone before any trigger could read their keys, and a callback queue has no
@@ -1104,6 +1245,10 @@ BEGIN
         OR NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                        WHERE n.nspname = v.config->'pipeline'->'destination'->>0
                          AND c.relname = v.config->'pipeline'->'destination'->>1);
+      bad := {unsafe};  -- run as a superuser: only into and out of tables as pgvz_nb made them
+      IF bad IS NOT NULL THEN
+        RAISE EXCEPTION '%', bad;
+      END IF;
       SELECT string_agg(quote_ident(k.k), ', ' ORDER BY k.i), string_agg(quote_ident(d.k), ', ' ORDER BY k.i),
              string_agg(format({pair}, k.k, d.k), ' AND ' ORDER BY k.i)
       INTO keys, dkeys, join_on
@@ -1120,18 +1265,19 @@ BEGIN
 END
 """
     ).format(
-        catalog=ident(CATALOG), guard=_event_guard(),
+        catalog=ident(CATALOG), guard=_event_guard(), unsafe=_unsafe_tables(),
         pair=PctLiteral(_PAIR_FMT), reconcile=PctLiteral(_GONE_FMT),
     )
 
 
-GUARD_DROPS_EVENT_TRIGGER = "pgvz_before_drop"
-GUARD_DROPS_FUNCTION: Rel = ("pgvz", "before_drop")
+GUARD_DROPS_EVENT_TRIGGER = "pgvz_before_ddl"
+GUARD_DROPS_FUNCTION: Rel = ("pgvz", "before_ddl")
 
 
 def guard_drops_function_body() -> sql.Composed:
-    """PL/pgSQL body of the event trigger run at the start of DROP TABLE / SCHEMA / OWNED:
-    note, for the sql_drop function (``drop_function_body``), which tables carry a
+    """PL/pgSQL body of the event trigger run at the start of DROP TABLE / SCHEMA / OWNED and
+    ALTER SCHEMA: note the names of the schemas the catalog names, by oid (pgvz.schema_names,
+    for pgvz_follow_ddl to follow a schema renamed); and, for the sql_drop function (``drop_function_body``), which tables carry a
     callback vectorizer's triggers without being its source (its partitions and children),
     as 'oid:vectorizer id:name,...' in the transaction-local setting pgvz.callback_children.
     At sql_drop time those tables and triggers are gone from the catalogs, so this is the
@@ -1140,6 +1286,7 @@ def guard_drops_function_body() -> sql.Composed:
         """
 DECLARE
   found text;
+  names jsonb;
 BEGIN
 {guard}  SELECT string_agg(tg.tgrelid::text || ':' || c.id || ':' || replace(replace(k.relname, ',', '_'), ':', '_'), ',')
   INTO found
@@ -1151,6 +1298,15 @@ BEGIN
   WHERE c.config->>'kind' = 'callback'
     AND NOT (kn.nspname = c.source_schema AND k.relname = c.source_table);
   PERFORM set_config('pgvz.callback_children', coalesce(found, ''), true);
+  -- the schemas the catalog names, by oid: an ALTER SCHEMA ... RENAME is then followed from the
+  -- old name to the new one exactly (pgvz_follow_ddl), whatever else holds a table of a like name
+  SELECT jsonb_object_agg(n.oid::text, n.nspname) INTO names
+  FROM pg_namespace n
+  WHERE n.nspname IN (SELECT unnest(ARRAY[c.source_schema, c.queue_schema, c.config->'inbox'->>0,
+                                          c.config->'failed'->>0, c.config->'function'->>0,
+                                          c.config->'pipeline'->'destination'->>0])
+                      FROM {catalog} AS c);
+  PERFORM set_config('pgvz.schema_names', coalesce(names::text, ''), true);
 EXCEPTION WHEN OTHERS THEN
   RAISE WARNING 'pgvz_nb: could not note the partitions of callback vectorizers (%)', SQLERRM;
 END
@@ -1164,7 +1320,7 @@ EVENT_TRIGGERS = (
      ("ALTER SCHEMA", "ALTER TABLE", "CREATE TABLE")),
     (DROP_FUNCTION, drop_function_body, DROP_EVENT_TRIGGER, "sql_drop", None),
     (GUARD_DROPS_FUNCTION, guard_drops_function_body, GUARD_DROPS_EVENT_TRIGGER, "ddl_command_start",
-     ("DROP OWNED", "DROP SCHEMA", "DROP TABLE")),
+     ("ALTER SCHEMA", "DROP OWNED", "DROP SCHEMA", "DROP TABLE")),
 )
 
 

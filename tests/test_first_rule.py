@@ -757,3 +757,190 @@ def test_19_a_running_worker_follows_a_key_made_bigint(db, conn, schema):
     report = v.sync(progress=False)
     assert report.failed == 0 and embedded(conn, schema)[-1] == (3000000000, "big")
     v.close()
+
+
+# --- found by the review of this change (each made a role a superuser, leaked, or stalled) ----
+
+
+def _evil(conn, schema, who):
+    """A function that makes ``who`` a superuser when a superuser runs it (and does nothing
+    when anyone else does)."""
+    conn.execute(sql.SQL(
+        "CREATE FUNCTION {}(text) RETURNS boolean LANGUAGE plpgsql AS $$ BEGIN "
+        "BEGIN EXECUTE format('ALTER ROLE %I SUPERUSER', {}); EXCEPTION WHEN insufficient_privilege THEN NULL; END; "
+        "RETURN true; END $$"
+    ).format(s(schema, "evil"), sql.Literal(who)))
+
+
+def _is_super(conn, who) -> bool:
+    return conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", [who]).fetchone()[0]
+
+
+def test_20_the_event_triggers_touch_no_table_another_role_put_in_pgvz_nbs_place(db, conn):
+    """The event functions run as a superuser. The owner of the source's schema could drop the
+    superuser's destination and put in its place a view (read when a table of the source's
+    name was taken on) or a table with a CHECK calling its function (rewritten when the key
+    was retyped): either made it a superuser. They now act only on tables as pgvz_nb made
+    them, and a new table under the source's name only if it belongs to the source's owner."""
+    with role(conn, "alice") as alice:
+        schema = f"t_{uuid.uuid4().hex[:8]}"
+        conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(s(schema), s(alice)))
+        try:
+            with as_role(db, alice) as a:
+                make_posts(a, schema)
+                _evil(a, schema, alice)
+            v = pipeline(db, schema).create()
+            v.sync(progress=False)
+            with as_role(db, alice) as a:
+                a.execute(sql.SQL("DROP TABLE {}").format(s(schema, "posts_embedding")))
+                a.execute(sql.SQL("CREATE VIEW {} AS SELECT 1 AS posts_id WHERE {}('x')").format(
+                    s(schema, "posts_embedding"), s(schema, "evil")))
+                a.execute(sql.SQL("DROP TABLE {}").format(s(schema, "posts")))
+                make_posts(a, schema)
+                assert not _is_super(conn, alice)
+                a.execute(sql.SQL("DROP VIEW {}").format(s(schema, "posts_embedding")))
+                a.execute(sql.SQL(
+                    "CREATE TABLE {} (id uuid, metadata jsonb, contents text, embedding vector(8), posts_id int "
+                    "CHECK ({}(posts_id::text)), chunk_seq int, chunk_hash text)").format(
+                    s(schema, "posts_embedding"), s(schema, "evil")))
+                a.execute(sql.SQL("INSERT INTO {} (posts_id) VALUES (1)").format(s(schema, "posts_embedding")))
+                try:
+                    a.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(s(schema, "posts")))
+                except psycopg.errors.FeatureNotSupported as exc:  # refused, saying why
+                    assert "posts_embedding is owned by" in str(exc)
+            assert not _is_super(conn, alice)
+            v.close()
+        finally:
+            conn.rollback()
+            drop = __import__("tests.conftest", fromlist=["drop_schema"]).drop_schema
+            drop(db, schema)
+
+
+def test_20_a_key_type_of_another_role_is_refused_at_create(db, conn, schema):
+    """A key of a type another role owns (an enum, a domain) would run that role's casts and
+    CHECKs inside the trigger and the event functions, with their privileges."""
+    with role(conn, "alice") as alice:
+        conn.execute(sql.SQL("CREATE TYPE {} AS ENUM ('a', 'b')").format(s(schema, "kind")))
+        conn.execute(sql.SQL("ALTER TYPE {} OWNER TO {}").format(s(schema, "kind"), s(alice)))
+        conn.execute(sql.SQL("CREATE TABLE {} (id {} PRIMARY KEY, body text)").format(
+            s(schema, "posts"), s(schema, "kind")))
+        with pytest.raises(UntrustedObject, match=f"owned by {alice}"):
+            pipeline(db, schema).create()
+        with pytest.raises(UntrustedObject):
+            pgvz.Vectorize(db.dsn, "posts", schema_name=schema).register()
+        conn.execute(sql.SQL("DROP TABLE {}").format(s(schema, "posts")))
+
+
+def test_20_a_sync_writes_no_destination_another_role_replaced(db, conn):
+    """A destination replaced by its schema's owner with one of its own (a CHECK calling its
+    function): a superuser's sync ran that code. Now the sync refuses: the table is not the
+    vectorizer owner's."""
+    with role(conn, "alice") as alice:
+        schema = f"t_{uuid.uuid4().hex[:8]}"
+        conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(s(schema), s(alice)))
+        try:
+            make_posts(conn, schema)
+            v = pipeline(db, schema).create()
+            with as_role(db, alice) as a:
+                _evil(a, schema, alice)
+                a.execute(sql.SQL("DROP TABLE {}").format(s(schema, "posts_embedding")))
+                a.execute(sql.SQL(
+                    "CREATE TABLE {} (id uuid PRIMARY KEY, metadata jsonb, contents text CHECK ({}(contents)), "
+                    "embedding vector(8), posts_id int, chunk_seq int, chunk_hash text)").format(
+                    s(schema, "posts_embedding"), s(schema, "evil")))
+            with pytest.raises(UntrustedObject, match=f"owned by role {alice}"):
+                v.sync(progress=False)
+            assert not _is_super(conn, alice)
+            v.close()
+        finally:
+            conn.rollback()
+            __import__("tests.conftest", fromlist=["drop_schema"]).drop_schema(db, schema)
+
+
+def test_20_renaming_an_unrelated_schema_takes_nothing_on(db, conn):
+    """The catalog followed a schema rename by name ("the old schema is gone, and the renamed
+    one holds a table of the source's name"): a vectorizer whose source was dropped took on
+    an unrelated table and embedded its rows. Now the old names are noted at the statement's
+    start, by the schema's oid, and followed exactly."""
+    from .conftest import drop_schema
+
+    src, dst, other = (f"t_{uuid.uuid4().hex[:8]}" for _ in range(3))
+    for name in (src, dst):
+        conn.execute(sql.SQL("CREATE SCHEMA {}").format(s(name)))
+    mallory = f"mallory_{uuid.uuid4().hex[:8]}"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(s(mallory)))
+    conn.execute(sql.SQL("GRANT CREATE ON DATABASE postgres TO {}").format(s(mallory)))
+    try:
+        make_posts(conn, src)
+        v = pipeline(db, src, destination=(dst, "posts_embedding")).create()
+        v.sync(progress=False)
+        conn.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(s(src)))
+        with as_role(db, mallory) as m:  # an unrelated role, with a table of its own
+            m.execute(sql.SQL("CREATE SCHEMA {}").format(s(other)))
+            m.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(s(other, "posts")))
+            m.execute(sql.SQL("INSERT INTO {} VALUES (7, 'CONFIDENTIAL')").format(s(other, "posts")))
+            m.execute(sql.SQL("ALTER SCHEMA {} RENAME TO {}").format(s(other), s(src)))
+            m.execute(sql.SQL("ALTER TABLE {} ADD COLUMN x int").format(s(src, "posts")))
+        assert conn.execute("SELECT source_schema FROM pgvz.vectorizers WHERE name = %s", [v.name]).fetchone() == (src,)
+        assert "CONFIDENTIAL" not in str(conn.execute(sql.SQL("SELECT contents FROM {}").format(
+            s(dst, "posts_embedding"))).fetchall())
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+                            [f'"{src}"."posts"']).fetchone()[0] == 0
+        assert len(embedded(conn, dst)) == 3
+        v.close()
+    finally:
+        conn.rollback()
+        for name in (src, dst, other):
+            drop_schema(db, name)
+        conn.execute(sql.SQL("DROP OWNED BY {} CASCADE").format(s(mallory)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(s(mallory)))
+
+
+def test_20_a_where_that_raises_for_one_row_sets_that_row_aside(db, conn, schema):
+    """A where= whose (immutable) function raised for one row failed the read of every batch
+    holding it, and so every sync: nothing was embedded, nothing was in errors()."""
+    conn.execute(sql.SQL(
+        "CREATE FUNCTION {}(text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN "
+        "IF $1 = 'post 7' THEN RAISE EXCEPTION 'cannot decide for %%', $1; END IF; RETURN true; END $$"
+    ).format(s(schema, "decide")), [])
+    make_posts(conn, schema, n=20)
+    v = pipeline(db, schema, where=sql.SQL("{}(body)").format(s(schema, "decide")).as_string(conn),
+                 max_attempts=1).create()
+    report = v.sync(progress=False)
+    assert report.processed == 19 and report.failed == 1
+    assert "cannot decide for post 7" in v.errors()["last_error"][0]
+    v.close()
+
+
+def test_20_a_pending_backfill_follows_a_renamed_table(db, conn, schema):
+    """An install that stopped before queueing the rows (a killed notebook) left the tables to
+    queue by name: after a rename they were skipped, and the rows never reached the
+    destination."""
+    make_posts(conn, schema, n=5)
+    v = pipeline(db, schema).create()
+    conn.execute("UPDATE pgvz.vectorizers SET config = jsonb_set(config, '{backfill}', %s) WHERE name = %s",
+                 [psycopg.types.json.Jsonb([[schema, "posts"]]), v.name])
+    conn.execute(sql.SQL("DELETE FROM {}").format(s(*v._queue.queue)))  # as if never queued
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO articles").format(s(schema, "posts")))
+    v.close()
+    v = pgvz.Vectorizer.open(db, v.name, embedder=HashingEmbedder(8))
+    assert v.sync(progress=False).processed == 5
+    v.close()
+
+
+def test_20_without_event_triggers_a_key_change_never_fails_the_applications_writes(db, conn, schema):
+    """Where no event trigger follows the table (none installed: no superuser ever ran
+    create()), an int key made bigint failed every INSERT past 2^31 inside the trigger, and a
+    renamed key every write. The statement now goes on, with a WARNING saying what to do."""
+    make_posts(conn, schema, n=1)
+    v = pipeline(db, schema).create()
+    warnings = []
+    conn.add_notice_handler(lambda d: warnings.append(d.message_primary))
+    conn.execute("SET pgvz.partition_event_trigger = off")
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(s(schema, "posts")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3000000000, 'big')").format(s(schema, "posts")))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME COLUMN id TO post_id").format(s(schema, "posts")))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'still written'").format(s(schema, "posts")))
+    assert any("were not queued" in w for w in warnings)
+    assert conn.execute(sql.SQL("SELECT count(*) FROM {}").format(s(schema, "posts"))).fetchone()[0] == 2
+    v.close()
