@@ -150,13 +150,9 @@ def other_clients() -> sql.Composed:
 # --- catalog ---------------------------------------------------------------------------
 
 
-def install_lock() -> sql.Composed:
-    """Serialise installs: two ``CREATE TABLE IF NOT EXISTS`` racing still collide in pg_type."""
-    return sql.SQL("SELECT pg_advisory_xact_lock({})").format(sql.Literal(INSTALL_LOCK_KEY))
-
-
 def try_install_lock() -> sql.Composed:
-    """The install lock if free now (true), else false: an install never queues behind another."""
+    """Serialise installs (two ``CREATE TABLE IF NOT EXISTS`` racing still collide in pg_type):
+    the lock if free now (true), else false, so an install never queues behind another."""
     return sql.SQL("SELECT pg_try_advisory_xact_lock({})").format(sql.Literal(INSTALL_LOCK_KEY))
 
 
