@@ -486,10 +486,11 @@ class Queue:
                 covered.append(rel)
         return covered
 
-    def complete_backfill(self, conn: psycopg.Connection) -> int:
-        """Queue the rows of the tables an install left to back-fill (``install``), in a
-        transaction of its own; returns the keys queued. Runs once: the list is taken out
-        of the catalog row in the same transaction."""
+    def complete_backfill(self, conn: psycopg.Connection, *, pending: bool = False) -> int:
+        """Queue the rows of the tables an install left to back-fill (``install``), or a
+        partition attached since, in a transaction of its own; returns the keys queued. Runs
+        once: the list is taken out of the catalog row in the same transaction. ``pending``:
+        the catalog says there is such a list (else this Queue's config is asked)."""
         def body() -> int:
             row = conn.execute(q.catalog_take_backfill(), [self.id]).fetchone()
             done = 0
@@ -498,7 +499,7 @@ class Queue:
                     done += conn.execute(q.backfill(self.queue, (schema, table), self.keys)).rowcount
             return done
 
-        if not self.config.get("backfill"):
+        if not (pending or self.config.get("backfill")):
             return 0
         done = locked(conn, body, target=self.source, doing=f"queueing the rows of {'.'.join(self.source)}",
                       install=False)
@@ -638,12 +639,11 @@ class Queue:
         """
         track = in_flight is not None and self._has_in_flight(conn)
         with conn.transaction():  # rows to queue: an install stopped half-way, a partition attached
-            self.config["backfill"] = conn.execute(q.catalog_backfill_pending(), [self.id]).fetchone()[0]
-        if self.config["backfill"]:
+            pending = conn.execute(q.catalog_backfill_pending(), [self.id]).fetchone()[0]
+        if pending:  # (a local: sync's lanes share this Queue)
             try:
-                self.complete_backfill(conn)
+                self.complete_backfill(conn, pending=True)
             except psycopg.errors.InsufficientPrivilege:
-                self.config.pop("backfill")
                 log.warning("the rows of %s are not all queued yet (an install stopped half-way) and "
                             "this role may not queue them: run create()/register() again as the "
                             "vectorizer's owner", ".".join(self.source))
