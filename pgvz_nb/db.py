@@ -47,6 +47,15 @@ class Cursor(psycopg.Cursor):
         return super().execute(query, params, **kwargs)
 
 
+class AsyncCursor(psycopg.AsyncCursor):
+    """``Cursor`` for async connections."""
+
+    async def execute(self, query, params=None, **kwargs):
+        if params is None and q.has_escaped(query):
+            params = ()
+        return await super().execute(query, params, **kwargs)
+
+
 def embedded_data_dir() -> Path:
     """The embedded server's data directory for the current user (``PGVZ_DATA_DIR`` overrides)."""
     if os.environ.get("PGVZ_DATA_DIR"):
@@ -294,6 +303,30 @@ class Database:
             conn.execute(q.set_session(), ["lock_timeout", WORKER_LOCK_TIMEOUT])
             if not autocommit:
                 conn.commit()
+        return conn
+
+    async def aconnect(self, *, autocommit: bool = False, vector: bool = False) -> psycopg.AsyncConnection:
+        """A new psycopg 3 async connection, as ``connect`` makes them."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(self.dsn, autocommit=autocommit,
+                                                         cursor_factory=AsyncCursor)
+        except psycopg.Error as exc:
+            raise ConnectionFailed(
+                f"could not connect to {mask_dsn(self.dsn)}: {str(exc).strip()}; "
+                "check that the server runs and the DSN (PGVZ_DSN / DATABASE_URL) is right"
+            ) from None
+        if vector:
+            from pgvector.psycopg import register_vector_async
+
+            try:
+                await register_vector_async(conn)
+            except psycopg.ProgrammingError:  # the type is not there yet: make it the sync way
+                await conn.close()
+                with self.connect(vector=True):
+                    pass
+                return await self.aconnect(autocommit=autocommit, vector=vector)
+        for oid, loader in _lenient_loaders().items():
+            conn.adapters.register_loader(oid, loader)
         return conn
 
     def __repr__(self) -> str:

@@ -16,7 +16,7 @@ from . import sql as q
 from .errors import DimensionMismatch, PgvzError
 from .frames import search_frame as search_frame_from_rows
 
-__all__ = ["Collection", "search_frame", "search_rows"]
+__all__ = ["Collection", "search_frame", "search_rows", "search_statement"]
 
 
 def search_rows(
@@ -30,9 +30,22 @@ def search_rows(
     start: Any = None,
     end: Any = None,
     hybrid: bool = False,
+    vectors: bool = False,
 ) -> list[tuple]:
     """k nearest rows of a collection-layout table: (distance, contents, metadata, id) tuples,
-    plus the fused ``score`` when ``hybrid``."""
+    plus the fused ``score`` when ``hybrid``, or the stored vector with ``vectors``."""
+    stmt, params, filtered = search_statement(rel, query_embedding, query_text, k, filter=filter,
+                                              start=start, end=end, hybrid=hybrid, vectors=vectors)
+    if filtered:
+        prepare_search(conn)
+    return conn.execute(stmt, params).fetchall()
+
+
+def search_statement(rel: q.Rel, query_embedding: Sequence[float], query_text: str | None, k: int, *,
+                     filter: dict[str, Any] | None = None, start: Any = None, end: Any = None,
+                     hybrid: bool = False, vectors: bool = False) -> tuple[Any, dict[str, Any], bool]:
+    """(statement, parameters, whether it filters) of ``search_rows``, checked; shared by
+    the sync and async callers."""
     if k < 1:
         raise PgvzError(f"k must be at least 1, got {k}")
     if filter is not None and not isinstance(filter, dict):
@@ -44,10 +57,9 @@ def search_rows(
         "filter": Jsonb(filter) if filter else None, "start": start, "end": end,
         "text": query_text, "pool": max(int(k) * 4, 40),
     }
-    stmt = q.search(rel, hybrid=hybrid, time_range=start is not None or end is not None)
-    if filter or start is not None or end is not None:
-        prepare_search(conn)
-    return conn.execute(stmt, params).fetchall()
+    timed = start is not None or end is not None
+    stmt = q.search(rel, hybrid=hybrid, time_range=timed, vectors=vectors)
+    return stmt, params, bool(filter) or timed
 
 
 _iterative: weakref.WeakSet = weakref.WeakSet()  # sessions already set up
@@ -81,6 +93,9 @@ def search_frame(conn: psycopg.Connection, rel: q.Rel, query_embedding: Sequence
     if options.get("hybrid"):
         frame.insert(2, "score", [float(r[4]) for r in rows])
     return frame
+
+
+COPY_TYPES = ["uuid", "jsonb", "text", "vector"]
 
 
 class Collection:
@@ -127,6 +142,28 @@ class Collection:
         ids: Sequence[uuid.UUID | str] | None = None,
     ) -> int:
         """Write rows with binary COPY; returns how many."""
+        rows = self.rows(contents, metadatas, embeddings, ids)
+        with conn.cursor().copy(q.collection_copy(self.rel)) as copy:
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                copy.write_row(row)
+        return len(rows)
+
+    async def aadd(self, conn: psycopg.AsyncConnection, contents: Sequence[str],
+                   metadatas: Sequence[dict[str, Any]], embeddings: Sequence[Sequence[float]] | np.ndarray,
+                   ids: Sequence[uuid.UUID | str] | None = None) -> int:
+        """``add`` on an async connection."""
+        rows = self.rows(contents, metadatas, embeddings, ids)
+        async with conn.cursor().copy(q.collection_copy(self.rel)) as copy:
+            copy.set_types(COPY_TYPES)
+            for row in rows:
+                await copy.write_row(row)
+        return len(rows)
+
+    def rows(self, contents: Sequence[str], metadatas: Sequence[dict[str, Any]],
+             embeddings: Sequence[Sequence[float]] | np.ndarray,
+             ids: Sequence[uuid.UUID | str] | None = None) -> list[tuple]:
+        """The rows ``add`` writes, checked: lengths, NUL characters, vector sizes."""
         if ids is None:
             ids = [uuid.uuid4() for _ in contents]
         if not (len(ids) == len(contents) == len(metadatas) == len(embeddings)):
@@ -134,23 +171,21 @@ class Collection:
                 f"add() got {len(contents)} contents, {len(metadatas)} metadatas, "
                 f"{len(embeddings)} embeddings and {len(ids)} ids; expected equal lengths"
             )
-        for i, text in enumerate(contents):
+        rows = []
+        for i, (id_, text, meta, emb) in enumerate(zip(ids, contents, metadatas, embeddings)):
             if "\x00" in text:
                 raise PgvzError(
                     f"text {i} contains a NUL character (U+0000), which PostgreSQL text cannot "
                     "store; remove it first, e.g. text.replace('\\x00', '')"
                 )
-        with conn.cursor().copy(q.collection_copy(self.rel)) as copy:
-            copy.set_types(["uuid", "jsonb", "text", "vector"])
-            for id_, text, meta, emb in zip(ids, contents, metadatas, embeddings):
-                vec = np.asarray(emb, dtype=np.float32)
-                if vec.shape != (self.dimensions,):
-                    raise DimensionMismatch(
-                        f"an embedding has shape {vec.shape}, expected ({self.dimensions},) for "
-                        f"{'.'.join(self.rel)}; use an embedder of that size or another destination"
-                    )
-                copy.write_row((uuid.UUID(str(id_)), Jsonb(meta), text, vec))
-        return len(contents)
+            vec = np.asarray(emb, dtype=np.float32)
+            if vec.shape != (self.dimensions,):
+                raise DimensionMismatch(
+                    f"an embedding has shape {vec.shape}, expected ({self.dimensions},) for "
+                    f"{'.'.join(self.rel)}; use an embedder of that size or another destination"
+                )
+            rows.append((uuid.UUID(str(id_)), Jsonb(meta), text, vec))
+        return rows
 
     def search(
         self,

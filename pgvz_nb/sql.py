@@ -1603,6 +1603,11 @@ def collection_delete_ids(table: Rel) -> sql.Composed:
     return sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(ident(table))
 
 
+def collection_get_ids(table: Rel) -> sql.Composed:
+    """The rows whose id is in %s (a uuid[]): id, contents, metadata."""
+    return sql.SQL("SELECT id, contents, metadata FROM {} WHERE id = ANY(%s)").format(ident(table))
+
+
 def collection_copy(table: Rel) -> sql.Composed:
     """Binary COPY: about five times text COPY for vector rows (FACTS.md). COPY takes no
     parameters, so its names are plain identifiers (no ``%`` doubling)."""
@@ -1784,12 +1789,13 @@ def enable_iterative_scans() -> sql.Composed:
     return sql.SQL("SELECT set_config('hnsw.iterative_scan', 'relaxed_order', %(local)s)").format()
 
 
-def search(rel: Rel, *, hybrid: bool, time_range: bool) -> sql.Composed:
+def search(rel: Rel, *, hybrid: bool, time_range: bool, vectors: bool = False) -> sql.Composed:
     """k nearest chunks by cosine distance, filtered by metadata containment
     (%(filter)s, NULL for none) and, with ``time_range``, by the time inside v1 ids
     (%(start)s inclusive, %(end)s exclusive, either NULL). ``hybrid`` fuses the vector
     ranking with PostgreSQL full-text ranking (%(text)s) by reciprocal rank fusion over
-    the top %(pool)s of each; rows are ordered by ``score``."""
+    the top %(pool)s of each; rows are ordered by ``score``. ``vectors`` (not hybrid): the
+    stored embedding too, for maximal marginal relevance."""
     conds = [sql.SQL("(%(filter)s::jsonb IS NULL OR d.metadata @> %(filter)s::jsonb)")]
     if time_range:
         conds.append(sql.SQL(
@@ -1801,10 +1807,10 @@ def search(rel: Rel, *, hybrid: bool, time_range: bool) -> sql.Composed:
         # the outer ORDER BY: an iterative scan in relaxed order may hand rows over slightly
         # out of order (the subquery's LIMIT keeps it from being flattened away)
         return sql.SQL(
-            "SELECT * FROM (SELECT d.embedding <=> %(q)s AS distance, d.contents, d.metadata, d.id "
+            "SELECT * FROM (SELECT d.embedding <=> %(q)s AS distance, d.contents, d.metadata, d.id{vec} "
             "FROM {rel} AS d WHERE {where} ORDER BY d.embedding <=> %(q)s LIMIT %(k)s) AS r "
             "ORDER BY distance"
-        ).format(rel=ident(rel), where=where)
+        ).format(rel=ident(rel), where=where, vec=sql.SQL(", d.embedding" if vectors else ""))
     return sql.SQL(
         """
 WITH vec AS (
