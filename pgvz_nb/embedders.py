@@ -27,6 +27,7 @@ from langchain_core.embeddings import Embeddings
 from .errors import PgvzError
 
 __all__ = ["MiniLMEmbedder", "HashingEmbedder", "default_embedder", "embedder_identity",
+           "embedder_config", "embedder_from_config",
            "embedder_dimensions"]
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
@@ -212,3 +213,47 @@ def embedder_dimensions(embedder: Any) -> int:
     if isinstance(dims, int) and dims > 0:
         return dims
     return len(embedder.embed_query("dimension probe"))
+
+
+def embedder_config(embedder: Any) -> dict[str, Any]:
+    """What the catalog (and an exported script) records of an embedder: its identity and
+    size, and for the kinds pgvz_nb can rebuild by itself (``embedder_from_config``) how."""
+    cfg: dict[str, Any] = {"identity": embedder_identity(embedder), "dimensions": embedder_dimensions(embedder),
+                           "class": f"{type(embedder).__module__}.{type(embedder).__qualname__}"}
+    if isinstance(embedder, MiniLMEmbedder):
+        cfg.update(kind="default", backend=embedder.backend)
+    elif isinstance(embedder, HashingEmbedder):
+        cfg.update(kind="hashing")
+    elif type(embedder).__name__ == "OpenAIEmbeddings":
+        cfg.update(kind="openai", model=embedder.model,
+                   base_url=getattr(embedder, "openai_api_base", None),
+                   check_embedding_ctx_length=getattr(embedder, "check_embedding_ctx_length", True))
+        if getattr(embedder, "dimensions", None):
+            cfg["request_dimensions"] = embedder.dimensions
+    else:
+        cfg.update(kind="custom")
+    return cfg
+
+
+def embedder_from_config(cfg: dict[str, Any]) -> Any:
+    """The embedder ``embedder_config`` described; a custom one cannot be rebuilt (PgvzError)."""
+    kind = cfg.get("kind")
+    if kind == "default":
+        backend = cfg.get("backend", "onnx")
+        return default_embedder() if backend == "onnx" else MiniLMEmbedder(backend=backend)
+    if kind == "hashing":
+        return HashingEmbedder(cfg["dimensions"])
+    if kind == "openai":
+        from langchain_openai import OpenAIEmbeddings  # the API key comes from OPENAI_API_KEY
+
+        kwargs: dict[str, Any] = {"model": cfg["model"],
+                                  "check_embedding_ctx_length": cfg.get("check_embedding_ctx_length", True)}
+        if cfg.get("base_url"):
+            kwargs["base_url"] = cfg["base_url"]
+        if cfg.get("request_dimensions"):
+            kwargs["dimensions"] = cfg["request_dimensions"]
+        return OpenAIEmbeddings(**kwargs)
+    raise PgvzError(
+        f"this vectorizer embeds with {cfg.get('class')}, which pgvz_nb cannot rebuild by itself; "
+        "pass the same embedder: Vectorizer.open(db, name, embedder=...)"
+    )

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
 import psycopg
 from psycopg import errors as pg_errors
 
@@ -24,7 +28,10 @@ __all__ = [
     "RowSecurityActive",
     "UntrustedObject",
     "translate",
+    "boundary",
     "blame",
+    "rolled_back",
+    "connection_lost",
 ]
 
 
@@ -157,6 +164,52 @@ def blame(exc: BaseException) -> str:
     return "row"
 
 
+def rolled_back(exc: BaseException) -> bool:
+    """A deadlock or serialization failure (or a PgvzError made from one): the server rolled
+    the transaction back and the connection is fine; running it again is the cure."""
+    return any(getattr(e, "sqlstate", None) in ("40001", "40P01") for e in _chain(exc))
+
+
+#: SQLSTATEs after which the session is gone: the server shut down or crashed (57P01-57P03),
+#: or the connection failed (class 08).
+_SESSION_ENDED = ("57P01", "57P02", "57P03")
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what it was raised from) means the connection is gone: connect
+    again, with a backoff. A lock or statement timeout, a conflict, a permission error leave
+    the connection usable: not lost."""
+    for e in _chain(exc):
+        if isinstance(e, ConnectionFailed) or isinstance(e, psycopg.InterfaceError):
+            return True
+        if isinstance(e, psycopg.OperationalError):
+            state = e.sqlstate
+            if state is None or state.startswith("08") or state in _SESSION_ENDED:
+                return True
+    return False
+
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def boundary(doing: str) -> Callable[[_F], _F]:
+    """Decorator for a public method: a database error escaping it becomes the PgvzError
+    ``translate`` makes of it. ``doing`` says what the method was doing, formatted with the
+    instance as ``self`` (``"syncing {self.name!r}"``); PgvzErrors pass unchanged."""
+
+    def wrap(fn: _F) -> _F:
+        @functools.wraps(fn)
+        def method(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return fn(self, *args, **kwargs)
+            except psycopg.Error as exc:
+                raise translate(exc, doing.format(self=self)) from exc
+
+        return method  # type: ignore[return-value]
+
+    return wrap
+
+
 def translate(exc: psycopg.Error, doing: str) -> PgvzError:
     """Turn a psycopg error into a PgvzError that says what was being done and what to try."""
     diag = getattr(exc, "diag", None)
@@ -187,8 +240,9 @@ def translate(exc: psycopg.Error, doing: str) -> PgvzError:
             f"while {doing}: the server rolled the transaction back ({primary}), a conflict with "
             "another session; nothing it did was kept: run it again"
         )
-    elif isinstance(exc, psycopg.OperationalError) and (exc.sqlstate or "08").startswith("08"):
-        msg = f"while {doing}: the connection failed ({primary}); check that the server is running and the DSN"
+    elif connection_lost(exc):
+        return ConnectionFailed(f"while {doing}: the connection failed ({primary}); check that the "
+                                "server is running and the DSN; nothing was charged: run it again")
     else:
         msg = f"while {doing}: {primary}"
     if hint:

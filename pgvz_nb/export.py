@@ -10,10 +10,7 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from .vectorizer import Vectorizer
+from typing import Any
 
 __all__ = ["script_text", "write_script", "vectorizer_from_config"]
 
@@ -50,11 +47,10 @@ def main(argv=None):
         sys.exit("set PGVZ_DSN (or DATABASE_URL) to the database's connection string")
 
     import pgvz_nb as pgvz
-    from pgvz_nb.export import vectorizer_from_config
     from pgvz_nb.worker import Worker
 
     db = pgvz.connect(dsn)
-    vectorizer_from_config(db, NAME, CONFIG).create()  # no-op when it exists with this config
+    pgvz.Vectorizer.from_config(db, NAME, CONFIG).create()  # no-op when it exists with this config
     worker = Worker(db, [NAME], poll=args.poll, give_up_after=60.0 if args.once else None)
     worker.install_signal_handlers()
     stats = worker.run(once=args.once)
@@ -67,49 +63,32 @@ if __name__ == "__main__":
 '''
 
 
-def _export_config(v: Vectorizer) -> dict[str, Any]:
-    cfg = v.config.to_json()
-    return {
-        "source": list(v.source),
-        "pipeline": cfg,
-        "policy": {"max_attempts": v._max_attempts, "retry_backoff": v._backoff},
-    }
-
-
-def script_text(v: Vectorizer, filename: str = "sync.py") -> str:
-    """The script for ``v``; compiled before it is returned."""
+def script_text(name: str, config: dict[str, Any], filename: str = "sync.py") -> str:
+    """The script for the vectorizer ``name`` whose configuration is ``config`` (as
+    ``Vectorizer.to_config()`` gives it); compiled before it is returned."""
     from . import __version__
 
-    config = json.dumps(_export_config(v), indent=2, sort_keys=True, default=str)
-    if '"""' in config:
+    text = json.dumps(config, indent=2, sort_keys=True, default=str)
+    if '"""' in text:
         raise ValueError("the configuration holds a triple quote and cannot be embedded")
-    text = TEMPLATE.format(
+    script = TEMPLATE.format(
         version=__version__, when=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        destination=".".join(v.destination), source=".".join(v.source), name=v.name,
-        filename=filename, config=config,
+        destination=".".join(config["pipeline"]["destination"]), source=".".join(config["source"]),
+        name=name, filename=filename, config=text,
     )
-    compile(text, filename, "exec")
-    return text
+    compile(script, filename, "exec")
+    return script
 
 
-def write_script(v: Vectorizer, path: str | Path) -> Path:
+def write_script(name: str, config: dict[str, Any], path: str | Path) -> Path:
     path = Path(path)
-    path.write_text(script_text(v, path.name))
+    path.write_text(script_text(name, config, path.name))
     path.chmod(0o755)
     return path
 
 
-def vectorizer_from_config(db, name: str, config: dict[str, Any]) -> Vectorizer:
-    """A Vectorizer described by an exported configuration (not created yet)."""
-    from .vectorizer import Vectorizer, _embedder_from_config
+def vectorizer_from_config(db: Any, name: str, config: dict[str, Any]) -> Any:
+    """What scripts exported by pgvz_nb 0.1.0 call at start: ``Vectorizer.from_config``."""
+    import pgvz_nb
 
-    pipe = config["pipeline"]
-    schema, table = config["source"]
-    return Vectorizer(
-        db, table, schema=schema, template=pipe["template"], chunk_column=pipe.get("chunk_column"),
-        chunk_size=pipe.get("chunk_size", 1000), chunk_overlap=pipe.get("chunk_overlap", 200),
-        metadata=pipe.get("metadata", []), time_column=pipe.get("time_column"), where=pipe.get("where"),
-        embedder=_embedder_from_config(pipe["embedder"]), destination=tuple(pipe["destination"]),
-        name=name, batch_size=pipe.get("batch_size", 64), max_chunks=pipe.get("max_chunks", 500),
-        max_attempts=config["policy"]["max_attempts"], retry_backoff=config["policy"]["retry_backoff"],
-    )
+    return pgvz_nb.Vectorizer.from_config(db, name, config)

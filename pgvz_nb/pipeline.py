@@ -25,7 +25,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
-from .queue import ClaimedRow, Queue, check_trusted, keys_jsonb
+from .queue import ClaimedRow, Queue, Tally, check_trusted, keys_jsonb
 from .uuids import time_from_uuid, uuid_from_time
 
 __all__ = ["PipelineConfig", "Pipeline", "SyncStats", "template_fields"]
@@ -177,8 +177,8 @@ class PipelineConfig:
 
 
 @dataclass
-class SyncStats:
-    """Counts a sync adds up."""
+class SyncStats(Tally):
+    """Counts a sync adds up (``+=``)."""
 
     rows: int = 0  # keys processed (live, deleted or filtered out)
     chunks: int = 0  # chunks written

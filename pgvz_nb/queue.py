@@ -7,12 +7,13 @@ function and four statement-level triggers on the source table.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any
 
@@ -21,7 +22,7 @@ from psycopg.types.json import Jsonb
 
 from . import sql as q
 from .errors import (ConfigConflict, LockUnavailable, NoPrimaryKey, NotATable, NotFound, RowError,
-                     UntrustedObject, _chain, blame)
+                     UntrustedObject, blame, rolled_back)
 
 __all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY", "locked"]
 
@@ -69,8 +70,28 @@ class QueueState:
         return "busy"
 
 
+class Tally:
+    """A dataclass of counts that adds up field by field: numbers add, lists join; any other
+    field keeps the left side's value. ``a += b`` adds ``b`` into ``a``."""
+
+    def __iadd__(self, other: Any) -> Any:
+        for f in fields(self):  # type: ignore[arg-type]
+            mine = getattr(self, f.name)
+            if isinstance(mine, (int, float, list)) and not isinstance(mine, bool):
+                setattr(self, f.name, mine + getattr(other, f.name))
+        return self
+
+    def __add__(self, other: Any) -> Any:
+        total = copy.copy(self)
+        for f in fields(self):  # type: ignore[arg-type]
+            if isinstance(getattr(self, f.name), list):
+                setattr(total, f.name, list(getattr(self, f.name)))
+        total += other
+        return total
+
+
 @dataclass
-class ProcessResult:
+class ProcessResult(Tally):
     """What one claim-and-process round did."""
 
     claimed: int = 0
@@ -79,6 +100,14 @@ class ProcessResult:
     moved_to_failed: int = 0
     errors: list[BaseException] = field(default_factory=list)
     state: QueueState | None = None  # set when nothing was claimed
+    #: keys of the claim whose last worker died holding them: the claim was rolled back, and
+    #: process() claims each of them alone (see Queue.process)
+    take_alone: list[tuple] = field(default_factory=list)
+
+    def __iadd__(self, other: Any) -> Any:
+        super().__iadd__(other)
+        self.state = None if self.claimed else other.state
+        return self
 
     @property
     def answer(self) -> str:
@@ -117,12 +146,6 @@ def _key_text(value: Any) -> str:
     if isinstance(value, datetime) and value.tzinfo is not None:
         return value.astimezone(timezone.utc).isoformat()
     return _json_default(value)
-
-
-def rolled_back(exc: BaseException) -> bool:
-    """A deadlock or serialization failure (or a PgvzError made from one): the server rolled
-    the transaction back and the connection is fine; running it again is the cure."""
-    return any(getattr(e, "sqlstate", None) in ("40001", "40P01") for e in _chain(exc))
 
 
 #: How long one attempt of pgvz_nb's own DDL (triggers on the application's table) may wait
@@ -172,14 +195,6 @@ def locked(conn: psycopg.Connection, body: Callable[[], Any], *, target: Rel, do
             pause = min(pause * 2, 1.0)
 
 
-class _TakeAlone(Exception):
-    """A claimed batch holds keys whose last worker died: roll back, claim each alone."""
-
-    def __init__(self, keys: list[tuple]):
-        super().__init__(keys)
-        self.keys = keys
-
-
 @dataclass
 class _Run:
     """What one process() call does with each claim it makes."""
@@ -189,8 +204,61 @@ class _Run:
     columns: Sequence[str] | None
     where: Any
     isolate_failures: bool
-    in_flight: psycopg.Connection | None
     reader: psycopg.Connection
+    in_flight: _InFlight | None
+
+
+#: a batch of claimed rows and the error that stopped it
+Failure = tuple[list[ClaimedRow], BaseException]
+
+
+class _InFlight:
+    """The record, in pgvz.in_flight, of the keys a worker is processing (see Queue.process).
+
+    Written through its own autocommit connection, so that it outlives a worker that dies
+    (killed, out of memory, a crash in native code) while the claim rolls back; the claim's
+    transaction deletes it when the batch ends, whatever its outcome."""
+
+    def __init__(self, queue: Queue, conn: psycopg.Connection):
+        self.queue = queue
+        self.conn = conn
+        self.batch: int | None = None  # the record of the keys being processed now
+        self.keys = ""  # the claim's keys, as in_flight holds them
+        self.deaths: dict[int, int] = {}  # 1-based row of the claim -> workers that died with it
+
+    def check(self, claim_conn: psycopg.Connection, rows: list[ClaimedRow]) -> dict[int, int]:
+        """How many workers died holding each key of ``rows`` (row number -> deaths)."""
+        self.batch, self.keys = None, _key_texts(rows)
+        self.deaths = dict(claim_conn.execute(q.in_flight_deaths(), {"keys": self.keys, "vid": self.queue.id}).fetchall())
+        return self.deaths
+
+    def mark(self, all_rows: list[ClaimedRow], rows: list[ClaimedRow]) -> None:
+        """Record ``rows`` (of the claim ``all_rows``) as being processed, committed at once."""
+        held = self.keys if len(rows) == len(all_rows) else _key_texts(rows)
+        self.batch = self.conn.execute(q.in_flight_mark(), {"keys": held, "vid": self.queue.id}).fetchone()[0]
+
+    def put_back(self) -> None:
+        """The batch goes back on purpose (an error, a stop): not a dead worker's trace."""
+        if self.batch is not None:
+            self.conn.execute(q.in_flight_clear(), {"batch": self.batch})
+
+    def finish(self, claim_conn: psycopg.Connection) -> None:
+        """In the claim's transaction: the batch's record goes, and with the keys' outcome now
+        recorded, so does the record of the batches that died with them."""
+        if self.batch is not None:
+            claim_conn.execute(q.in_flight_clear(), {"batch": self.batch})
+        if self.deaths:
+            claim_conn.execute(q.in_flight_forget(), {"keys": self.keys, "vid": self.queue.id})
+
+
+def _key_texts(rows: list[ClaimedRow]) -> str:
+    """The rows' keys as one string for pgvz.in_flight: per key, each column's ``_key_text``
+    (backslash and the two separators escaped in text) joined by chr(31), and the keys
+    joined by chr(30). One string parameter, not an array: a text[] of 1000 keys costs
+    ~2 ms to adapt, this ~0.3 ms."""
+    if rows and all(len(r.key) == 1 and type(r.key[0]) is int for r in rows):
+        return "\x1e".join([str(r.key[0]) for r in rows])
+    return "\x1e".join("\x1f".join(_key_text(v) for v in r.key) for r in rows)
 
 
 class Queue:
@@ -648,36 +716,29 @@ class Queue:
                             "this role may not queue them: run create()/register() again as the "
                             "vectorizer's owner", ".".join(self.source))
         self.expand(conn)
-        run = _Run(handler, limit, columns, where, isolate_failures, in_flight if track else None, reader)
-        try:
-            return self._process_again_if_rolled_back(conn, run, None)
-        except _TakeAlone as alone:
-            # every such key of the claim, one by one: one claim per key found would put the
-            # whole batch back each time (500 keys of a killed batch: 7.4 s to drain 2,000 rows)
-            total = ProcessResult()
-            for key in alone.keys:
-                one = self._process_again_if_rolled_back(conn, run, [key])
-                total.claimed += one.claimed
-                total.succeeded += one.succeeded
-                total.failed_keys += one.failed_keys
-                total.moved_to_failed += one.moved_to_failed
-                total.errors += one.errors
-                total.state = one.state
-            if total.claimed:
-                total.state = None
-            return total
+        run = _Run(handler, limit, columns, where, isolate_failures, reader,
+                   _InFlight(self, in_flight) if track and in_flight is not None else None)
+        result = self._claim_again_if_rolled_back(conn, run, None)
+        if not result.take_alone:
+            return result
+        # each key whose last worker died, alone: one claim per such key found would put the
+        # whole batch back each time (500 keys of a killed batch: 7.4 s to drain 2,000 rows)
+        total = ProcessResult()
+        for key in result.take_alone:
+            total += self._claim_again_if_rolled_back(conn, run, [key])
+        return total
 
     ROLLED_BACK_TRIES = 4
 
-    def _process_again_if_rolled_back(self, conn: psycopg.Connection, run: _Run,
-                                      only: list[tuple] | None) -> ProcessResult:
-        """_process, run again (up to ROLLED_BACK_TRIES times in all, after 0.05, 0.1, 0.2 s)
+    def _claim_again_if_rolled_back(self, conn: psycopg.Connection, run: _Run,
+                                    only: list[tuple] | None) -> ProcessResult:
+        """_claim, run again (up to ROLLED_BACK_TRIES times in all, after 0.05, 0.1, 0.2 s)
         when the server rolls its transaction back: a deadlock with another session or a
         serialization failure is nobody's fault and passes; the whole claim went back, so
         no row got an attempt and nothing was lost."""
         for i in range(self.ROLLED_BACK_TRIES):
             try:
-                return self._process(conn, run, only)
+                return self._claim(conn, run, only)
             except Exception as exc:
                 if not rolled_back(exc) or i == self.ROLLED_BACK_TRIES - 1:
                     raise
@@ -694,87 +755,75 @@ class Queue:
             self._in_flight_table = bool(found)
         return self._in_flight_table
 
-    @staticmethod
-    def _key_texts(rows: list[ClaimedRow]) -> str:
-        """The rows' keys as one string for pgvz.in_flight: per key, each column's
-        ``_key_text`` (backslash and the two separators escaped in text) joined by chr(31),
-        and the keys joined by chr(30). One string parameter, not an array: a text[] of 1000
-        keys costs ~2 ms to adapt, this ~0.3 ms."""
-        if rows and all(len(r.key) == 1 and type(r.key[0]) is int for r in rows):
-            return "\x1e".join([str(r.key[0]) for r in rows])
-        return "\x1e".join("\x1f".join(_key_text(v) for v in r.key) for r in rows)
-
-    def _process(self, conn: psycopg.Connection, run: _Run, only: list[tuple] | None) -> ProcessResult:
+    def _claim(self, conn: psycopg.Connection, run: _Run, only: list[tuple] | None) -> ProcessResult:
+        """One claim, in one transaction: claim, read, handle, record what failed."""
         result = ProcessResult()
-        in_flight = run.in_flight
-        with conn.transaction():
+        with conn.transaction() as tx:
             rows = self.claim(conn, run.limit, only)
             result.claimed = len(rows)
             if not rows:
                 result.state = self.state(conn)
                 return result
-            failures: list[tuple[list[ClaimedRow], BaseException]] = []
-            set_aside: list[tuple[list[ClaimedRow], BaseException]] = []  # not the handler's errors
-            rows_to_run, batch_id, deaths = rows, None, {}
-            if in_flight is not None:
-                keys = self._key_texts(rows)
-                deaths = dict(conn.execute(q.in_flight_deaths(), {"keys": keys, "vid": self.id}).fetchall())
+            flight = run.in_flight
+            set_aside: list[Failure] = []  # rows not given to the handler (not its errors)
+            to_run = rows
+            if flight is not None:
+                deaths = flight.check(conn, rows)
                 if deaths and only is None and len(rows) > 1:
-                    # rolls this claim back; process() claims each of those keys alone
-                    raise _TakeAlone([rows[i - 1].key for i in sorted(deaths)])
-                top = int(self.policy["max_attempts"])
-                rows_to_run = []
-                for i, r in enumerate(rows, 1):
-                    if deaths.get(i, 0) < top:
-                        rows_to_run.append(r)
-                        continue
-                    set_aside.append(([r], RowError(
-                        f"a worker process died while processing this row, {deaths[i]} times in a "
-                        "row (killed, out of memory, or a crash in native code such as the model); "
-                        "it was set aside so the rest of the queue keeps moving: look at the "
-                        "row, then retry_failed()")))
-                if rows_to_run:
-                    held = keys if len(rows_to_run) == len(rows) else self._key_texts(rows_to_run)
-                    batch_id = in_flight.execute(q.in_flight_mark(), {"keys": held, "vid": self.id}).fetchone()[0]
-
-            def attempt(batch: list[ClaimedRow]) -> None:
-                try:
-                    with conn.transaction():
-                        run.handler(batch)
-                except Exception as exc:  # the handler is user code: any error may be the rows'
-                    if blame(exc) == "server":
-                        # the server's doing (a timeout, a shutdown, the model's service down,
-                        # a deadlock): the whole claim goes back and no row is to blame
-                        raise
-                    if run.isolate_failures and len(batch) > 1:
-                        mid = len(batch) // 2
-                        attempt(batch[:mid])
-                        attempt(batch[mid:])
-                    else:
-                        failures.append((batch, exc))
-
-            if rows_to_run:
-                try:
-                    self.read(run.reader, rows_to_run, run.columns, run.where)
-                    unreadable = [r for r in rows_to_run if r.error is not None]
-                    set_aside += [([r], r.error) for r in unreadable]
-                    readable = [r for r in rows_to_run if r.error is None]
-                    if readable:
-                        attempt(readable)
-                except BaseException:
-                    if batch_id is not None:  # put back on purpose: not a dead worker's trace
-                        in_flight.execute(q.in_flight_clear(), {"batch": batch_id})
-                    raise
+                    result = ProcessResult(take_alone=[rows[i - 1].key for i in sorted(deaths)])
+                    raise psycopg.Rollback(tx)  # the claim goes back; process() takes them alone
+                to_run, set_aside = self._set_aside_the_deadly(rows, deaths)
+                if to_run:
+                    flight.mark(rows, to_run)
+            failures: list[Failure] = []
+            try:
+                if to_run:
+                    self.read(run.reader, to_run, run.columns, run.where)
+                    set_aside += [([r], r.error) for r in to_run if r.error is not None]
+                    failures = self._handle(conn, run, [r for r in to_run if r.error is None])
+            except BaseException:
+                if flight is not None:
+                    flight.put_back()
+                raise
             if failures or set_aside:
                 result.moved_to_failed = self.record_failures(conn, failures + set_aside)
                 result.failed_keys = [r.key for batch, _ in failures + set_aside for r in batch]
                 result.errors = [exc for _, exc in failures]
-            if batch_id is not None:
-                conn.execute(q.in_flight_clear(), {"batch": batch_id})
-            if deaths:  # their outcome is recorded now: the dead batches' record of them goes
-                conn.execute(q.in_flight_forget(), {"keys": keys, "vid": self.id})
+            if flight is not None:
+                flight.finish(conn)
             result.succeeded = result.claimed - len(result.failed_keys)
         return result
+
+    def _set_aside_the_deadly(self, rows: list[ClaimedRow], deaths: dict[int, int]
+                              ) -> tuple[list[ClaimedRow], list[Failure]]:
+        """(rows to process, rows set aside): a row whose workers died ``max_attempts`` times
+        goes to the failed table instead of to yet another worker to die on."""
+        top = int(self.policy["max_attempts"])
+        keep = [r for i, r in enumerate(rows, 1) if deaths.get(i, 0) < top]
+        aside: list[Failure] = [([r], RowError(
+            f"a worker process died while processing this row, {deaths[i]} times in a row "
+            "(killed, out of memory, or a crash in native code such as the model); it was set "
+            "aside so the rest of the queue keeps moving: look at the row, then retry_failed()"))
+            for i, r in enumerate(rows, 1) if deaths.get(i, 0) >= top]
+        return keep, aside
+
+    def _handle(self, conn: psycopg.Connection, run: _Run, rows: list[ClaimedRow]) -> list[Failure]:
+        """The handler on ``rows`` in a savepoint; the failures it left (see ``process``).
+        An error that is the server's doing is raised: the whole claim goes back."""
+        if not rows:
+            return []
+        try:
+            with conn.transaction():
+                run.handler(rows)
+            return []
+        except Exception as exc:  # the handler is user code: any error may be the rows'
+            if blame(exc) == "server":
+                # a timeout, a shutdown, the model's service down, a deadlock: no row is to blame
+                raise
+            if run.isolate_failures and len(rows) > 1:
+                mid = len(rows) // 2
+                return self._handle(conn, run, rows[:mid]) + self._handle(conn, run, rows[mid:])
+            return [(rows, exc)]
 
     def record_failures(
         self, conn: psycopg.Connection, failures: list[tuple[list[ClaimedRow], BaseException]]

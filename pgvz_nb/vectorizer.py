@@ -26,8 +26,8 @@ import psycopg
 from . import sql as q
 from .db import Database, as_database
 from .errors import (CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError,
-                     translate)
-from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, check_name, check_trusted,
+                     boundary, translate)
+from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, Tally, check_name, check_trusted,
                     describe_table, locked, resolve_keys)
 
 if TYPE_CHECKING:
@@ -278,12 +278,14 @@ class Vectorize:
 
     # --- extensions over the original ---------------------------------------------------
 
+    @boundary("reading the queue of {self.name}")
     def state(self) -> QueueState:
         """Queue counts: rows, claimable, retrying, failed, oldest, next retry."""
         conn = self._connect()
         with conn.transaction():
             return self._open(True).state(conn)
 
+    @boundary("reading the failed rows of {self.name}")
     def failed(self) -> list[dict[str, Any]]:
         """Rows of the failed table, as dicts."""
         from . import sql as q
@@ -295,10 +297,12 @@ class Vectorize:
             names = [d.name for d in cur.description]
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
+    @boundary("retrying the failed rows of {self.name}")
     def retry_failed(self) -> int:
         """Put every failed key back in the queue with fresh attempts; returns how many."""
         return self._open(True).retry_failed(self._connect())
 
+    @boundary("unregistering {self.name}")
     def unregister(self) -> None:
         """Remove triggers, queue, failed table and catalog entry (not the source table)."""
         queue = self._open(False)
@@ -318,8 +322,8 @@ class Vectorize:
 
 
 @dataclass
-class SyncReport:
-    """What ``Vectorizer.sync()`` did."""
+class SyncReport(Tally):
+    """What ``Vectorizer.sync()`` did; reports add up (``+=``)."""
 
     processed: int = 0  # source keys brought up to date (inserted, updated, deleted, filtered)
     embedded: int = 0  # chunks sent to the model
@@ -330,12 +334,25 @@ class SyncReport:
     embed_calls: int = 0
     answer: str = "empty"  # why it stopped: empty, waiting (backoff), busy (other workers)
 
+    def add(self, result: ProcessResult, stats: Any) -> None:
+        """Count in one claim's result and its pipeline's ``SyncStats``."""
+        self.processed += result.succeeded
+        self.failed += len(result.failed_keys)
+        self.embedded += stats.embedded
+        self.unchanged += stats.unchanged
+        self.embed_calls += stats.embed_calls
+        self.embed_seconds += stats.embed_seconds
+
     def __str__(self) -> str:
         return (f"processed {self.processed} rows in {self.seconds:.1f} s: {self.embedded} chunks "
                 f"embedded, {self.unchanged} unchanged, {self.failed} failed; queue {self.answer}")
 
 
+#: PipelineConfig fields that say how a vectorizer runs: they may change at any create()
 _OPERATIONAL = ("batch_size", "transient_budget")
+#: PipelineConfig fields that say what it produces, given to the constructor as they are
+_DESCRIBED = ("template", "chunk_column", "chunk_size", "chunk_overlap", "metadata", "time_column",
+              "where", "max_chunks")
 
 
 def _split_table(table: str, schema: str | None) -> tuple[str, str]:
@@ -353,54 +370,6 @@ def _fit(name: str, limit: int = 63) -> str:
         return name
     digest = hashlib.sha1(name.encode()).hexdigest()[:8]
     return name.encode()[: limit - 9].decode(errors="ignore") + "_" + digest
-
-
-def _embedder_config(embedder: Any) -> dict[str, Any]:
-    from .embedders import HashingEmbedder, MiniLMEmbedder, embedder_dimensions, embedder_identity
-
-    dims = embedder_dimensions(embedder)
-    cfg: dict[str, Any] = {"identity": embedder_identity(embedder), "dimensions": dims,
-                           "class": f"{type(embedder).__module__}.{type(embedder).__qualname__}"}
-    if isinstance(embedder, MiniLMEmbedder):
-        cfg.update(kind="default", backend=embedder.backend)
-    elif isinstance(embedder, HashingEmbedder):
-        cfg.update(kind="hashing")
-    elif type(embedder).__name__ == "OpenAIEmbeddings":
-        cfg.update(kind="openai", model=embedder.model,
-                   base_url=getattr(embedder, "openai_api_base", None),
-                   check_embedding_ctx_length=getattr(embedder, "check_embedding_ctx_length", True))
-        if getattr(embedder, "dimensions", None):
-            cfg["request_dimensions"] = embedder.dimensions
-    else:
-        cfg.update(kind="custom")
-    return cfg
-
-
-def _embedder_from_config(cfg: dict[str, Any]) -> Any:
-    kind = cfg.get("kind")
-    if kind == "default":
-        from .embedders import MiniLMEmbedder, default_embedder
-
-        return default_embedder() if cfg.get("backend", "onnx") == "onnx" else MiniLMEmbedder(
-            backend=cfg["backend"])
-    if kind == "hashing":
-        from .embedders import HashingEmbedder
-
-        return HashingEmbedder(cfg["dimensions"])
-    if kind == "openai":
-        from langchain_openai import OpenAIEmbeddings  # the API key comes from OPENAI_API_KEY
-
-        kwargs: dict[str, Any] = {"model": cfg["model"],
-                                  "check_embedding_ctx_length": cfg.get("check_embedding_ctx_length", True)}
-        if cfg.get("base_url"):
-            kwargs["base_url"] = cfg["base_url"]
-        if cfg.get("request_dimensions"):
-            kwargs["dimensions"] = cfg["request_dimensions"]
-        return OpenAIEmbeddings(**kwargs)
-    raise PgvzError(
-        f"this vectorizer embeds with {cfg.get('class')}, which pgvz_nb cannot rebuild by itself; "
-        "pass the same embedder: Vectorizer.open(db, name, embedder=...)"
-    )
 
 
 def _where_columns(where: str, columns: Sequence[str]) -> list[str]:
@@ -424,6 +393,81 @@ def next_batch_size(per_row: float | None, claimed: int, seconds: float, target:
     per_row = measured if per_row is None else (per_row + measured) / 2
     rows = int(target / per_row) if per_row > 0 else hi
     return max(lo, min(hi, rows, claimed * 4)), per_row
+
+
+class _Lanes:
+    """What the lanes of one ``sync()`` share: the report, the batches left, the claim size,
+    the pause the model's service asked for and how long it has been waited for; one lock."""
+
+    def __init__(self, lanes: int, max_batches: int | None, batch_size: int,
+                 stop: threading.Event | None):
+        self.lock = threading.Lock()
+        self.report = SyncReport()
+        self.left = max_batches  # claims still allowed (None: no limit)
+        self.active = lanes  # lanes still running
+        self.size = batch_size  # rows per claim
+        self.per_row: float | None = None  # smoothed seconds per claimed row
+        self.waited = 0.0  # seconds waited for the model's service since it last answered
+        self.hold = 0.0  # no claim before this time.monotonic(): the service asked for a pause
+        self.stop = stop
+        self.errors: list[BaseException] = []
+
+    def take_turn(self) -> bool:
+        """Whether this lane claims again: not after max_batches, an error in another lane,
+        or a stop; first waiting out a pause the service asked for (Retry-After)."""
+        with self.lock:
+            if self.errors:
+                return False
+            if self.left is not None:
+                if self.left <= 0:
+                    self.report.answer = "stopped"
+                    return False
+                self.left -= 1
+        pause = self.hold - time.monotonic()
+        stop = self.stop
+        if (stop is not None and stop.is_set()) or (
+                pause > 0 and (stop.wait if stop is not None else time.sleep)(pause)):
+            self.report.answer = "stopped"
+            return False
+        return True
+
+    def wait_for_service(self, exc: Any, budget: float) -> None:
+        """The batch went back because the model's service is unavailable: pause every lane
+        for as long as it asks, until ``budget`` seconds in all have gone (then raise)."""
+        with self.lock:
+            if self.waited + exc.retry_after > budget:
+                raise exc
+            self.waited += exc.retry_after
+            self.hold = max(self.hold, time.monotonic() + exc.retry_after)
+        _log.warning("%s; waiting %.1f s", exc, exc.retry_after)
+
+    def count(self, result: ProcessResult, stats: Any, seconds: float, batch_seconds: float | None,
+              *, hi: int, bar: Any) -> bool:
+        """Count in one claim; resize the next; False when this lane is to stop (nothing
+        claimable, unless another lane may still put keys back: busy)."""
+        with self.lock:
+            if result.claimed:
+                self.waited = 0.0
+                if batch_seconds:
+                    self.size, self.per_row = next_batch_size(self.per_row, result.claimed, seconds,
+                                                              batch_seconds, hi=hi)
+            elif not (result.answer == "busy" and self.active > 1):
+                self.report.answer = result.answer
+                return False
+            self.report.add(result, stats)
+            if bar is not None and result.claimed:
+                if bar.n + result.claimed > bar.total:
+                    bar.total = bar.n + result.claimed
+                bar.update(result.claimed)
+            return True
+
+    def fail(self, exc: BaseException) -> None:
+        with self.lock:
+            self.errors.append(exc)
+
+    def done(self) -> None:
+        with self.lock:
+            self.active -= 1
 
 
 class Vectorizer:
@@ -450,10 +494,11 @@ class Vectorizer:
         embedder: Any = None,
         destination: str | tuple[str, str] | None = None,
         name: str | None = None,
-        batch_size: int = 64,
+        batch_size: int | None = None,
         max_attempts: int = 5,
         retry_backoff: float = 10.0,
         max_chunks: int = 500,
+        transient_budget: float | None = None,
     ) -> None:
         from .pipeline import PipelineConfig
 
@@ -489,11 +534,15 @@ class Vectorizer:
         self.embedder = embedder
         self._max_attempts = max_attempts
         self._backoff = float(retry_backoff)
+        # how it runs, given here; what is not given keeps its stored value (create()), or the default
+        operational = {k: v for k, v in (("batch_size", batch_size), ("transient_budget", transient_budget))
+                       if v is not None}
+        self._operational = set(operational)
         self.config = PipelineConfig(
             template=template, destination=list(dest), dest_keys=[], metadata_key=_fit(f"{self.source[1]}_id"),
             embedder={}, chunk_column=chunk_column, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
-            metadata=list(metadata), time_column=time_column, where=where, batch_size=batch_size,
-            max_chunks=max_chunks,
+            metadata=list(metadata), time_column=time_column, where=where, max_chunks=max_chunks,
+            **operational,
         )
         self._queue: Queue | None = None
         self._pipeline = None
@@ -513,10 +562,39 @@ class Vectorizer:
     # --- catalog -------------------------------------------------------------------------
 
     @classmethod
-    def open(cls, db: Database, name: str, *, embedder: Any = None) -> Vectorizer:
-        """The vectorizer called ``name`` as stored in the catalog, with its own embedder."""
+    def from_config(cls, db: Database, name: str, config: dict[str, Any], *,
+                    embedder: Any = None) -> Vectorizer:
+        """The vectorizer ``config`` describes, as ``to_config()`` gives it, the catalog holds
+        it and an exported script embeds it: ``{"source": [schema, table], "pipeline": {...},
+        "policy": {"max_attempts": ..., "retry_backoff": ...}}``. Not installed by this:
+        ``create()`` installs it, or finds it installed with the same settings. ``embedder``:
+        the model, when the configuration's cannot be rebuilt (a custom one)."""
+        from .embedders import embedder_from_config
         from .pipeline import PipelineConfig
 
+        stored = config["pipeline"]
+        pipe = PipelineConfig.from_json(stored)
+        policy = config["policy"]
+        self = cls(
+            db, config["source"][1], schema=config["source"][0], name=name,
+            destination=tuple(pipe.destination),
+            embedder=embedder if embedder is not None else embedder_from_config(pipe.embedder),
+            max_attempts=int(policy["max_attempts"]), retry_backoff=float(policy["retry_backoff"]),
+            **{k: getattr(pipe, k) for k in _DESCRIBED},
+            **{k: stored[k] for k in _OPERATIONAL if k in stored},
+        )
+        self.config = pipe  # as stored: with the names create() derived (dest_keys, metadata_key)
+        return self
+
+    def to_config(self) -> dict[str, Any]:
+        """This vectorizer's configuration, for ``from_config`` (JSON-serialisable)."""
+        return {"source": list(self.source), "pipeline": self.config.to_json(),
+                "policy": {"max_attempts": self._max_attempts, "retry_backoff": self._backoff}}
+
+    @classmethod
+    @boundary("opening a vectorizer")
+    def open(cls, db: Database, name: str, *, embedder: Any = None) -> Vectorizer:
+        """The vectorizer called ``name`` as stored in the catalog, with its own embedder."""
         with db.connect() as conn:
             queue = Queue.open(conn, name)
         if queue.config.get("kind") != "pipeline":
@@ -524,19 +602,11 @@ class Vectorizer:
                 f"{name!r} is a callback vectorizer (Vectorize); open it with "
                 f"pgvz_nb.Vectorize(db, {queue.source[1]!r}, schema_name={queue.source[0]!r})"
             )
-        self = cls.__new__(cls)
-        self.db = db
-        self.source = queue.source
-        self.name = name
-        self.config = PipelineConfig.from_json(queue.config["pipeline"])
-        self.embedder = embedder if embedder is not None else _embedder_from_config(self.config.embedder)
-        self._max_attempts = int(queue.policy["max_attempts"])
-        self._backoff = float(queue.policy["backoff_base"])
+        self = cls.from_config(db, name, {
+            "source": list(queue.source), "pipeline": queue.config["pipeline"],
+            "policy": {"max_attempts": queue.policy["max_attempts"],
+                       "retry_backoff": queue.policy["backoff_base"]}}, embedder=embedder)
         self._queue = queue
-        self._pipeline = None
-        self._conn = None
-        self._in_flight = _in_flight_connection(db)
-        self._reader = _reader_connection(db)
         return self
 
     def create(self, *, replace: bool = False) -> Vectorizer:
@@ -545,6 +615,8 @@ class Vectorizer:
         Idempotent: with the same settings a second call changes nothing. ``replace=True``
         drops this vectorizer and its destination first and rebuilds both.
         """
+        from .embedders import embedder_config
+
         cfg = self.config
 
         def install(conn: psycopg.Connection) -> Queue:
@@ -555,7 +627,7 @@ class Vectorizer:
             cfg.dest_keys = [cfg.metadata_key] if len(keys) == 1 else [
                 _fit(f"{self.source[1]}_{k}") for k in keys]
             cfg.dest_keys = [k + "_key" if k in q.DEST_FIXED else k for k in cfg.dest_keys]
-            cfg.embedder = _embedder_config(self.embedder)
+            cfg.embedder = embedder_config(self.embedder)
             existing = Queue.find(conn, self.name)
             if existing is not None and replace:
                 existing._uninstall_objects(conn)
@@ -585,8 +657,9 @@ class Vectorizer:
                 extra={"kind": "pipeline", "pipeline": cfg.to_json()},
             )
             stored = queue.config["pipeline"]
-            if any(stored.get(k) != getattr(cfg, k) for k in _OPERATIONAL):
-                queue.set_extra(conn, pipeline={**stored, **{k: getattr(cfg, k) for k in _OPERATIONAL}})
+            given = {k: getattr(cfg, k) for k in self._operational}
+            if any(stored.get(k) != v for k, v in given.items()):
+                queue.set_extra(conn, pipeline={**stored, **given})
             return queue
 
         doing = f"creating vectorizer {self.name!r} on {'.'.join(self.source)}"
@@ -743,11 +816,10 @@ class Vectorizer:
         reader = self._reader.get()
 
         def handler(rows: list[ClaimedRow]) -> None:
-            part = SyncStats()
+            nonlocal total
+            part = SyncStats()  # counted only when the handler succeeds on these rows
             pipe.handle(conn, rows, part, reader)
-            for f in ("rows", "chunks", "embedded", "unchanged", "embed_calls"):
-                setattr(total, f, getattr(total, f) + getattr(part, f))
-            total.embed_seconds += part.embed_seconds
+            total += part
 
         where = q.UserSQL(self.config.where) if self.config.where else None
         try:
@@ -761,6 +833,7 @@ class Vectorizer:
             raise translate(exc, f"syncing {self.name!r}") from exc
         return result, total
 
+    @boundary("syncing {self.name!r}")
     def sync(self, *, progress: bool = True, max_batches: int | None = None,
              lanes: int = 2, batch_seconds: float | None = 2.0,
              stop: threading.Event | None = None) -> SyncReport:
@@ -795,83 +868,34 @@ class Vectorizer:
                     "Vectorizer.open(db, name)); its embeddings are kept: a table created again "
                     "under that name with the same key is followed, or v.drop() removes them")
             pending = queue.state(conn).rows
-        report = SyncReport()
-        t0 = time.perf_counter()
+        lanes = max(1, lanes)
         bar = _progress(pending, self.name) if progress and pending else None
-        lock = threading.Lock()
-        budget = [max_batches]
-        active = [max(1, lanes)]
-        errors: list[BaseException] = []
-        size = [self.config.batch_size]  # rows per claim, shared by the lanes
-        per_row: list[float | None] = [None]  # smoothed seconds per claimed row
-        waited = [0.0]  # seconds spent waiting for the model's service since it last answered
-        hold = [0.0]  # no claim before this time.monotonic(): the service asked for a pause
+        state = _Lanes(lanes, max_batches, self.config.batch_size, stop)
+        t0 = time.perf_counter()
 
         def lane(lane_conn: psycopg.Connection | None) -> None:
             try:
-                while True:
-                    with lock:
-                        if budget[0] is not None:
-                            if budget[0] <= 0:
-                                report.answer = "stopped"
-                                return
-                            budget[0] -= 1
-                        if errors:
-                            return
-                    # every lane keeps the pause the service asked for (Retry-After)
-                    pause = hold[0] - time.monotonic()
-                    if (stop is not None and stop.is_set()) or (
-                            pause > 0 and (stop.wait if stop is not None else time.sleep)(pause)):
-                        report.answer = "stopped"
-                        return
+                while state.take_turn():
                     started = time.perf_counter()
                     try:
-                        result, stats = self.process(size[0], conn=lane_conn)
+                        result, stats = self.process(state.size, conn=lane_conn)
                     except Stopped:
-                        report.answer = "stopped"
+                        state.report.answer = "stopped"
                         return
                     except EmbeddingUnavailable as exc:
-                        with lock:
-                            if waited[0] + exc.retry_after > self.config.transient_budget:
-                                raise
-                            waited[0] += exc.retry_after
-                            hold[0] = max(hold[0], time.monotonic() + exc.retry_after)
-                        _log.warning("%s; waiting %.1f s", exc, exc.retry_after)
+                        state.wait_for_service(exc, self.config.transient_budget)
                         continue
-                    with lock:
-                        if result.claimed:
-                            waited[0] = 0.0
-                        if batch_seconds and result.claimed:
-                            size[0], per_row[0] = next_batch_size(
-                                per_row[0], result.claimed, time.perf_counter() - started,
-                                batch_seconds, hi=max(self.config.batch_size, 1000))
-                        if result.claimed == 0:
-                            # another lane still holding keys: they may come back (busy)
-                            if result.answer == "busy" and active[0] > 1:
-                                pass
-                            else:
-                                report.answer = result.answer
-                                return
-                        report.processed += result.succeeded
-                        report.failed += len(result.failed_keys)
-                        report.embedded += stats.embedded
-                        report.unchanged += stats.unchanged
-                        report.embed_calls += stats.embed_calls
-                        report.embed_seconds += stats.embed_seconds
-                        if bar is not None and result.claimed:
-                            if bar.n + result.claimed > bar.total:
-                                bar.total = bar.n + result.claimed
-                            bar.update(result.claimed)
+                    if not state.count(result, stats, time.perf_counter() - started, batch_seconds,
+                                       hi=max(self.config.batch_size, 1000), bar=bar):
+                        return
                     if result.claimed == 0:
                         time.sleep(0.05)
             except BaseException as exc:  # surfaced in the calling thread below
-                with lock:
-                    errors.append(exc)
+                state.fail(exc)
             finally:
-                with lock:
-                    active[0] -= 1
+                state.done()
 
-        extra = [self.db.connect(vector=True, worker=True) for _ in range(max(1, lanes) - 1)]
+        extra = [self.db.connect(vector=True, worker=True) for _ in range(lanes - 1)]
         threads = [threading.Thread(target=lane, args=(c,), daemon=True) for c in extra]
         try:
             for t in threads:
@@ -884,11 +908,11 @@ class Vectorizer:
                 c.close()
             if bar is not None:
                 bar.close()
-        if errors:
-            raise errors[0]
-        report.seconds = time.perf_counter() - t0
-        self.last_report = report
-        return report
+        if state.errors:
+            raise state.errors[0]
+        state.report.seconds = time.perf_counter() - t0
+        self.last_report = state.report
+        return state.report
 
     # --- views -------------------------------------------------------------------------
 
@@ -927,6 +951,7 @@ class Vectorizer:
             frame[col] = pd.Series([frame[col][0]], dtype="datetime64[ns, UTC]")
         return frame
 
+    @boundary("reading the queue of {self.name!r}")
     def queue(self, limit: int = 1000) -> pd.DataFrame:
         """Pending keys, oldest first (inbox included)."""
         import pandas as pd
@@ -938,6 +963,7 @@ class Vectorizer:
             names, rows = queue.pending(conn, limit)
         return typed(pd.DataFrame.from_records(rows, columns=names))
 
+    @boundary("reading the failed rows of {self.name!r}")
     def errors(self) -> pd.DataFrame:
         """Keys that used up their attempts, with the last error."""
         queue, _, conn = self._ready()
@@ -947,11 +973,13 @@ class Vectorizer:
 
             return from_cursor(cur)
 
+    @boundary("retrying the failed rows of {self.name!r}")
     def retry_failed(self) -> int:
         """Put every failed key back in the queue with fresh attempts."""
         queue, _, conn = self._ready()
         return queue.retry_failed(conn)
 
+    @boundary("reconciling {self.name!r}")
     def reconcile(self) -> dict[str, int]:
         """Queue what no trigger could have seen, and return how many keys of each kind:
         ``gone``, destination keys whose source row no longer exists (a partition dropped
@@ -967,6 +995,7 @@ class Vectorizer:
             missing = conn.execute(q.reconcile_missing(*args, where)).rowcount
         return {"gone": gone, "missing": missing}
 
+    @boundary("searching {self.name!r}")
     def search(self, query: str, k: int = 5, *, filter: dict[str, Any] | None = None,
                start: datetime | None = None, end: datetime | None = None,
                hybrid: bool = False) -> pd.DataFrame:
@@ -988,8 +1017,9 @@ class Vectorizer:
         the path. It embeds the configuration and reads the DSN from the environment."""
         from .export import write_script
 
-        return str(write_script(self, path))
+        return str(write_script(self.name, self.to_config(), path))
 
+    @boundary("granting a worker role for {self.name!r}")
     def grant_worker(self, role: str) -> None:
         """Grant ``role`` exactly what a worker needs to sync this vectorizer (run as the owner):
         read the catalog and the source, work the queue tables, write the destination."""
@@ -998,6 +1028,7 @@ class Vectorizer:
             conn.execute(q.grant_worker(role, self.source, [queue.queue, queue.inbox, queue.failed],
                                         self.destination))
 
+    @boundary("creating indexes for {self.name!r}")
     def create_index(self, *, hybrid: bool = False) -> None:
         """An HNSW index for cosine search, a btree on the time in the ids when there is a
         ``time_column`` (start/end filters), and with ``hybrid`` a full-text GIN index."""
@@ -1034,6 +1065,7 @@ def _progress(total: int, name: str):
     return tqdm(total=total, desc=f"sync {name}", unit="row", dynamic_ncols=True)
 
 
+@boundary("listing the vectorizers")
 def vectorizers(db: Database) -> pd.DataFrame:
     """Every vectorizer in the database, one row each."""
     import pandas as pd

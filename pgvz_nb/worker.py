@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 import psycopg
 
 from .db import Database
-from .errors import ConnectionFailed, DatabaseError, PgvzError, blame
-from .queue import Queue, rolled_back
+from .errors import PgvzError, blame, connection_lost, rolled_back, translate
+from .queue import Queue
 from .vectorizer import SyncReport, Vectorizer
 
 __all__ = ["Worker", "WorkerStats"]
@@ -40,15 +40,6 @@ class WorkerStats:
     interruptions: int = 0  # syncs the server or the model's service stopped (no row charged)
     errors: int = 0  # syncs of one vectorizer that failed (the others went on)
     reports: list[SyncReport] = field(default_factory=list)
-
-
-def _is_connection_error(exc: BaseException) -> bool:
-    if isinstance(exc, ConnectionFailed):
-        return True
-    cause = exc.__cause__ or exc.__context__
-    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or (
-        isinstance(exc, DatabaseError) and isinstance(cause, (psycopg.OperationalError, psycopg.InterfaceError))
-    )
 
 
 class Worker:
@@ -76,15 +67,18 @@ class Worker:
     def _vectorizers(self) -> list[Vectorizer]:
         names = self.names
         if not names:
-            with self.db.connect() as conn:
-                names = [q.name for q in Queue.list_all(conn) if q.config.get("kind") == "pipeline"]
+            try:
+                with self.db.connect() as conn:
+                    names = [q.name for q in Queue.list_all(conn) if q.config.get("kind") == "pipeline"]
+            except psycopg.Error as exc:
+                raise translate(exc, "listing the vectorizers") from exc
         out = []
         for name in names:
             if name not in self._open:
                 try:
                     self._open[name] = Vectorizer.open(self.db, name)
-                except (PgvzError, psycopg.Error) as exc:
-                    if _is_connection_error(exc):
+                except PgvzError as exc:
+                    if connection_lost(exc):
                         raise
                     self.stats.errors += 1
                     log.error("vectorizer %s cannot be opened: %s: %s; the others go on",
@@ -132,8 +126,8 @@ class Worker:
                 break
             try:
                 report = v.sync(progress=False, lanes=self.lanes, stop=self.stop_event)
-            except (PgvzError, psycopg.Error) as exc:
-                if _is_connection_error(exc) or rolled_back(exc):
+            except PgvzError as exc:
+                if connection_lost(exc) or rolled_back(exc):
                     raise
                 if blame(exc) == "server":
                     # a lock or statement timeout, the model's service down, row security:
@@ -165,7 +159,7 @@ class Worker:
                 backoff, lost_since = 0.5, None
                 if once:
                     break
-            except (PgvzError, psycopg.Error) as exc:
+            except PgvzError as exc:
                 if rolled_back(exc):
                     # an OperationalError to psycopg, but the connection is fine and nothing
                     # was lost (process() already claimed again; this is after its last try)
@@ -174,7 +168,7 @@ class Worker:
                     if self.stop_event.wait(0.1):
                         break
                     continue
-                if not _is_connection_error(exc):
+                if not connection_lost(exc):
                     raise
                 lost_since = lost_since or time.monotonic()
                 if self.give_up_after is not None and time.monotonic() - lost_since > self.give_up_after:

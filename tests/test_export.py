@@ -90,3 +90,57 @@ def test_watch_mode_stops_cleanly_on_sigterm(db, conn, schema, tmp_path):
         sql.Identifier(schema, "blog_embedding"))).fetchall()
     assert got == [("changed",)]
     v.close()
+
+
+def _stored_pipeline(conn, name):
+    return conn.execute("SELECT config->'pipeline' FROM pgvz.vectorizers WHERE name = %s", [name]).fetchone()[0]
+
+
+def test_transient_budget_is_accepted_stored_and_survives_open_and_a_script(db, conn, schema, tmp_path):
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(16),
+                        transient_budget=7.5, batch_size=9).create()
+    stored = _stored_pipeline(conn, v.name)
+    assert (stored["transient_budget"], stored["batch_size"]) == (7.5, 9)
+    opened = pgvz.Vectorizer.open(db, v.name, embedder=HashingEmbedder(16))
+    assert (opened.config.transient_budget, opened.config.batch_size) == (7.5, 9)
+    # create() on a vectorizer built without them keeps the stored values
+    pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(16)).create()
+    assert _stored_pipeline(conn, v.name)["transient_budget"] == 7.5
+    # ... and one that says otherwise changes them (how it runs may change at any create())
+    pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(16),
+                    transient_budget=30).create()
+    assert _stored_pipeline(conn, v.name)["transient_budget"] == 30
+    # an exported script's start (create() from its embedded config) writes what it holds
+    path = opened.export_script(tmp_path / "s.py")
+    assert '"transient_budget": 7.5' in open(path).read()
+    out = run(path, db.dsn, "--once")
+    assert out.returncode == 0, out.stderr
+    assert _stored_pipeline(conn, v.name)["transient_budget"] == 7.5
+    # the same builder everywhere: to_config -> from_config gives the same configuration
+    again = pgvz.Vectorizer.from_config(db, v.name, opened.to_config(), embedder=HashingEmbedder(16))
+    assert again.to_config() == opened.to_config()
+
+
+def test_a_script_exported_by_0_1_0_still_runs(db, conn, schema, tmp_path):
+    """Scripts already deployed call pgvz_nb.export.vectorizer_from_config and embed a
+    configuration without transient_budget: they keep working, and keep the stored value."""
+    import json
+    from pathlib import Path
+
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(16),
+                        transient_budget=11).create()
+    config = v.to_config()
+    del config["pipeline"]["transient_budget"]  # 0.1.0 had none to export
+    template = (Path(__file__).parent / "data" / "export_template_0_1_0.txt").read_text()
+    path = tmp_path / "old.py"
+    path.write_text(template.format(
+        version="0.1.0", when="2026-11-01 00:00 UTC", destination=".".join(v.destination),
+        source=".".join(v.source), name=v.name, filename="old.py",
+        config=json.dumps(config, indent=2, sort_keys=True)))
+    assert "from pgvz_nb.export import vectorizer_from_config" in path.read_text()
+    out = run(path, db.dsn, "--once")
+    assert out.returncode == 0, out.stderr
+    assert f"{len(BLOG_POSTS)} rows synced, 0 failed" in out.stdout
+    assert _stored_pipeline(conn, v.name)["transient_budget"] == 11

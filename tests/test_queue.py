@@ -10,7 +10,7 @@ from psycopg import sql
 
 import pgvz_nb as pgvz
 from pgvz_nb.errors import CallbackFailed, ConfigConflict, NoPrimaryKey, NotATable, NotFound
-from pgvz_nb.queue import Queue
+from pgvz_nb.queue import Queue, _key_texts
 
 from .conftest import queued
 
@@ -510,10 +510,10 @@ def test_in_flight_key_texts_keep_awkward_keys_apart(db, conn):
 
     keys = [("a\x1fb", "c"), ("a", "b\x1fc"), ("x\x1ey", "z"), ("x\\", "\x1ey"), (b"\x00\x1e", 5)]
     rows = [ClaimedRow(k, 0, None, {}, False) for k in keys]
-    texts = conn.execute("SELECT string_to_array(%s, chr(30))", [Queue._key_texts(rows)]).fetchone()[0]
+    texts = conn.execute("SELECT string_to_array(%s, chr(30))", [_key_texts(rows)]).fetchone()[0]
     assert len(texts) == len(keys) == len(set(texts))
     ints = [ClaimedRow((i,), 0, None, {}, False) for i in (3, 10, -2)]
-    assert conn.execute("SELECT string_to_array(%s, chr(30))", [Queue._key_texts(ints)]).fetchone()[0] == ["3", "10", "-2"]
+    assert conn.execute("SELECT string_to_array(%s, chr(30))", [_key_texts(ints)]).fetchone()[0] == ["3", "10", "-2"]
 
 
 def test_create_on_an_installed_catalog_takes_no_lock_on_it(db, conn, schema):
