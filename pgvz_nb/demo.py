@@ -5,15 +5,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from psycopg import sql
-
+from . import sql as q
 from .db import connect
 from .queue import Queue
 from .sample import load_blog
-from .sql import Name
 from .vectorizer import Vectorizer
 
-__all__ = ["run_demo", "SCHEMA", "TEMPLATE"]
+__all__ = ["SCHEMA", "TEMPLATE", "run_demo"]
 
 SCHEMA = "pgvz_demo"
 TEMPLATE = "Author {author}, title: {title}, contents:{chunk}"
@@ -26,7 +24,7 @@ def _reset(db) -> None:
             if old.source[0] == SCHEMA:
                 conn.rollback()
                 old.drop(conn)
-        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Name(SCHEMA)))
+        conn.execute(q.drop_schema(SCHEMA))
 
 
 def run_demo(query: str = "Blogs about cats", k: int = 5, out=print, progress: bool = True,

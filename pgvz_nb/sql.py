@@ -2,12 +2,25 @@
 
 Names arrive as plain strings and leave as ``Name`` (an ``sql.Identifier``); values are ``%s`` /
 ``%(name)s`` placeholders bound by the caller. A relation is a ``(schema, name)`` pair.
-No other module holds SQL text.
+No other module holds SQL text; the rest of pgvz_nb's SQL is in the ``plpgsql/*.sql`` files.
+
+PL/pgSQL that takes no per-vectorizer input (the event-trigger functions) lives in
+``plpgsql/<function>.sql``, read with ``importlib.resources``. A file holds the function's
+body only, from its ``-- pgvz_nb event function pgvz.<name>, version N`` line (checked
+against ``PLPGSQL_VERSIONS``) to its final ``END``; pg_proc.prosrc holds exactly that text, so
+an install compares the file itself with prosrc, and psql's ``\\sf`` shows which version is
+in. The ``CREATE FUNCTION`` around it stays in ``create_event_function``: a whole statement
+in the file would leave the body to be cut out of it for the comparison, and SECURITY
+DEFINER and the pinned search_path written twice. File text is never a template and never
+%-escaped: a ``%`` or ``%%`` in a file reaches prosrc as written. Bodies that depend on a
+vectorizer's keys and columns (``trigger_body``) stay composed here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import cache
+from importlib.resources import files
 
 from psycopg import sql
 
@@ -45,9 +58,14 @@ class PctLiteral(sql.Literal):
 
 
 def stored_text(body: sql.Composable, context) -> str:
-    """A function body as pg_proc.prosrc will hold it: the %% that Names and PctLiterals
-    put in it for placeholder processing back to % (the DDL runs with parameters)."""
-    return body.as_string(context).replace("%%", "%")
+    """A function body as pg_proc.prosrc will hold it: the %% that Names, PctLiterals and
+    UserSQL put in it for placeholder processing back to %, and nothing else touched (a
+    ``PlpgsqlFile``, or a ``%%`` in SQL text, stays as written: the DDL that installs a body
+    doubles every % in it, see ``create_event_function``)."""
+    if isinstance(body, sql.Composed):
+        return "".join(stored_text(part, context) for part in body._obj)
+    text = sql.Composed([body]).as_string(context)  # through as_bytes, as a query is rendered
+    return text.replace("%%", "%") if getattr(body, "pct_escaped", False) else text
 
 
 class UserSQL(sql.SQL):
@@ -797,517 +815,57 @@ def create_triggers(source: Rel, function: Rel, names: dict[str, str],
 
 PARTITION_EVENT_TRIGGER = "pgvz_follow_ddl"
 PARTITION_FUNCTION: Rel = ("pgvz", "follow_ddl")
-
-
-def _event_guard() -> sql.Composed:
-    """The event functions' first step: nothing to do when turned off in the session
-    (``pgvz.partition_event_trigger = off``), or when there is no catalog (dropped by hand)."""
-    return sql.SQL(
-        """  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
-    RETURN;
-  END IF;
-  IF to_regclass({catalog_name}) IS NULL THEN
-    RETURN;  -- the catalog was dropped by hand
-  END IF;
-"""
-    ).format(catalog_name=PctLiteral(ident(CATALOG).as_string(None)))
-
-
-#: format() templates shared by the event functions: queue a table's keys; queue the
-#: destination keys that have no source row left (their rows went without a trigger
-#: seeing them); one key pair of that anti-join
-_BACKFILL_FMT = "INSERT INTO %I.%I (%s) SELECT %s FROM %I.%I"
-_GONE_FMT = ("INSERT INTO %I.%I (%s) SELECT DISTINCT %s FROM %I.%I AS d "
-             "WHERE NOT EXISTS (SELECT 1 FROM %I.%I AS s WHERE %s)")
-_PAIR_FMT = "s.%I::text = d.%I::text"
-
-
-def _unsafe_tables() -> sql.Composed:
-    """For the event functions, in a loop over the catalog as ``v``: what is wrong with the
-    vectorizer's queue, inbox, failed and destination tables for a superuser to alter or
-    write them (each, and why), or NULL when each is a plain table owned by the vectorizer's
-    owner (config->>'owner') or a superuser, with no trigger, rule, or code of another role
-    on it (``foreign_code``)."""
-    return sql.SQL(
-        """(SELECT string_agg(format('%I.%I', t.s, t.r) || ' ' || u.why, '; ')
-   FROM (VALUES (v.queue_schema, v.queue_table), (v.config->'inbox'->>0, v.config->'inbox'->>1),
-                (v.config->'failed'->>0, v.config->'failed'->>1),
-                (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
-   JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
-   JOIN pg_roles o ON o.oid = c.relowner
-   CROSS JOIN LATERAL (SELECT CASE
-       WHEN c.relkind <> 'r' THEN 'is not a plain table'
-       WHEN NOT (o.rolsuper OR coalesce(o.rolname = v.config->>'owner', false)) THEN 'is owned by ' || o.rolname
-       WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) THEN 'carries triggers'
-       WHEN EXISTS (SELECT 1 FROM pg_rewrite rw WHERE rw.ev_class = c.oid AND rw.rulename <> '_RETURN')
-         THEN 'carries rules'
-       ELSE 'uses ' || {code} END AS why) AS u
-   WHERE u.why IS NOT NULL)"""
-    ).format(code=foreign_code(sql.SQL("c.oid"), sql.SQL("array_remove(ARRAY[v.config->>'owner'], NULL)::name[]")))
-
-
-def partition_function_body() -> sql.Composed:
-    """PL/pgSQL body of the event trigger run at the end of every CREATE TABLE and ALTER
-    TABLE. For each vectorizer whose source (or a partition, child, or table running its
-    trigger function) the command touched: follow a renamed or moved source in the
-    catalog; take on a new table created (or renamed) under the source's name after the
-    source was dropped, if it has the key columns (triggers, its rows queued, the
-    embeddings of rows it lacks queued for deletion); refuse the command if it renamed or
-    dropped a key column (every write would fail in the trigger), warn if it did so to a
-    watched column (every UPDATE is queued from then on); give a key column's new type to
-    the queue, inbox, failed and destination tables (an int key made bigint, say); put the
-    triggers on partitions and children that lack them and queue their rows (a table
-    attached with rows); queue the keys of tables detached since, dropping the triggers
-    from them (their rows left the source).
-
-    SECURITY DEFINER (see ``create_event_function``): it runs as the superuser who installed
-    it, so the guards hold for every role, the table's owner without access to schema pgvz
-    included. It fails the command only to refuse a key change (messages that start with
-    "pgvz_nb:", each with a HINT); anything else that goes wrong for a vectorizer becomes a
-    WARNING, and status() shows what is left uncovered until create() or register() runs
-    again. Key types are followed only to built-in types: a domain's CHECK would run here,
-    as the superuser. Setting ``pgvz.partition_event_trigger = off`` in a session turns it
-    off there."""
-    templates = {
-        e: PctLiteral(sql.SQL(ddl).format(name=sql.SQL("%I"), src=sql.SQL("%I.%I"), fn=sql.SQL("%I.%I"))
-                      .as_string(None))
-        for e, ddl in _TRIGGER_DDL.items()
-    }
-    return sql.SQL(
-        """
-DECLARE
-  objs oid[];
-  v record;
-  src oid;
-  fn oid;
-  tree oid[];
-  d record;
-  ev text;
-  added boolean;
-  fresh boolean;
-  keys text;
-  dkeys text;
-  join_on text;
-  gone text;
-  moved record;
-  ns record;
-  cfg jsonb;
-  bad text;
-BEGIN
-  -- schema pgvz renamed: every vectorized table's trigger names it (and so would fail)
-  IF current_setting('pgvz.partition_event_trigger', true) IS DISTINCT FROM 'off' THEN
-    FOR ns IN SELECT n.nspname FROM pg_event_trigger_ddl_commands() AS dc JOIN pg_namespace n ON n.oid = dc.objid
-              WHERE dc.classid = 'pg_namespace'::regclass AND dc.command_tag = 'ALTER SCHEMA'
-                AND n.oid = (SELECT p.pronamespace FROM pg_event_trigger e JOIN pg_proc p ON p.oid = e.evtfoid
-                             WHERE e.evtname = {self_name})
-                AND n.nspname <> {pgvz} LOOP
-      RAISE EXCEPTION 'pgvz_nb: schema pgvz holds pgvz_nb''s catalog, queues and trigger functions, and the triggers on every vectorized table name it'
-        USING ERRCODE = 'dependent_objects_still_exist',
-              HINT = 'keep the name pgvz (to remove pgvz_nb, drop its vectorizers, then the schema)';
-    END LOOP;
-  END IF;
-{guard}  -- a schema renamed: each name the catalog held for it (noted by pgvz_before_ddl at the
-  -- statement's start, by the schema's oid) becomes the new one; nothing is matched by name
-  FOR ns IN SELECT dc.objid, n.nspname AS new, (current_setting('pgvz.schema_names', true)::jsonb)->>(dc.objid::text) AS old
-            FROM pg_event_trigger_ddl_commands() AS dc JOIN pg_namespace n ON n.oid = dc.objid
-            WHERE dc.classid = 'pg_namespace'::regclass AND dc.command_tag = 'ALTER SCHEMA'
-              AND coalesce(current_setting('pgvz.schema_names', true), '') <> '' LOOP
-    CONTINUE WHEN ns.old IS NULL OR ns.old = ns.new;
-    FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
-      IF v.config->'inbox'->>0 = ns.old THEN
-        RAISE EXCEPTION 'pgvz_nb: schema % holds the inbox of vectorizer %, which its trigger names on every write (an older pgvz_nb put it there)',
-          quote_ident(ns.new), v.name
-          USING ERRCODE = 'dependent_objects_still_exist',
-                HINT = 'unregister() the vectorizer and register() it again with this pgvz_nb, which keeps inboxes in schema pgvz; then rename the schema';
-      END IF;
-      cfg := v.config;
-      IF cfg->'failed'->>0 = ns.old THEN
-        cfg := jsonb_set(cfg, '{{failed,0}}', to_jsonb(ns.new::text));
-      END IF;
-      IF cfg->'function'->>0 = ns.old THEN
-        cfg := jsonb_set(cfg, '{{function,0}}', to_jsonb(ns.new::text));
-      END IF;
-      IF cfg->'pipeline'->'destination'->>0 = ns.old THEN
-        cfg := jsonb_set(cfg, '{{pipeline,destination,0}}', to_jsonb(ns.new::text));
-      END IF;
-      IF jsonb_typeof(cfg->'backfill') = 'array' THEN
-        cfg := jsonb_set(cfg, '{{backfill}}', coalesce((
-          SELECT jsonb_agg(CASE WHEN e->>0 = ns.old THEN jsonb_set(e, '{{0}}', to_jsonb(ns.new::text)) ELSE e END)
-          FROM jsonb_array_elements(cfg->'backfill') AS e), '[]'));
-      END IF;
-      UPDATE {catalog} AS c SET config = cfg,
-        source_schema = CASE WHEN c.source_schema = ns.old THEN ns.new ELSE c.source_schema END,
-        queue_schema = CASE WHEN c.queue_schema = ns.old THEN ns.new ELSE c.queue_schema END
-      WHERE c.id = v.id AND (c.config IS DISTINCT FROM cfg OR ns.old IN (c.source_schema, c.queue_schema));
-    END LOOP;
-  END LOOP;
-  SELECT array_agg(objid) INTO objs FROM pg_event_trigger_ddl_commands()
-  WHERE classid = 'pg_class'::regclass;
-  IF objs IS NULL THEN
-    RETURN;
-  END IF;
-  <<vectorizers>>
-  FOR v IN SELECT * FROM {catalog} ORDER BY id LOOP
-  BEGIN
-    src := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = v.source_schema AND c.relname = v.source_table);
-    fn := (SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-           WHERE n.nspname = v.config->'function'->>0 AND p.proname = v.config->'function'->>1
-             AND p.pronargs = 0);
-    CONTINUE WHEN fn IS NULL;
-    IF src IS NULL THEN
-      -- renamed or moved to another schema: the touched table that carries the vectorizer's
-      -- triggers and has no parent is its source; the catalog follows it
-      SELECT c.oid, n.nspname, c.relname INTO moved FROM pg_trigger tg
-      JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs) AND tg.tgname = v.config->'triggers'->>'insert'
-        AND NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = c.oid)
-      LIMIT 1;
-      CONTINUE WHEN NOT FOUND;
-      UPDATE {catalog} AS c SET source_schema = moved.nspname, source_table = moved.relname,
-        config = CASE WHEN jsonb_typeof(c.config->'backfill') = 'array' THEN jsonb_set(c.config, '{{backfill}}', (
-          SELECT jsonb_agg(CASE WHEN e = jsonb_build_array(v.source_schema, v.source_table)
-                                THEN jsonb_build_array(moved.nspname, moved.relname) ELSE e END)
-          FROM jsonb_array_elements(c.config->'backfill') AS e)) ELSE c.config END
-      WHERE c.id = v.id;
-      src := moved.oid;
-    END IF;
-    SELECT string_agg(quote_ident(k), ', ') INTO keys FROM jsonb_array_elements_text(v.config->'keys') AS k;
-    -- a table under the source's name without its triggers: the source was dropped (or
-    -- renamed away) and this one took its name; it is followed if it has the key columns
-    fresh := src = ANY (objs) AND NOT EXISTS (
-      SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgfoid = fn
-        AND tg.tgname = v.config->'triggers'->>'insert');
-    -- this function runs as a superuser: it alters or writes the vectorizer's own tables only
-    -- if they are as pgvz_nb made them (owned by the vectorizer's owner or a superuser, with no
-    -- code of anyone else's on them), else a role could have its code run as the superuser
-    bad := CASE WHEN src = ANY (objs) THEN {unsafe} END;
-    IF src = ANY (objs) THEN
-      SELECT string_agg(quote_ident(k), ', ') INTO gone FROM jsonb_array_elements_text(v.config->'keys') AS k
-      WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = src AND a.attname = k
-                        AND a.attnum > 0 AND NOT a.attisdropped);
-      IF fresh AND NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_roles o ON o.oid = c.relowner
-                               WHERE c.oid = src AND (o.rolsuper OR o.rolname = v.config->>'source_owner')) THEN
-        RAISE WARNING 'pgvz_nb: vectorizer % does not take on the new table %.%: it belongs to another role than the table it followed',
-          v.name, v.source_schema, v.source_table
-          USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
-        CONTINUE;
-      END IF;
-      IF gone IS NOT NULL AND fresh THEN
-        RAISE WARNING 'pgvz_nb: vectorizer % no longer follows %.%: the new table of that name has no key column %',
-          v.name, v.source_schema, v.source_table, gone
-          USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
-        CONTINUE;
-      END IF;
-      -- a key column renamed or dropped would make every write to the table fail in the
-      -- trigger: refuse the DDL, saying what to do instead
-      IF gone IS NOT NULL THEN
-        RAISE EXCEPTION 'pgvz_nb: % is the key of vectorizer %, whose triggers on %.% read it on every write',
-          gone, v.name, v.source_schema, v.source_table
-          USING ERRCODE = 'dependent_objects_still_exist',
-                HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
-      END IF;
-      SELECT string_agg(quote_ident(k), ', ') INTO gone
-      FROM jsonb_array_elements_text(CASE jsonb_typeof(v.config->'watched') WHEN 'array' THEN v.config->'watched'
-                                     ELSE '[]' END) AS k
-      WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = src AND a.attname = k
-                        AND a.attnum > 0 AND NOT a.attisdropped);
-      IF gone IS NOT NULL THEN
-        RAISE WARNING 'pgvz_nb: vectorizer % watches %, no longer in %.%: every UPDATE of the table is queued from now on, changed or not',
-          v.name, gone, v.source_schema, v.source_table
-          USING HINT = 'create the vectorizer again with replace=True (and a template naming the current columns)';
-      END IF;
-      -- a key column's new type (int -> bigint, say) goes to the tables holding keys, or the
-      -- trigger would fail the first write of a value the old type cannot hold; a table of
-      -- that name created again may bring a type the keys kept for the dropped one cannot
-      -- take: those named rows that are gone, so they are emptied and it is tried again
-      FOR attempt IN 1..2 LOOP
-      BEGIN
-          FOR d IN
-            SELECT t.rel_schema, t.rel_name, t.col, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END AS want,
-                   k.builtin, k.k
-            FROM (SELECT k.k, k.i, format_type(a.atttypid, a.atttypmod) AS typ,
-                         ty.typnamespace = 'pg_catalog'::regnamespace AS builtin
-                  FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
-                  JOIN pg_attribute a ON a.attrelid = src AND a.attname = k.k
-                  JOIN pg_type ty ON ty.oid = a.atttypid) AS k
-            CROSS JOIN LATERAL (VALUES
-              (v.queue_schema, v.queue_table, k.k, false),
-              (v.config->'inbox'->>0, v.config->'inbox'->>1, k.k, true),
-              (v.config->'failed'->>0, v.config->'failed'->>1, k.k, false),
-              (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
-               v.config->'pipeline'->'dest_keys'->>(k.i::int - 1), false)) AS t(rel_schema, rel_name, col, arr)
-            JOIN pg_namespace n ON n.nspname = t.rel_schema
-            JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.rel_name
-            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.col AND NOT a.attisdropped
-            WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END
-          LOOP
-            IF bad IS NOT NULL THEN
-              RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and its tables cannot follow: %',
-                v.name, bad
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'put the vectorizer''s tables back as pgvz_nb made them, or drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings)';
-            END IF;
-            IF NOT d.builtin THEN
-              RAISE EXCEPTION 'pgvz_nb: the key % of vectorizer % becomes %, which is not a built-in type; its tables follow built-in key types only',
-                quote_ident(d.k), v.name, d.want
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
-            END IF;
-            BEGIN
-              EXECUTE format({retype}, d.rel_schema, d.rel_name, d.col, d.want, d.col, d.want);
-            EXCEPTION WHEN OTHERS THEN
-              IF SQLSTATE IN ('55P03', '57014') THEN
-                RAISE;  -- the statement's own lock_timeout or statement_timeout: not a refusal
-              END IF;
-              RAISE EXCEPTION 'pgvz_nb: the key of vectorizer % changes type, and %.%.% cannot follow (%)',
-                v.name, d.rel_schema, d.rel_name, d.col, SQLERRM
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'drop the vectorizer first (v.drop(keep_destination=True) keeps the embeddings), then alter the table and create the vectorizer again';
-            END;
-          END LOOP;
-        EXIT;
-      EXCEPTION WHEN OTHERS THEN
-        IF NOT fresh OR SQLSTATE IN ('55P03', '57014') THEN
-          RAISE;
-        END IF;
-        IF attempt = 2 OR bad IS NOT NULL THEN
-          RAISE WARNING '%; vectorizer % does not follow the new table %.%', SQLERRM, v.name, v.source_schema, v.source_table
-            USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
-          CONTINUE vectorizers;
-        END IF;
-        FOR d IN SELECT t.s, t.r FROM (VALUES (v.queue_schema, v.queue_table),
-                   (v.config->'inbox'->>0, v.config->'inbox'->>1), (v.config->'failed'->>0, v.config->'failed'->>1),
-                   (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
-                 JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r LOOP
-          EXECUTE format({truncate}, d.s, d.r);
-        END LOOP;
-      END;
-      END LOOP;
-    END IF;
-    IF fresh AND bad IS NOT NULL THEN
-      RAISE WARNING 'pgvz_nb: vectorizer % does not take on the new table %.%: %', v.name, v.source_schema, v.source_table, bad
-        USING HINT = 'drop the vectorizer (v.drop(), or unregister()) and create it again on the new table';
-      CONTINUE;
-    END IF;
-    IF fresh THEN
-      -- take on the new table: its triggers, its rows queued (by the next sync, not in the
-      -- application's statement), and, for a pipeline, the destination keys it does not hold
-      -- queued now, so their embeddings go
-      FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
-        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgname = v.config->'triggers'->>ev);
-        EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
-                               WHEN 'delete' THEN {del} ELSE {trunc} END,
-                       v.config->'triggers'->>ev, v.source_schema, v.source_table,
-                       v.config->'function'->>0, v.config->'function'->>1);
-      END LOOP;
-      UPDATE {catalog} AS c SET config = jsonb_set(c.config, '{{backfill}}',
-        coalesce(c.config->'backfill', '[]') || jsonb_build_array(jsonb_build_array(v.source_schema, v.source_table)))
-      WHERE c.id = v.id;
-      IF v.config->>'kind' = 'pipeline' AND EXISTS (
-          SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-          WHERE n.nspname = v.config->'pipeline'->'destination'->>0
-            AND c.relname = v.config->'pipeline'->'destination'->>1) THEN
-        SELECT string_agg(quote_ident(dk.k), ', ' ORDER BY sk.i), string_agg(format({pair}, sk.k, dk.k), ' AND ' ORDER BY sk.i)
-        INTO dkeys, join_on
-        FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS sk(k, i)
-        JOIN jsonb_array_elements_text(v.config->'pipeline'->'dest_keys') WITH ORDINALITY AS dk(k, i) ON dk.i = sk.i;
-        EXECUTE format({reconcile}, v.queue_schema, v.queue_table, keys, dkeys,
-                       v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
-                       v.source_schema, v.source_table, join_on);
-      END IF;
-      RAISE NOTICE 'pgvz_nb: vectorizer % follows the new table %.%; its rows are queued at the next sync', v.name, v.source_schema, v.source_table;
-    END IF;
-    -- the source and its partitions and children, any depth
-    tree := ARRAY(WITH RECURSIVE dd(oid) AS (
-                    SELECT src UNION SELECT i.inhrelid FROM pg_inherits i JOIN dd ON i.inhparent = dd.oid)
-                  SELECT oid FROM dd);
-    CONTINUE WHEN NOT (tree && objs OR EXISTS (
-      SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs)));
-    IF NOT src = ANY (objs) THEN
-      bad := {unsafe};
-    END IF;
-    -- partitions and children without the triggers: add them, queue the rows
-    FOR d IN
-      SELECT c.oid, n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE c.oid = ANY (tree) AND c.oid <> src AND c.relkind IN ('r', 'p')
-    LOOP
-      added := false;
-      FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
-        CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn
-                              AND tg.tgname = v.config->'triggers'->>ev);
-        EXECUTE format(CASE ev WHEN 'insert' THEN {ins} WHEN 'update' THEN {upd}
-                               WHEN 'delete' THEN {del} ELSE {trunc} END,
-                       v.config->'triggers'->>ev, d.nspname, d.relname,
-                       v.config->'function'->>0, v.config->'function'->>1);
-        added := true;
-      END LOOP;
-      IF added THEN  -- its rows (attached with the table, say) are queued by the next sync
-        UPDATE {catalog} AS c SET config = jsonb_set(c.config, '{{backfill}}',
-          coalesce(c.config->'backfill', '[]') || jsonb_build_array(jsonb_build_array(d.nspname, d.relname)))
-        WHERE c.id = v.id;
-      END IF;
-    END LOOP;
-    -- tables detached from the source that still run its triggers
-    FOR d IN
-      SELECT DISTINCT c.oid, n.nspname, c.relname FROM pg_trigger tg
-      JOIN pg_class c ON c.oid = tg.tgrelid JOIN pg_namespace n ON n.oid = c.relnamespace
-      WHERE tg.tgfoid = fn AND NOT tg.tgisinternal AND tg.tgrelid <> ALL (tree)
-    LOOP
-      -- now, in the statement: the table may be dropped next, and its rows with it
-      IF bad IS NULL THEN
-        EXECUTE format({backfill}, v.queue_schema, v.queue_table, keys, keys, d.nspname, d.relname);
-      ELSE
-        RAISE WARNING 'pgvz_nb: vectorizer % could not queue the rows of %.%, which left its table: %', v.name, d.nspname, d.relname, bad;
-      END IF;
-      FOR ev IN SELECT tg.tgname FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn LOOP
-        EXECUTE format({drop}, ev, d.nspname, d.relname);
-      END LOOP;
-    END LOOP;
-  EXCEPTION WHEN OTHERS THEN
-    -- the refusals above are meant; anything else must not fail the application's DDL
-    IF SQLERRM LIKE 'pgvz\\_nb:%%' THEN
-      RAISE;
-    END IF;
-    RAISE WARNING 'pgvz_nb: vectorizer % could not follow this change to its table %.% (%)',
-      v.name, v.source_schema, v.source_table, SQLERRM
-      USING HINT = 'run create() or register() again; v.status() shows partitions left uncovered';
-  END;
-  END LOOP;
-END
-"""
-    ).format(
-        catalog=ident(CATALOG), guard=_event_guard(), unsafe=_unsafe_tables(),
-        self_name=sql.Literal(PARTITION_EVENT_TRIGGER), pgvz=PctLiteral(CATALOG[0]),
-        ins=templates["insert"], upd=templates["update"],
-        **{"del": templates["delete"]}, trunc=templates["truncate"],
-        backfill=PctLiteral(_BACKFILL_FMT), reconcile=PctLiteral(_GONE_FMT), pair=PctLiteral(_PAIR_FMT),
-        retype=PctLiteral("ALTER TABLE %I.%I ALTER COLUMN %I TYPE %s USING %I::text::%s"),
-        truncate=PctLiteral("TRUNCATE %I.%I"),
-        drop=PctLiteral("DROP TRIGGER %I ON %I.%I"),
-    )
-
-
 DROP_EVENT_TRIGGER = "pgvz_forget_dropped_partitions"
 DROP_FUNCTION: Rel = ("pgvz", "forget_dropped_partitions")
-
-
-def drop_function_body() -> sql.Composed:
-    """PL/pgSQL body of the event trigger run when objects are dropped: if the dropped ones
-    include a pipeline vectorizer's trigger on a table other than its source (a partition
-    dropped with DROP TABLE, whose rows are gone before any trigger could read their keys),
-    queue every destination key that no longer has a source row, so its embeddings go.
-    An anti-join over the destination, in the dropping transaction: seconds for millions
-    of chunks. Runs as whoever dropped, never fails their command (a WARNING instead)."""
-    return sql.SQL(
-        """
-DECLARE
-  dropped text[];
-  v record;
-  keys text;
-  dkeys text;
-  join_on text;
-  bad text;
-BEGIN
-{guard}  -- a partition or child of a callback vectorizer's source, dropped while the source stays:
-  -- its rows are gone before any trigger could read their keys, and a callback queue has no
-  -- destination to find them in, so the consumer would never hear of them
-  FOR v IN SELECT c.name, c.source_schema, c.source_table, t.relname
-           FROM pg_event_trigger_dropped_objects() AS o
-           JOIN (SELECT split_part(x, ':', 1)::oid AS rel, split_part(x, ':', 2)::int AS vid,
-                        split_part(x, ':', 3) AS relname
-                 FROM unnest(string_to_array(current_setting('pgvz.callback_children', true), ',')) AS x) AS t
-             ON t.rel = o.objid
-           JOIN {catalog} AS c ON c.id = t.vid
-           WHERE o.object_type = 'table'
-             AND EXISTS (SELECT 1 FROM pg_class k JOIN pg_namespace n ON n.oid = k.relnamespace
-                         WHERE n.nspname = c.source_schema AND k.relname = c.source_table) LOOP
-    RAISE EXCEPTION 'pgvz_nb: % is a partition or child of %.%, whose callback vectorizer % learns of removed rows only from its triggers, and the rows of a dropped table can no longer be read',
-      v.relname, v.source_schema, v.source_table, v.name
-      USING ERRCODE = 'dependent_objects_still_exist',
-            HINT = 'detach it first (ALTER TABLE ... DETACH PARTITION, or NO INHERIT): its rows are queued as deleted and its triggers taken off; then drop it';
-  END LOOP;
-  SELECT array_agg(o.address_names[3]) INTO dropped FROM pg_event_trigger_dropped_objects() AS o
-  WHERE o.object_type = 'trigger';
-  IF dropped IS NULL THEN
-    RETURN;
-  END IF;
-  FOR v IN SELECT * FROM {catalog} AS c WHERE c.config->>'kind' = 'pipeline'
-           AND EXISTS (SELECT 1 FROM jsonb_each_text(c.config->'triggers') AS t WHERE t.value = ANY (dropped))
-           ORDER BY c.id LOOP
-    BEGIN
-      CONTINUE WHEN NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                                WHERE n.nspname = v.source_schema AND c.relname = v.source_table)
-        OR NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                       WHERE n.nspname = v.config->'pipeline'->'destination'->>0
-                         AND c.relname = v.config->'pipeline'->'destination'->>1);
-      bad := {unsafe};  -- run as a superuser: only into and out of tables as pgvz_nb made them
-      IF bad IS NOT NULL THEN
-        RAISE EXCEPTION '%', bad;
-      END IF;
-      SELECT string_agg(quote_ident(k.k), ', ' ORDER BY k.i), string_agg(quote_ident(d.k), ', ' ORDER BY k.i),
-             string_agg(format({pair}, k.k, d.k), ' AND ' ORDER BY k.i)
-      INTO keys, dkeys, join_on
-      FROM jsonb_array_elements_text(v.config->'keys') WITH ORDINALITY AS k(k, i)
-      JOIN jsonb_array_elements_text(v.config->'pipeline'->'dest_keys') WITH ORDINALITY AS d(k, i) ON d.i = k.i;
-      EXECUTE format({reconcile}, v.queue_schema, v.queue_table, keys, dkeys,
-                     v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1,
-                     v.source_schema, v.source_table, join_on);
-    EXCEPTION WHEN OTHERS THEN
-      RAISE WARNING 'pgvz_nb: vectorizer % could not queue the keys of dropped rows (%); run its reconcile()',
-        v.name, SQLERRM;
-    END;
-  END LOOP;
-END
-"""
-    ).format(
-        catalog=ident(CATALOG), guard=_event_guard(), unsafe=_unsafe_tables(),
-        pair=PctLiteral(_PAIR_FMT), reconcile=PctLiteral(_GONE_FMT),
-    )
-
-
 GUARD_DROPS_EVENT_TRIGGER = "pgvz_before_ddl"
 GUARD_DROPS_FUNCTION: Rel = ("pgvz", "before_ddl")
 
+#: the version each file in plpgsql/ must state on its first line (bump it with the body)
+PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 1, DROP_FUNCTION: 1, GUARD_DROPS_FUNCTION: 1}
 
-def guard_drops_function_body() -> sql.Composed:
-    """PL/pgSQL body of the event trigger run at the start of DROP TABLE / SCHEMA / OWNED and
-    ALTER SCHEMA: note the names of the schemas the catalog names, by oid (pgvz.schema_names,
-    for pgvz_follow_ddl to follow a schema renamed); and, for the sql_drop function (``drop_function_body``), which tables carry a
-    callback vectorizer's triggers without being its source (its partitions and children),
-    as 'oid:vectorizer id:name,...' in the transaction-local setting pgvz.callback_children.
-    At sql_drop time those tables and triggers are gone from the catalogs, so this is the
-    one moment to see which table belonged to which vectorizer."""
-    return sql.SQL(
-        """
-DECLARE
-  found text;
-  names jsonb;
-BEGIN
-{guard}  SELECT string_agg(tg.tgrelid::text || ':' || c.id || ':' || replace(replace(k.relname, ',', '_'), ':', '_'), ',')
-  INTO found
-  FROM {catalog} AS c
-  JOIN pg_namespace fn ON fn.nspname = c.config->'function'->>0
-  JOIN pg_proc p ON p.pronamespace = fn.oid AND p.proname = c.config->'function'->>1 AND p.pronargs = 0
-  JOIN pg_trigger tg ON tg.tgfoid = p.oid AND tg.tgname = c.config->'triggers'->>'insert'
-  JOIN pg_class k ON k.oid = tg.tgrelid JOIN pg_namespace kn ON kn.oid = k.relnamespace
-  WHERE c.config->>'kind' = 'callback'
-    AND NOT (kn.nspname = c.source_schema AND k.relname = c.source_table);
-  PERFORM set_config('pgvz.callback_children', coalesce(found, ''), true);
-  -- the schemas the catalog names, by oid: an ALTER SCHEMA ... RENAME is then followed from the
-  -- old name to the new one exactly (pgvz_follow_ddl), whatever else holds a table of a like name
-  SELECT jsonb_object_agg(n.oid::text, n.nspname) INTO names
-  FROM pg_namespace n
-  WHERE n.nspname IN (SELECT unnest(ARRAY[c.source_schema, c.queue_schema, c.config->'inbox'->>0,
-                                          c.config->'failed'->>0, c.config->'function'->>0,
-                                          c.config->'pipeline'->'destination'->>0])
-                      FROM {catalog} AS c);
-  PERFORM set_config('pgvz.schema_names', coalesce(names::text, ''), true);
-EXCEPTION WHEN OTHERS THEN
-  RAISE WARNING 'pgvz_nb: could not note the partitions of callback vectorizers (%)', SQLERRM;
-END
-"""
-    ).format(catalog=ident(CATALOG), guard=_event_guard())
+
+class PlpgsqlFile(sql.SQL):
+    """A function body read from plpgsql/, kept as written: ``stored_text`` returns it unchanged."""
+
+    def format(self, *args, **kwargs):  # never a template: braces in PL/pgSQL are its own
+        raise TypeError("PlpgsqlFile is not a template")
+
+
+def plpgsql_header(function: Rel) -> str:
+    return f"-- pgvz_nb event function {function[0]}.{function[1]}, version {PLPGSQL_VERSIONS[function]}\n"
+
+
+@cache
+def plpgsql_file(function: Rel) -> PlpgsqlFile:
+    """The body of ``function`` from plpgsql/<name>.sql, once its first line is checked: a file
+    of another version (a package installed over a different one) is refused, not installed."""
+    text = (files("pgvz_nb") / "plpgsql" / f"{function[1]}.sql").read_text(encoding="utf-8")
+    expected = plpgsql_header(function)
+    if not text.startswith(expected):
+        first = text.split("\n", 1)[0]
+        raise RuntimeError(
+            f"pgvz_nb/plpgsql/{function[1]}.sql starts {first!r}, expected {expected.strip()!r}: "
+            "the package's files come from different versions; reinstall pgvz_nb"
+        )
+    return PlpgsqlFile(text)
+
+
+def partition_function_body() -> PlpgsqlFile:
+    """Event trigger pgvz_follow_ddl's body, run at the end of CREATE TABLE, ALTER TABLE and
+    ALTER SCHEMA: plpgsql/follow_ddl.sql says what it follows and refuses."""
+    return plpgsql_file(PARTITION_FUNCTION)
+
+
+def drop_function_body() -> PlpgsqlFile:
+    """Event trigger pgvz_forget_dropped_partitions's body, run at sql_drop: queues the keys of
+    a dropped partition's rows (plpgsql/forget_dropped_partitions.sql)."""
+    return plpgsql_file(DROP_FUNCTION)
+
+
+def guard_drops_function_body() -> PlpgsqlFile:
+    """Event trigger pgvz_before_ddl's body, run at the start of DROP and ALTER SCHEMA: notes
+    what the other two need once the catalogs have changed (plpgsql/before_ddl.sql)."""
+    return plpgsql_file(GUARD_DROPS_FUNCTION)
 
 
 # (function, its body, event trigger, its event, its tags or None): what ensure_catalog installs
@@ -1321,13 +879,14 @@ EVENT_TRIGGERS = (
 
 
 def event_function_source() -> sql.Composed:
-    """(body or NULL, event trigger installed, its tags sorted, current role is a superuser)
-    for function %(fschema)s.%(fname)s and event trigger %(evt)s."""
+    """(body or NULL, event trigger installed, its tags sorted or NULL if it has none, current
+    role is a superuser) for function %(fschema)s.%(fname)s and event trigger %(evt)s."""
     return sql.SQL(
         "SELECT (SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "        WHERE n.nspname = %(fschema)s AND p.proname = %(fname)s AND p.pronargs = 0), "
         "EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %(evt)s), "
-        "(SELECT ARRAY(SELECT unnest(evttags) ORDER BY 1) FROM pg_event_trigger WHERE evtname = %(evt)s), "
+        "(SELECT CASE WHEN evttags IS NOT NULL THEN ARRAY(SELECT unnest(evttags) ORDER BY 1) END "
+        " FROM pg_event_trigger WHERE evtname = %(evt)s), "
         "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
     ).format()
 
@@ -1341,7 +900,9 @@ def create_event_function(function: Rel, body: str) -> sql.Composed:
     for a role that cannot see schema pgvz (a table's owner running its migrations); as the
     superuser who installs it, it reads the catalog and changes pgvz_nb's own tables and
     the triggers on vectorized tables, and nothing else. Every name it builds goes through
-    format()'s %I, and the search_path is pinned."""
+    format()'s %I, and the search_path is pinned. ``body`` is prosrc's text (``stored_text``);
+    as a PctLiteral its % are doubled and the DDL runs with parameters, so each % and %% of
+    a plpgsql/ file arrives as written."""
     return sql.SQL(
         "CREATE OR REPLACE FUNCTION {fn}() RETURNS event_trigger LANGUAGE plpgsql "
         "SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS {body}; "
@@ -1892,3 +1453,56 @@ def source_rows(source: Rel, key: str) -> sql.Composed:
 def sample_vectors(dest: Rel) -> sql.Composed:
     """Up to %s stored vectors, for the 2-D map."""
     return sql.SQL("SELECT id, embedding FROM {} ORDER BY id LIMIT %s").format(ident(dest))
+
+
+# --- sample data and the demo -----------------------------------------------------------
+
+
+def create_schema(schema: str) -> sql.Composed:
+    return sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(Name(schema))
+
+
+def drop_schema(schema: str) -> sql.Composed:
+    """The schema and everything in it (the demo's reset)."""
+    return sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(Name(schema))
+
+
+def delete_all(rel: Rel) -> sql.Composed:
+    return sql.SQL("DELETE FROM {}").format(ident(rel))
+
+
+#: the columns of the article's ``blog`` table (benchmarks create it too)
+BLOG_DDL_COLUMNS = """
+    id              SERIAL PRIMARY KEY NOT NULL,
+    title           TEXT NOT NULL,
+    author          TEXT NOT NULL,
+    contents        TEXT NOT NULL,
+    category        TEXT NOT NULL,
+    published_time  TIMESTAMPTZ NULL
+"""
+
+
+def create_blog(rel: Rel) -> sql.Composed:
+    return sql.SQL("CREATE TABLE IF NOT EXISTS {} (" + BLOG_DDL_COLUMNS + ")").format(ident(rel))
+
+
+def insert_blog_post(rel: Rel) -> sql.Composed:
+    """One post: %s title, author, category, published_time, contents."""
+    return sql.SQL(
+        "INSERT INTO {} (title, author, category, published_time, contents) VALUES (%s, %s, %s, %s, %s)"
+    ).format(ident(rel))
+
+
+def create_python_docs(rel: Rel) -> sql.Composed:
+    return sql.SQL(
+        "CREATE TABLE IF NOT EXISTS {} (id serial PRIMARY KEY, topic text NOT NULL UNIQUE, "
+        "title text NOT NULL, body text NOT NULL, updated_at timestamptz NOT NULL DEFAULT now())"
+    ).format(ident(rel))
+
+
+def upsert_python_doc(rel: Rel) -> sql.Composed:
+    """One topic: %s topic, title, body; a topic already there takes the new body."""
+    return sql.SQL(
+        "INSERT INTO {} (topic, title, body) VALUES (%s, %s, %s) "
+        "ON CONFLICT (topic) DO UPDATE SET body = excluded.body"
+    ).format(ident(rel))
