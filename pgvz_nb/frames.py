@@ -7,6 +7,8 @@ from typing import Any
 
 import pandas as pd
 
+from .db import column_names
+
 __all__ = ["from_cursor", "search_frame", "typed"]
 
 TIME_COLUMNS = ("queued_at", "retry_after", "first_queued_at", "failed_at", "created_at", "last_success")
@@ -26,7 +28,7 @@ def typed(frame: pd.DataFrame) -> pd.DataFrame:
 
 def from_cursor(cursor) -> pd.DataFrame:
     """All rows of an executed cursor as a DataFrame with the cursor's column names."""
-    names = [d.name for d in cursor.description]
+    names = column_names(cursor)
     return typed(pd.DataFrame.from_records(cursor.fetchall(), columns=names))
 
 

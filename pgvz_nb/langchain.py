@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import numpy as np
+import psycopg
 from langchain_core.documents import Document
 from langchain_core.embeddings import Embeddings
 from langchain_core.vectorstores import VectorStore
@@ -31,7 +32,7 @@ from langchain_core.vectorstores.utils import maximal_marginal_relevance
 from . import sql as q
 from .db import Database, as_database
 from .errors import PgvzError
-from .search import Collection, prepare_search, search_rows, search_statement
+from .search import Collection, search_rows, search_statement
 
 __all__ = ["PgvzVectorStore", "row_id"]
 
@@ -128,9 +129,9 @@ class PgvzVectorStore(VectorStore):
         if self._read_only:
             raise PgvzError(f"this store is read-only: {self._read_only}")
 
-    def _found(self, dims: int | None) -> Collection | None:
+    def _found(self, dims: int) -> Collection:
         """The collection once known (the size comes from the table, or the first vectors)."""
-        if self._collection is None and dims is not None:
+        if self._collection is None:
             self._collection = Collection(self.collection_name, self._schema, dims)
         return self._collection
 
@@ -188,13 +189,14 @@ class PgvzVectorStore(VectorStore):
         out, uuids, metas, keep = self._prepared(texts, metadatas, ids)
         with self._db.connect(vector=True) as conn, conn.transaction():
             col = self._table(conn, len(embeddings[0]))
+            assert col is not None  # made, with its size given
             conn.execute(q.collection_delete_ids(self.rel), [uuids])
             col.add(conn, [texts[i] for i in keep], [metas[i] for i in keep],
                     [embeddings[i] for i in keep], [uuids[i] for i in keep])
         return out
 
     def add_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None,
-                  ids: list[str | None] | None = None, **kwargs: Any) -> list[str]:
+                  ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         self._writable()
         texts = list(texts)
         if not texts:
@@ -202,7 +204,7 @@ class PgvzVectorStore(VectorStore):
         return self.add_embeddings(texts, self._embedding.embed_documents(texts), metadatas, ids)
 
     async def aadd_texts(self, texts: Iterable[str], metadatas: list[dict] | None = None,
-                         ids: list[str | None] | None = None, **kwargs: Any) -> list[str]:
+                         ids: list[str] | None = None, **kwargs: Any) -> list[str]:
         """``add_texts`` on psycopg's async connection."""
         self._writable()
         texts = list(texts)
@@ -212,6 +214,7 @@ class PgvzVectorStore(VectorStore):
         out, uuids, metas, keep = self._prepared(texts, metadatas, ids)
         async with await self._db.aconnect(vector=True) as conn, conn.transaction():
             col = await self._atable(conn, len(embeddings[0]))
+            assert col is not None  # made, with its size given
             await conn.execute(q.collection_delete_ids(self.rel), [uuids])
             await col.aadd(conn, [texts[i] for i in keep], [metas[i] for i in keep],
                            [embeddings[i] for i in keep], [uuids[i] for i in keep])
@@ -301,7 +304,7 @@ class PgvzVectorStore(VectorStore):
                     try:
                         async with conn.transaction():
                             await conn.execute(q.enable_iterative_scans(), {"local": True})
-                    except Exception:  # pgvector < 0.8: no such setting
+                    except psycopg.Error:  # pgvector < 0.8: no such setting
                         pass
                 return await (await conn.execute(stmt, params)).fetchall()
 
@@ -345,7 +348,7 @@ class PgvzVectorStore(VectorStore):
     def _mmr(query: Sequence[float], rows: list[tuple], k: int, lambda_mult: float) -> list[Document]:
         if not rows:
             return []
-        vectors = [np.asarray(r[4].to_numpy() if hasattr(r[4], "to_numpy") else r[4], dtype=np.float32)
+        vectors = [np.asarray(r[4].to_numpy() if hasattr(r[4], "to_numpy") else r[4], dtype=np.float32).tolist()
                    for r in rows]
         picked = maximal_marginal_relevance(np.asarray(query, dtype=np.float32), vectors, lambda_mult, k)
         docs = [d for d, _ in PgvzVectorStore._scored(rows)]
@@ -380,7 +383,7 @@ class PgvzVectorStore(VectorStore):
                    ids: list[str] | None = None, collection_name: str = "langchain_store",
                    service_url: str | Database | None = None, **kwargs: Any) -> PgvzVectorStore:
         store = cls(collection_name=collection_name, service_url=service_url, embedding=embedding, **kwargs)
-        store.add_texts(texts, metadatas, ids)
+        store.add_texts(texts, metadatas, ids=ids)
         return store
 
     @classmethod
@@ -388,5 +391,5 @@ class PgvzVectorStore(VectorStore):
                           ids: list[str] | None = None, collection_name: str = "langchain_store",
                           service_url: str | Database | None = None, **kwargs: Any) -> PgvzVectorStore:
         store = cls(collection_name=collection_name, service_url=service_url, embedding=embedding, **kwargs)
-        await store.aadd_texts(texts, metadatas, ids)
+        await store.aadd_texts(texts, metadatas, ids=ids)
         return store

@@ -16,7 +16,8 @@ import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import date, datetime, time as clock, timezone
+from datetime import date, datetime, timezone
+from datetime import time as clock
 from decimal import Decimal
 from typing import Any
 
@@ -25,10 +26,11 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
+from .db import first
 from .queue import ClaimedRow, Queue, Tally, check_trusted, keys_jsonb
 from .uuids import time_from_uuid, uuid_from_time
 
-__all__ = ["PipelineConfig", "Pipeline", "SyncStats", "template_fields"]
+__all__ = ["Pipeline", "PipelineConfig", "SyncStats", "template_fields"]
 
 
 def template_fields(template: str) -> list[str]:
@@ -279,7 +281,7 @@ class Pipeline:
     def chunks(self, key: tuple, values: dict[str, Any]) -> list[_Chunk]:
         """The formatted chunks of one source row, each with its hash and metadata."""
         cfg = self.config
-        if self._splitter is not None:
+        if self._splitter is not None and cfg.chunk_column is not None:
             text = values.get(cfg.chunk_column)
             pieces = self._splitter.split_text(str(text)) if text not in (None, "") else [""]
         else:
@@ -294,7 +296,7 @@ class Pipeline:
 
             raise RowError(
                 f"row {key_value!r} splits into {len(pieces)} chunks of {cfg.chunk_size} characters, "
-                f"more than max_chunks={cfg.max_chunks} ({len(str(values.get(cfg.chunk_column)))} "
+                f"more than max_chunks={cfg.max_chunks} ({len(str(values.get(cfg.chunk_column or '')))} "
                 "characters of text); raise max_chunks= or chunk_size=, or leave such rows out "
                 "with where="
             )
@@ -355,7 +357,7 @@ class Pipeline:
         reuse_ids = [by_hash[h] for h in needed if h in by_hash]
         vectors: dict[str, np.ndarray] = {}
         if reuse_ids:
-            stored = dict(reader.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
+            stored: dict[Any, Any] = dict(reader.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
             for h in needed:
                 if h in by_hash and by_hash[h] in stored:
                     vec = stored[by_hash[h]]
@@ -380,7 +382,7 @@ class Pipeline:
         # the lock first (no other role can add a trigger while it is held), then the check:
         # code someone else put on the destination must not run with this role's privileges
         conn.execute(q.lock_for_writing(self.dest))
-        owner = self.queue.config.get("owner") or conn.execute(q.role_of_table(), list(self.dest)).fetchone()[1]
+        owner = self.queue.config.get("owner") or first(conn.execute(q.role_of_table(), list(self.dest)))[1]
         check_trusted(conn, self.dest, "the destination", owner=False, trusted=[owner])
         conn.execute(
             q.destination_delete(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
@@ -413,7 +415,7 @@ class Pipeline:
         def run() -> None:
             try:
                 done["value"] = call()
-            except BaseException as exc:  # handed to the waiting thread
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
                 done["error"] = exc
 
         thread = threading.Thread(target=run, name="pgvz_nb model call", daemon=True)
@@ -462,7 +464,7 @@ class Pipeline:
             return True
         try:
             self._call_model([_PROBE_TEXT])
-        except Exception:
+        except Exception:  # noqa: BLE001 - whatever it is, the service did not answer
             return False
         self._service_up_at = time.monotonic()
         return True

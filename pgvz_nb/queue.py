@@ -21,10 +21,20 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from . import sql as q
-from .errors import (ConfigConflict, LockUnavailable, NoPrimaryKey, NotATable, NotFound, RowError,
-                     UntrustedObject, blame, rolled_back)
+from .db import column_names, first
+from .errors import (
+    ConfigConflict,
+    LockUnavailable,
+    NoPrimaryKey,
+    NotATable,
+    NotFound,
+    RowError,
+    UntrustedObject,
+    blame,
+    rolled_back,
+)
 
-__all__ = ["Queue", "ClaimedRow", "ProcessResult", "QueueState", "DEFAULT_POLICY", "locked"]
+__all__ = ["DEFAULT_POLICY", "ClaimedRow", "ProcessResult", "Queue", "QueueState", "locked"]
 
 Rel = q.Rel
 
@@ -176,7 +186,7 @@ def locked(conn: psycopg.Connection, body: Callable[[], Any], *, target: Rel, do
         try:
             with conn.transaction():
                 conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
-                if install and not conn.execute(q.try_install_lock()).fetchone()[0]:
+                if install and not first(conn.execute(q.try_install_lock()))[0]:
                     raise _Busy()
                 return body()
         except (psycopg.errors.LockNotAvailable, _Busy) as exc:
@@ -235,7 +245,7 @@ class _InFlight:
     def mark(self, all_rows: list[ClaimedRow], rows: list[ClaimedRow]) -> None:
         """Record ``rows`` (of the claim ``all_rows``) as being processed, committed at once."""
         held = self.keys if len(rows) == len(all_rows) else _key_texts(rows)
-        self.batch = self.conn.execute(q.in_flight_mark(), {"keys": held, "vid": self.queue.id}).fetchone()[0]
+        self.batch = first(self.conn.execute(q.in_flight_mark(), {"keys": held, "vid": self.queue.id}))[0]
 
     def put_back(self) -> None:
         """The batch goes back on purpose (an error, a stop): not a dead worker's trace."""
@@ -273,9 +283,9 @@ class Queue:
         self.config: dict[str, Any] = config
         self.keys: list[str] = config["keys"]
         self.watched: list[str] | None = config.get("watched")
-        self.inbox: Rel = tuple(config["inbox"])  # type: ignore[assignment]
-        self.failed: Rel = tuple(config["failed"])  # type: ignore[assignment]
-        self.function: Rel = tuple(config["function"])  # type: ignore[assignment]
+        self.inbox: Rel = (config["inbox"][0], config["inbox"][1])
+        self.failed: Rel = (config["failed"][0], config["failed"][1])
+        self.function: Rel = (config["function"][0], config["function"][1])
         self.triggers: dict[str, str] = config["triggers"]
         self.policy: dict[str, float] = {**DEFAULT_POLICY, **config.get("policy", {})}
 
@@ -301,10 +311,10 @@ class Queue:
             )
         for rel in (q.CATALOG, q.IN_FLIGHT):
             check_trusted(conn, rel, "pgvz_nb's table", superuser_ok=True)
-        if conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
-            no_column, no_in_flight, no_policy = conn.execute(
+        if first(conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]))[0]:
+            no_column, no_in_flight, no_policy = first(conn.execute(
                 q.catalog_missing_parts(),
-                {"catalog": ".".join(q.CATALOG), "in_flight": ".".join(q.IN_FLIGHT)}).fetchone()
+                {"catalog": ".".join(q.CATALOG), "in_flight": ".".join(q.IN_FLIGHT)}))
             if no_column:
                 conn.execute(q.upgrade_catalog())
             if no_in_flight:
@@ -324,9 +334,16 @@ class Queue:
         later (see sql.partition_function_body and sql.drop_function_body), with this
         pgvz_nb's bodies. Only a superuser may create event triggers: for anyone else,
         re-running create() covers new partitions."""
+        if not first(conn.execute(q.is_superuser()))[0]:
+            return
+        for function, params, types, returns in q.HELPER_FUNCTIONS:
+            body = q.stored_text(q.plpgsql_file(function), conn)
+            signature = f"{function[0]}.{function[1]}({types})"
+            if first(conn.execute(q.helper_function_source(), {"signature": signature}))[0] != body:
+                conn.execute(q.create_helper_function(function, params, returns, body))
         for function, make_body, name, event, tags in q.EVENT_TRIGGERS:
-            found, installed, installed_tags, superuser = conn.execute(q.event_function_source(), {
-                "fschema": function[0], "fname": function[1], "evt": name}).fetchone()
+            found, installed, installed_tags, superuser = first(conn.execute(q.event_function_source(), {
+                "fschema": function[0], "fname": function[1], "evt": name}))
             if not superuser:
                 return
             body = q.stored_text(make_body(), conn)
@@ -351,7 +368,7 @@ class Queue:
 
     @classmethod
     def find(cls, conn: psycopg.Connection, name: str) -> Queue | None:
-        if not conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
+        if not first(conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]))[0]:
             return None
         row = conn.execute(q.catalog_get(), [name]).fetchone()
         if not row:
@@ -367,7 +384,7 @@ class Queue:
 
     @classmethod
     def list_all(cls, conn: psycopg.Connection) -> list[Queue]:
-        if not conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]).fetchone()[0]:
+        if not first(conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]))[0]:
             return []
         return [cls(r) for r in conn.execute(q.catalog_list()).fetchall()]
 
@@ -429,7 +446,7 @@ class Queue:
                 "and casts would run on every write with the privileges of the vectorizer's "
                 "trigger (yours); create the vectorizer as that role, or key it on a built-in type"
             )
-        me, source_owner = conn.execute(q.role_of_table(), list(source)).fetchone()
+        me, source_owner = first(conn.execute(q.role_of_table(), list(source)))
         clash = [k for k in key_cols if k in q.QUEUE_COLUMNS or k in q.FAILED_COLUMNS]
         if clash:
             raise ConfigConflict(
@@ -483,9 +500,7 @@ class Queue:
             existing._uninstall_objects(conn)  # half-dropped by hand: rebuild it whole
             conn.execute(q.catalog_delete(), [existing.id])
         cls._check_names_free(conn, source, (queue, inbox, failed), triggers)
-        vid, created = conn.execute(
-            q.catalog_insert(), [name, *source, *queue, Jsonb(new_config)]
-        ).fetchone()
+        vid, created = first(conn.execute(q.catalog_insert(), [name, *source, *queue, Jsonb(new_config)]))
         self = cls((vid, name, *source, *queue, new_config, created))
         conn.execute(q.create_queue(queue, source, key_cols))
         conn.execute(q.create_inbox(inbox, source, key_cols))
@@ -664,12 +679,12 @@ class Queue:
             for r in rows:
                 self.read(reader, [r], columns, where)
             return
-        names = [d.name for d in cur.description[2:]]
-        first: dict[int, tuple] = {}
+        names = column_names(cur)[2:]
+        first_of: dict[int, tuple] = {}
         for rec in recs:  # an inheritance child may repeat a parent's key: the first row wins
-            first.setdefault(rec[0], rec)
+            first_of.setdefault(rec[0], rec)
         for i, r in enumerate(rows, 1):
-            rec = first[i]
+            rec = first_of[i]
             r.deleted = bool(rec[1])
             r.values = dict(zip(names, rec[2:]))
 
@@ -707,7 +722,7 @@ class Queue:
         """
         track = in_flight is not None and self._has_in_flight(conn)
         with conn.transaction():  # rows to queue: an install stopped half-way, a partition attached
-            pending = conn.execute(q.catalog_backfill_pending(), [self.id]).fetchone()[0]
+            pending = first(conn.execute(q.catalog_backfill_pending(), [self.id]))[0]
         if pending:  # (a local: sync's lanes share this Queue)
             try:
                 self.complete_backfill(conn, pending=True)
@@ -751,7 +766,7 @@ class Queue:
         """Catalogs made before pgvz.in_flight existed get it at the next create()."""
         if self._in_flight_table is None:
             with conn.transaction():
-                found = conn.execute(q.catalog_exists(), [".".join(q.IN_FLIGHT)]).fetchone()[0]
+                found = first(conn.execute(q.catalog_exists(), [".".join(q.IN_FLIGHT)]))[0]
             self._in_flight_table = bool(found)
         return self._in_flight_table
 
@@ -851,15 +866,14 @@ class Queue:
     # --- views ---------------------------------------------------------------------------
 
     def state(self, conn: psycopg.Connection) -> QueueState:
-        rows, claimable, retrying, oldest, next_retry, failed = conn.execute(
-            q.queue_state(self.inbox, self.queue, self.failed, self.keys[0])
-        ).fetchone()
+        rows, claimable, retrying, oldest, next_retry, failed = first(conn.execute(
+            q.queue_state(self.inbox, self.queue, self.failed, self.keys[0])))
         return QueueState(rows, claimable, retrying, failed, oldest, next_retry)
 
     def pending(self, conn: psycopg.Connection, limit: int = 1000) -> tuple[list[str], list[tuple]]:
         """(column names, rows) of pending keys, oldest first, inbox included."""
         cur = conn.execute(q.pending_rows(self.inbox, self.queue, self.keys), [int(limit)])
-        return [d.name for d in cur.description], cur.fetchall()
+        return column_names(cur), cur.fetchall()
 
     def retry_failed(self, conn: psycopg.Connection) -> int:
         """Re-queue every key in the failed table with fresh attempts; returns how many."""
@@ -880,7 +894,7 @@ def check_trusted(conn: psycopg.Connection, rel: Rel, what: str, *, superuser_ok
     constraints or indexes (``sql.foreign_code``). Otherwise that code would run with the
     privileges of whoever writes into it: a superuser on the embedded server. False if the
     table does not exist."""
-    me = conn.execute(q.role_of_table(), list(rel)).fetchone()[0]
+    me = first(conn.execute(q.role_of_table(), list(rel)))[0]
     trusted_roles = [me, *trusted]
     found = conn.execute(q.relation_trust(), {"schema": rel[0], "table": rel[1],
                                                "trusted": trusted_roles}).fetchone()
@@ -930,7 +944,7 @@ def describe_table(conn: psycopg.Connection, source: Rel) -> dict[str, tuple[str
     schema, table = check_name(source[0], "schema name"), check_name(source[1], "table name")
     found = conn.execute(q.find_relation(), [schema, table]).fetchone()
     if found is None:
-        if not conn.execute(q.schema_exists(), [schema]).fetchone()[0]:
+        if not first(conn.execute(q.schema_exists(), [schema]))[0]:
             raise NotFound(
                 f"schema {schema!r} does not exist; expected an existing schema "
                 f"holding table {table!r}; check the spelling (names are case-sensitive)"

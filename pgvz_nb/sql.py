@@ -18,6 +18,7 @@ vectorizer's keys and columns (``trigger_body``) stay composed here.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from functools import cache
 from importlib.resources import files
@@ -107,10 +108,33 @@ def _cols(names: Sequence[str], prefix: str | None = None) -> sql.Composed:
     return sql.SQL(", ").join(Name(prefix, n) for n in names)
 
 
+#: the longest name PostgreSQL keeps (NAMEDATALEN - 1 bytes); a longer one is silently cut
+NAME_BYTES = 63
+
+
+def cut(text: str, nbytes: int) -> str:
+    """``text`` within ``nbytes`` bytes of UTF-8, cut on a character boundary."""
+    return text.encode()[:nbytes].decode(errors="ignore")
+
+
+def name_tag(text: str) -> str:
+    """8 hex digits that tell ``text`` from other texts in a derived name."""
+    return hashlib.sha1(text.encode()).hexdigest()[:8]
+
+
+def fit_name(base: str, suffix: str = "", *, tag_if_cut: bool = False) -> str:
+    """The one way pgvz_nb shortens a name it derives: ``base + suffix`` within NAME_BYTES,
+    ``base`` cut (PostgreSQL would cut the suffix off, and with it the difference between
+    names). ``tag_if_cut``: a name that has to be cut ends in ``_`` + ``name_tag`` of the
+    whole, so two long names that share a beginning still differ."""
+    if tag_if_cut and len((base + suffix).encode()) > NAME_BYTES:
+        suffix = suffix + "_" + name_tag(base + suffix)
+    return cut(base, NAME_BYTES - len(suffix.encode())) + suffix
+
+
 def _index_name(rel: Rel, suffix: str) -> Name:
-    """An index named after its table: the name cut to 50 bytes (on a character boundary),
-    so the suffix always fits in PostgreSQL's 63."""
-    return Name(rel[1].encode()[:50].decode(errors="ignore") + suffix)
+    """An index named after its table: the name cut to 50 bytes, so the suffix fits."""
+    return Name(cut(rel[1], 50) + suffix)
 
 
 def _match(left: str, right: str, names: Sequence[str]) -> sql.Composed:
@@ -197,38 +221,12 @@ def lock_holders() -> sql.Composed:
 
 
 def foreign_code(rel: sql.Composable, trusted: sql.Composable) -> sql.Composed:
-    """A text saying what code on table ``rel`` (an oid expression) belongs to a role that is
-    neither a superuser nor one of ``trusted`` (a name[] expression), or NULL if none: the
-    functions, types (domains and their CHECKs), operators and operator classes its
-    columns, defaults, generated columns, constraints and indexes use, except an
-    extension's (pgvector's). Such code runs with the privileges of whoever writes into the
-    table, or alters it. Foreign keys count too (a cascade writes elsewhere)."""
-    return sql.SQL(
-        """(SELECT coalesce(string_agg(DISTINCT pg_describe_object(dep.refclassid, dep.refobjid, 0)
-                                || ' owned by ' || r.rolname, ', '),
-                 (SELECT 'a foreign key ' || fk.conname || ' with a table of ' || fr.rolname
-                  FROM pg_constraint fk
-                  JOIN pg_class ft ON ft.oid = CASE WHEN fk.conrelid = {rel} THEN fk.confrelid ELSE fk.conrelid END
-                  JOIN pg_roles fr ON fr.oid = ft.relowner
-                  WHERE fk.contype = 'f' AND (fk.conrelid = {rel} OR fk.confrelid = {rel})
-                    AND NOT fr.rolsuper AND fr.rolname <> ALL ({trusted}) LIMIT 1))
-   FROM pg_depend dep
-   JOIN pg_roles r ON r.oid = CASE dep.refclassid
-        WHEN 'pg_proc'::regclass THEN (SELECT x.proowner FROM pg_proc x WHERE x.oid = dep.refobjid)
-        WHEN 'pg_type'::regclass THEN (SELECT x.typowner FROM pg_type x WHERE x.oid = dep.refobjid)
-        WHEN 'pg_operator'::regclass THEN (SELECT x.oprowner FROM pg_operator x WHERE x.oid = dep.refobjid)
-        WHEN 'pg_opclass'::regclass THEN (SELECT x.opcowner FROM pg_opclass x WHERE x.oid = dep.refobjid) END
-   WHERE dep.deptype IN ('n', 'a')
-     AND ((dep.classid = 'pg_class'::regclass
-           AND (dep.objid = {rel} OR dep.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = {rel})))
-          OR (dep.classid = 'pg_constraint'::regclass
-              AND dep.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid = {rel}))
-          OR (dep.classid = 'pg_attrdef'::regclass
-              AND dep.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = {rel})))
-     AND NOT r.rolsuper AND r.rolname <> ALL ({trusted})
-     AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid
-                     AND e.deptype = 'e'))"""
-    ).format(rel=rel, trusted=trusted)
+    """plpgsql/foreign_code.sql (what code on table ``rel``, an oid expression, belongs to a
+    role that is neither a superuser nor one of ``trusted``, a name[] expression) as an
+    expression in a query: the file's SELECT over a one-row subquery that names its two
+    parameters. The same text the event functions call as pgvz.foreign_code()."""
+    return sql.SQL("(SELECT ({body}\n) FROM (SELECT {rel}, {trusted}) AS args(rel, trusted))").format(
+        body=plpgsql_file(FOREIGN_CODE_FUNCTION), rel=rel, trusted=trusted)
 
 
 def relation_trust() -> sql.Composed:
@@ -642,6 +640,7 @@ def trigger_body(
         sql.SQL("{}::text = {}::text").format(Name("n", a), Name("o", a))
         for a in kalias
     )
+    changed: sql.Composable
     if walias:
         changed = sql.SQL("ROW({}) IS DISTINCT FROM ROW({})").format(
             _cols(walias, "n"), _cols(walias, "o")
@@ -820,8 +819,12 @@ DROP_FUNCTION: Rel = ("pgvz", "forget_dropped_partitions")
 GUARD_DROPS_EVENT_TRIGGER = "pgvz_before_ddl"
 GUARD_DROPS_FUNCTION: Rel = ("pgvz", "before_ddl")
 
+FOREIGN_CODE_FUNCTION: Rel = ("pgvz", "foreign_code")
+UNSAFE_TABLES_FUNCTION: Rel = ("pgvz", "unsafe_tables")
+
 #: the version each file in plpgsql/ must state on its first line (bump it with the body)
-PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 1, DROP_FUNCTION: 1, GUARD_DROPS_FUNCTION: 1}
+PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 2, DROP_FUNCTION: 2, GUARD_DROPS_FUNCTION: 2,
+                    FOREIGN_CODE_FUNCTION: 1, UNSAFE_TABLES_FUNCTION: 1}
 
 
 class PlpgsqlFile(sql.SQL):
@@ -832,7 +835,7 @@ class PlpgsqlFile(sql.SQL):
 
 
 def plpgsql_header(function: Rel) -> str:
-    return f"-- pgvz_nb event function {function[0]}.{function[1]}, version {PLPGSQL_VERSIONS[function]}\n"
+    return f"-- pgvz_nb function {function[0]}.{function[1]}, version {PLPGSQL_VERSIONS[function]}\n"
 
 
 @cache
@@ -847,6 +850,9 @@ def plpgsql_file(function: Rel) -> PlpgsqlFile:
             f"pgvz_nb/plpgsql/{function[1]}.sql starts {first!r}, expected {expected.strip()!r}: "
             "the package's files come from different versions; reinstall pgvz_nb"
         )
+    if function in _INLINED and "%" in text:
+        raise RuntimeError(f"pgvz_nb/plpgsql/{function[1]}.sql is also put in queries with parameters "
+                           "and must not hold a percent sign")
     return PlpgsqlFile(text)
 
 
@@ -867,6 +873,14 @@ def guard_drops_function_body() -> PlpgsqlFile:
     what the other two need once the catalogs have changed (plpgsql/before_ddl.sql)."""
     return plpgsql_file(GUARD_DROPS_FUNCTION)
 
+
+#: (function, its parameters, their types, what it returns): the SQL functions the event
+#: functions call, installed before them (``create_helper_function``); bodies in plpgsql/
+HELPER_FUNCTIONS = (
+    (FOREIGN_CODE_FUNCTION, "rel oid, trusted name[]", "oid, name[]", "text"),
+    (UNSAFE_TABLES_FUNCTION, "qschema text, qtable text, cfg jsonb", "text, text, jsonb", "text"),
+)
+_INLINED = (FOREIGN_CODE_FUNCTION,)  # files also composed into queries (foreign_code)
 
 # (function, its body, event trigger, its event, its tags or None): what ensure_catalog installs
 EVENT_TRIGGERS = (
@@ -889,6 +903,26 @@ def event_function_source() -> sql.Composed:
         " FROM pg_event_trigger WHERE evtname = %(evt)s), "
         "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
     ).format()
+
+
+def is_superuser() -> sql.Composed:
+    return sql.SQL("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").format()
+
+
+def helper_function_source() -> sql.Composed:
+    """pg_proc.prosrc of the function %(signature)s ('pgvz.foreign_code(oid, name[])'), or NULL."""
+    return sql.SQL("SELECT (SELECT prosrc FROM pg_proc WHERE oid = to_regprocedure(%(signature)s))").format()
+
+
+def create_helper_function(function: Rel, params: str, returns: str, body: str) -> sql.Composed:
+    """A SQL function of the event functions' (HELPER_FUNCTIONS): run as its caller, the
+    superuser an event function runs as; nobody else may execute it. ``params`` and
+    ``returns`` are HELPER_FUNCTIONS' constants."""
+    return sql.SQL(
+        "CREATE OR REPLACE FUNCTION {fn}({params}) RETURNS {returns} LANGUAGE sql STABLE "
+        "SET search_path = pg_catalog, pg_temp AS {body}; "
+        "REVOKE ALL ON FUNCTION {fn}({params}) FROM PUBLIC"
+    ).format(fn=ident(function), params=sql.SQL(params), returns=sql.SQL(returns), body=PctLiteral(body))
 
 
 def drop_event_trigger(name: str) -> sql.Composed:
@@ -996,7 +1030,7 @@ def claim(queue: Rel, failed: Rel, keys: Sequence[str], only: bool = False) -> s
     ``only``: claim just the keys in %(only)s (a jsonb array of key objects).
     """
     k = _cols(keys)
-    only_sql = sql.SQL("")
+    only_sql: sql.Composable = sql.SQL("")
     if only:
         only_sql = sql.SQL(
             "AND ({k}) IN (SELECT {k} FROM jsonb_populate_recordset(NULL::{queue}, %(only)s))"

@@ -7,7 +7,7 @@ import random
 import uuid
 from datetime import datetime, timedelta, timezone
 
-__all__ = ["uuid_from_time", "time_from_uuid"]
+__all__ = ["time_from_uuid", "uuid_from_time"]
 
 # 100-ns intervals between the uuid epoch (1582-10-15) and the Unix epoch
 _UUID_EPOCH_OFFSET = 0x01B21DD213814000
@@ -22,7 +22,7 @@ def uuid_from_time(time_arg: datetime | float | None = None, node: int | None = 
     """
     if time_arg is None:
         return uuid.uuid1(node, clock_seq)
-    if hasattr(time_arg, "utctimetuple"):
+    if isinstance(time_arg, datetime):
         if time_arg.tzinfo is None:
             time_arg = time_arg.astimezone(timezone.utc)
         seconds = calendar.timegm(time_arg.utctimetuple())

@@ -10,7 +10,6 @@ advisory lock key is the table OID, and an UPDATE that changes nothing re-queues
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import re
 import threading
@@ -24,16 +23,27 @@ from typing import TYPE_CHECKING, Any
 import psycopg
 
 from . import sql as q
-from .db import Database, as_database
-from .errors import (CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError,
-                     boundary, translate)
-from .queue import (ClaimedRow, ProcessResult, Queue, QueueState, Tally, check_name, check_trusted,
-                    describe_table, locked, resolve_keys)
+from .db import Database, as_database, column_names, first
+from .errors import CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError, boundary, translate
+from .queue import (
+    ClaimedRow,
+    ProcessResult,
+    Queue,
+    QueueState,
+    Tally,
+    check_name,
+    check_trusted,
+    describe_table,
+    locked,
+    resolve_keys,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["Vectorizer", "Vectorize", "Row", "SyncReport", "vectorizers"]
+    from .pipeline import Pipeline
+
+__all__ = ["Row", "SyncReport", "Vectorize", "Vectorizer", "vectorizers"]
 
 _log = logging.getLogger("pgvz_nb.sync")
 
@@ -45,18 +55,10 @@ def _create_ident(base: str, suffix: str) -> str:
     return re.sub(r"[^a-zA-Z0-9_]", "_", f"{base}_{suffix}")
 
 
-def _with_suffix(base: str, suffix: str) -> str:
-    """``base_suffix`` within PostgreSQL's 63 bytes, cutting ``base`` on a character boundary
-    (PostgreSQL would cut the suffix off, and with it the difference between names)."""
-    room = 63 - len(suffix.encode()) - 1
-    return base.encode()[:room].decode(errors="ignore") + "_" + suffix
-
-
 def _callback_inbox_name(name: str, table: str) -> str:
-    """The inbox of a callback vectorizer, in schema pgvz: the table's name and a hash of the
+    """The inbox of a callback vectorizer, in schema pgvz: the table's name and a tag of the
     vectorizer's (schema-qualified) name, unique and within 63 bytes."""
-    tag = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return "ci_" + table.encode()[:40].decode(errors="ignore") + "_" + tag
+    return "ci_" + q.cut(table, 40) + "_" + q.name_tag(name)
 
 
 def _quote_ident(ident: str) -> str:
@@ -114,7 +116,24 @@ def _reader_connection(db: Database) -> _SideConnection:
     return _SideConnection(db, "SET row_security = off", vector=True)
 
 
-class Vectorize:
+class _Connections:
+    """The connections a vectorizer keeps: its own (``_conn``, opened on first use), and the
+    in-flight and reader side connections."""
+
+    _conn: psycopg.Connection | None
+    _in_flight: _SideConnection
+    _reader: _SideConnection
+
+    def close(self) -> None:
+        """Close its connections (they open again on next use)."""
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        self._in_flight.close()
+        self._reader.close()
+
+
+class Vectorize(_Connections):
     """Drop-in for ``timescale_vector.pgvectorizer.Vectorize``.
 
     ``service_url`` is a DSN (libpq URL or key=value), a ``Database``, or None for
@@ -201,7 +220,7 @@ class Vectorize:
                 inbox=("pgvz", _callback_inbox_name(self.name, table)),
                 failed=(schema, _create_ident(table, "embedding_failed")),
                 function=(schema, self.trigger_name_fn_unquoted),
-                triggers={ev: _with_suffix(trig, ev) for ev in ("insert", "update", "delete", "truncate")},
+                triggers={ev: q.fit_name(trig, "_" + ev) for ev in ("insert", "update", "delete", "truncate")},
                 keys=self._keys,
                 watched=self._columns,
                 policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
@@ -294,7 +313,7 @@ class Vectorize:
         conn = self._connect()
         with conn.transaction():
             cur = conn.execute(q.failed_rows(queue.failed, queue.keys))
-            names = [d.name for d in cur.description]
+            names = column_names(cur)
             return [dict(zip(names, r)) for r in cur.fetchall()]
 
     @boundary("retrying the failed rows of {self.name}")
@@ -309,12 +328,6 @@ class Vectorize:
         queue.drop(self._connect())
         self._queue = None
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._in_flight.close()
-        self._reader.close()
 
 
 
@@ -362,14 +375,6 @@ def _split_table(table: str, schema: str | None) -> tuple[str, str]:
         s, t = table.split(".", 1)
         return s, t
     return "public", table
-
-
-def _fit(name: str, limit: int = 63) -> str:
-    """A name within PostgreSQL's 63 bytes; a cut name gets a hash so two cut names differ."""
-    if len(name.encode()) <= limit:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return name.encode()[: limit - 9].decode(errors="ignore") + "_" + digest
 
 
 def _where_columns(where: str, columns: Sequence[str]) -> list[str]:
@@ -470,7 +475,7 @@ class _Lanes:
             self.active -= 1
 
 
-class Vectorizer:
+class Vectorizer(_Connections):
     """Keeps ``<table>_embedding`` in sync with ``table`` through the built-in pipeline.
 
     ``Vectorizer(db, "blog", template=..., chunk_column=...)`` only describes it; ``create()``
@@ -519,7 +524,7 @@ class Vectorizer:
         if chunk_overlap >= chunk_size:
             raise PgvzError(f"chunk_overlap ({chunk_overlap}) must be smaller than chunk_size ({chunk_size})")
         if destination is None:
-            dest = (self.source[0], _fit(f"{self.source[1]}_embedding"))
+            dest = (self.source[0], q.fit_name(f"{self.source[1]}_embedding", tag_if_cut=True))
         elif isinstance(destination, tuple):  # (schema, table): names that hold a dot
             dest = destination
         else:
@@ -535,17 +540,17 @@ class Vectorizer:
         self._max_attempts = max_attempts
         self._backoff = float(retry_backoff)
         # how it runs, given here; what is not given keeps its stored value (create()), or the default
-        operational = {k: v for k, v in (("batch_size", batch_size), ("transient_budget", transient_budget))
+        operational: dict[str, Any] = {k: v for k, v in (("batch_size", batch_size), ("transient_budget", transient_budget))
                        if v is not None}
         self._operational = set(operational)
         self.config = PipelineConfig(
-            template=template, destination=list(dest), dest_keys=[], metadata_key=_fit(f"{self.source[1]}_id"),
+            template=template, destination=list(dest), dest_keys=[], metadata_key=q.fit_name(f"{self.source[1]}_id", tag_if_cut=True),
             embedder={}, chunk_column=chunk_column, chunk_size=chunk_size, chunk_overlap=chunk_overlap,
             metadata=list(metadata), time_column=time_column, where=where, max_chunks=max_chunks,
             **operational,
         )
         self._queue: Queue | None = None
-        self._pipeline = None
+        self._pipeline: Pipeline | None = None
         self._conn: psycopg.Connection | None = None
         self._in_flight = _in_flight_connection(self.db)
         self._reader = _reader_connection(self.db)
@@ -577,7 +582,7 @@ class Vectorizer:
         policy = config["policy"]
         self = cls(
             db, config["source"][1], schema=config["source"][0], name=name,
-            destination=tuple(pipe.destination),
+            destination=(pipe.destination[0], pipe.destination[1]),
             embedder=embedder if embedder is not None else embedder_from_config(pipe.embedder),
             max_attempts=int(policy["max_attempts"]), retry_backoff=float(policy["retry_backoff"]),
             **{k: getattr(pipe, k) for k in _DESCRIBED},
@@ -625,7 +630,7 @@ class Vectorizer:
             self._validate(conn, columns)
             keys = resolve_keys(conn, self.source, columns, None)
             cfg.dest_keys = [cfg.metadata_key] if len(keys) == 1 else [
-                _fit(f"{self.source[1]}_{k}") for k in keys]
+                q.fit_name(f"{self.source[1]}_{k}", tag_if_cut=True) for k in keys]
             cfg.dest_keys = [k + "_key" if k in q.DEST_FIXED else k for k in cfg.dest_keys]
             cfg.embedder = embedder_config(self.embedder)
             existing = Queue.find(conn, self.name)
@@ -638,7 +643,7 @@ class Vectorizer:
             if existing is not None:
                 self._check_same(existing)
             self._prepare_destination(conn, existing, keys)
-            tag = hashlib.sha1(self.name.encode()).hexdigest()[:8]
+            tag = q.name_tag(self.name)
             base = re.sub(r"[^a-z0-9_]", "_", self.name.lower())[:30]
             watched = list(dict.fromkeys(
                 cfg.source_columns() + (_where_columns(cfg.where, list(columns)) if cfg.where else [])))
@@ -715,6 +720,7 @@ class Vectorizer:
         says it: a partial index's predicate must be immutable; one is tried on an empty
         temporary copy of the table's columns and rolled back."""
         cfg = self.config
+        assert cfg.where is not None
         try:
             with conn.transaction(force_rollback=True):
                 conn.execute(q.where_probe(self.source, q.UserSQL(cfg.where)))
@@ -782,11 +788,11 @@ class Vectorizer:
                 "or give this vectorizer its own destination="
             )
         check_trusted(conn, dest, "the destination", superuser_ok=True)
-        types = dict(conn.execute(q.column_types(), list(dest)).fetchall())
-        if existing is None and not set(cfg.dest_keys + ["chunk_hash"]) <= set(types):
+        types: dict[str, str] = dict(conn.execute(q.column_types(), list(dest)).fetchall())
+        if existing is None and not set([*cfg.dest_keys, "chunk_hash"]) <= set(types):
             raise ConfigConflict(
                 f"{'.'.join(dest)} exists but was not made by a pgvz_nb Vectorizer (it lacks "
-                f"{[c for c in cfg.dest_keys + ['chunk_hash'] if c not in types]}); choose another "
+                f"{[c for c in [*cfg.dest_keys, 'chunk_hash'] if c not in types]}); choose another "
                 "destination=, or drop that table"
             )
 
@@ -890,7 +896,7 @@ class Vectorizer:
                         return
                     if result.claimed == 0:
                         time.sleep(0.05)
-            except BaseException as exc:  # surfaced in the calling thread below
+            except BaseException as exc:  # noqa: BLE001 - surfaced in the calling thread below
                 state.fail(exc)
             finally:
                 state.done()
@@ -924,11 +930,11 @@ class Vectorizer:
         try:
             with conn.transaction():
                 st = queue.state(conn)
-                chunks = conn.execute(q.count_rows(self.destination)).fetchone()[0]
-                covered = conn.execute(q.count_distinct(self.destination, self.config.dest_keys)).fetchone()[0]
+                chunks = first(conn.execute(q.count_rows(self.destination)))[0]
+                covered = first(conn.execute(q.count_distinct(self.destination, self.config.dest_keys)))[0]
                 where = q.UserSQL(self.config.where) if self.config.where else None
-                source_rows = conn.execute(q.count_where(self.source, where)).fetchone()[0]
-                last_success = conn.execute(q.catalog_last_success(), [queue.id]).fetchone()[0]
+                source_rows = first(conn.execute(q.count_where(self.source, where)))[0]
+                last_success = first(conn.execute(q.catalog_last_success(), [queue.id]))[0]
                 uncovered = queue.uncovered(conn)
         except psycopg.Error as exc:
             raise translate(exc, f"reading the status of {self.name!r}") from exc
@@ -1050,12 +1056,6 @@ class Vectorizer:
         self.close()
         self._queue = None
 
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None
-        self._in_flight.close()
-        self._reader.close()
 
 
 def _progress(total: int, name: str):

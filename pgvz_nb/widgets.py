@@ -8,6 +8,7 @@ before it reaches an HTML widget. Needs ``pip install pgvz_nb[notebook]``.
 
 from __future__ import annotations
 
+import contextlib
 import html
 import io
 import re
@@ -16,12 +17,13 @@ import time
 from typing import Any
 
 import ipywidgets as W
+
 from . import sql as q
-from .db import Database, connect, mask_dsn
+from .db import Database, column_names, connect, mask_dsn
 from .errors import PgvzError
 from .vectorizer import Vectorizer
 
-__all__ = ["SetupPanel", "SyncPanel", "SearchPanel", "embedding_map"]
+__all__ = ["SearchPanel", "SetupPanel", "SyncPanel", "embedding_map"]
 
 EMBEDDERS = {
     "default: all-MiniLM-L6-v2 (offline, 384-d)": "default",
@@ -117,9 +119,14 @@ class SetupPanel(W.VBox):
             rows = conn.execute(q.list_tables()).fetchall()
         self.table.options = [f"{s}.{t}" for s, t in rows]
 
+    def _db(self) -> Database:
+        if self.db is None:
+            raise PgvzError("not connected yet: press Connect first")
+        return self.db
+
     def _columns(self) -> list[str]:
         schema, table = self.table.value.split(".", 1)
-        with self.db.connect() as conn:
+        with self._db().connect() as conn:
             return [r[0] for r in conn.execute(q.table_columns(), [schema, table]).fetchall()]
 
     def load_columns(self) -> None:
@@ -177,9 +184,9 @@ class SetupPanel(W.VBox):
                              chunk_column=opts["chunk_column"], metadata=opts["metadata"],
                              time_column=opts["time_column"])
         pipe = Pipeline(None, cfg, None)  # type: ignore[arg-type]
-        with self.db.connect() as conn:
+        with self._db().connect() as conn:
             cur = conn.execute(q.preview_rows((schema, table)), [n])
-            names = [d.name for d in cur.description]
+            names = column_names(cur)
             rows = [dict(zip(names, r)) for r in cur.fetchall()]
         texts = []
         for i, row in enumerate(rows):
@@ -201,7 +208,7 @@ class SetupPanel(W.VBox):
 
     def create(self) -> Vectorizer:
         """Create the vectorizer the panel describes (idempotent, like Vectorizer.create)."""
-        v = Vectorizer(self.db, self.table.value, embedder=_embedder(EMBEDDERS[self.embedder.value]),
+        v = Vectorizer(self._db(), self.table.value, embedder=_embedder(EMBEDDERS[self.embedder.value]),
                        **self.options()).create()
         self.vectorizer = v
         self.result.value = (f"created <b>{html.escape(v.name)}</b>: {html.escape('.'.join(v.source))} → "
@@ -253,7 +260,7 @@ class SyncPanel(W.VBox):
             if self.thread is None or not self.thread.is_alive():
                 try:
                     self.update()
-                except Exception:  # a closed connection while the kernel shuts down
+                except Exception:  # noqa: BLE001 - a closed connection while the kernel shuts down
                     return
 
     def close(self) -> None:
@@ -313,15 +320,13 @@ class SyncPanel(W.VBox):
                 self.rate.value = f"{done} rows, {rate:.1f} rows/s, ETA {eta:.0f} s"
             else:
                 self.message.value = "stopped"
-        except Exception as exc:  # shown in the panel; the thread must not die silently
+        except Exception as exc:  # noqa: BLE001 - shown in the panel; the thread must not die silently
             self.last_error = exc
             self.message.value = _error_html(exc)
         finally:
             self.sync_button.disabled, self.stop_button.disabled = False, True
-            try:
+            with contextlib.suppress(Exception):  # the status table is a nicety after a sync
                 self.update()
-            except Exception:
-                pass
 
     def stop(self) -> None:
         """Stop after the current batch."""
@@ -452,7 +457,7 @@ class SearchPanel(W.VBox):
         key = queue.keys[0]
         with self.v.db.connect() as conn:
             cur = conn.execute(q.source_rows(self.v.source, key), [[str(k) for k in frame[key_col]]])
-            names = [d.name for d in cur.description]
+            names = column_names(cur)
             found = {str(r[names.index(key)]): dict(zip(names, r)) for r in cur.fetchall()}
         return [found.get(str(k)) for k in frame[key_col]]
 

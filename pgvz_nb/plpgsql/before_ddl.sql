@@ -1,4 +1,4 @@
--- pgvz_nb event function pgvz.before_ddl, version 1
+-- pgvz_nb function pgvz.before_ddl, version 2
 --
 -- Run by event trigger pgvz_before_ddl at the start of DROP TABLE / SCHEMA / OWNED and ALTER
 -- SCHEMA. Notes, in transaction-local settings: the names of the schemas the catalog names,
@@ -11,12 +11,8 @@ DECLARE
   found text;
   names jsonb;
 BEGIN
-  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
-    RETURN;
-  END IF;
-  IF to_regclass('pgvz.vectorizers') IS NULL THEN
-    RETURN;  -- the catalog was dropped by hand
-  END IF;
+  -- nothing to do when turned off in this session, or when the catalog was dropped by hand
+  IF current_setting('pgvz.partition_event_trigger', true) = 'off' OR to_regclass('pgvz.vectorizers') IS NULL THEN RETURN; END IF;
   SELECT string_agg(tg.tgrelid::text || ':' || c.id || ':' || replace(replace(k.relname, ',', '_'), ':', '_'), ',')
   INTO found
   FROM pgvz.vectorizers AS c

@@ -1,4 +1,4 @@
--- pgvz_nb event function pgvz.follow_ddl, version 1
+-- pgvz_nb function pgvz.follow_ddl, version 2
 --
 -- Run by event trigger pgvz_follow_ddl at the end of every CREATE TABLE, ALTER TABLE and
 -- ALTER SCHEMA. For each vectorizer whose source (or a partition, child, or table running
@@ -21,10 +21,15 @@
 -- again. Key types are followed only to built-in types: a domain's CHECK would run here, as
 -- the superuser. Setting pgvz.partition_event_trigger = off in a session turns it off there.
 --
--- Copies kept in step with sql.py (tests/test_sql_files.py checks them): the trigger DDL of
--- sql._TRIGGER_DDL in the format() templates, and sql.foreign_code in the check of the
--- vectorizer's own tables (also in forget_dropped_partitions.sql).
+-- A copy kept in step with sql.py (tests/test_sql_files.py checks it): the trigger DDL of
+-- sql._TRIGGER_DDL in the format() templates.
 DECLARE
+  -- CREATE TRIGGER of each event, as sql._TRIGGER_DDL makes it: names, source, function
+  trigger_sql constant jsonb := jsonb_build_object(
+    'insert', 'CREATE TRIGGER %I AFTER INSERT ON %I.%I REFERENCING NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()',
+    'update', 'CREATE TRIGGER %I AFTER UPDATE ON %I.%I REFERENCING OLD TABLE AS pgvz_old NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()',
+    'delete', 'CREATE TRIGGER %I AFTER DELETE ON %I.%I REFERENCING OLD TABLE AS pgvz_old FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()',
+    'truncate', 'CREATE TRIGGER %I BEFORE TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()');
   objs oid[];
   v record;
   src oid;
@@ -55,12 +60,8 @@ BEGIN
               HINT = 'keep the name pgvz (to remove pgvz_nb, drop its vectorizers, then the schema)';
     END LOOP;
   END IF;
-  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
-    RETURN;
-  END IF;
-  IF to_regclass('pgvz.vectorizers') IS NULL THEN
-    RETURN;  -- the catalog was dropped by hand
-  END IF;
+  -- nothing to do when turned off in this session, or when the catalog was dropped by hand
+  IF current_setting('pgvz.partition_event_trigger', true) = 'off' OR to_regclass('pgvz.vectorizers') IS NULL THEN RETURN; END IF;
   -- a schema renamed: each name the catalog held for it (noted by pgvz_before_ddl at the
   -- statement's start, by the schema's oid) becomes the new one; nothing is matched by name
   FOR ns IN SELECT dc.objid, n.nspname AS new, (current_setting('pgvz.schema_names', true)::jsonb)->>(dc.objid::text) AS old
@@ -136,43 +137,7 @@ BEGIN
     -- this function runs as a superuser: it alters or writes the vectorizer's own tables only
     -- if they are as pgvz_nb made them (owned by the vectorizer's owner or a superuser, with no
     -- code of anyone else's on them), else a role could have its code run as the superuser
-    bad := CASE WHEN src = ANY (objs) THEN (SELECT string_agg(format('%I.%I', t.s, t.r) || ' ' || u.why, '; ')
-         FROM (VALUES (v.queue_schema, v.queue_table), (v.config->'inbox'->>0, v.config->'inbox'->>1),
-                      (v.config->'failed'->>0, v.config->'failed'->>1),
-                      (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
-         JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
-         JOIN pg_roles o ON o.oid = c.relowner
-         CROSS JOIN LATERAL (SELECT CASE
-             WHEN c.relkind <> 'r' THEN 'is not a plain table'
-             WHEN NOT (o.rolsuper OR coalesce(o.rolname = v.config->>'owner', false)) THEN 'is owned by ' || o.rolname
-             WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) THEN 'carries triggers'
-             WHEN EXISTS (SELECT 1 FROM pg_rewrite rw WHERE rw.ev_class = c.oid AND rw.rulename <> '_RETURN')
-               THEN 'carries rules'
-             ELSE 'uses ' || (SELECT coalesce(string_agg(DISTINCT pg_describe_object(dep.refclassid, dep.refobjid, 0)
-                                      || ' owned by ' || r.rolname, ', '),
-                       (SELECT 'a foreign key ' || fk.conname || ' with a table of ' || fr.rolname
-                        FROM pg_constraint fk
-                        JOIN pg_class ft ON ft.oid = CASE WHEN fk.conrelid = c.oid THEN fk.confrelid ELSE fk.conrelid END
-                        JOIN pg_roles fr ON fr.oid = ft.relowner
-                        WHERE fk.contype = 'f' AND (fk.conrelid = c.oid OR fk.confrelid = c.oid)
-                          AND NOT fr.rolsuper AND fr.rolname <> ALL (array_remove(ARRAY[v.config->>'owner'], NULL)::name[]) LIMIT 1))
-         FROM pg_depend dep
-         JOIN pg_roles r ON r.oid = CASE dep.refclassid
-              WHEN 'pg_proc'::regclass THEN (SELECT x.proowner FROM pg_proc x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_type'::regclass THEN (SELECT x.typowner FROM pg_type x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_operator'::regclass THEN (SELECT x.oprowner FROM pg_operator x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_opclass'::regclass THEN (SELECT x.opcowner FROM pg_opclass x WHERE x.oid = dep.refobjid) END
-         WHERE dep.deptype IN ('n', 'a')
-           AND ((dep.classid = 'pg_class'::regclass
-                 AND (dep.objid = c.oid OR dep.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = c.oid)))
-                OR (dep.classid = 'pg_constraint'::regclass
-                    AND dep.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid = c.oid))
-                OR (dep.classid = 'pg_attrdef'::regclass
-                    AND dep.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = c.oid)))
-           AND NOT r.rolsuper AND r.rolname <> ALL (array_remove(ARRAY[v.config->>'owner'], NULL)::name[])
-           AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid
-                           AND e.deptype = 'e')) END AS why) AS u
-         WHERE u.why IS NOT NULL) END;
+    bad := CASE WHEN src = ANY (objs) THEN pgvz.unsafe_tables(v.queue_schema, v.queue_table, v.config) END;
     IF src = ANY (objs) THEN
       SELECT string_agg(quote_ident(k), ', ') INTO gone FROM jsonb_array_elements_text(v.config->'keys') AS k
       WHERE NOT EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = src AND a.attname = k
@@ -287,10 +252,7 @@ BEGIN
       -- queued now, so their embeddings go
       FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = src AND tg.tgname = v.config->'triggers'->>ev);
-        EXECUTE format(CASE ev WHEN 'insert' THEN 'CREATE TRIGGER %I AFTER INSERT ON %I.%I REFERENCING NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()'
-                               WHEN 'update' THEN 'CREATE TRIGGER %I AFTER UPDATE ON %I.%I REFERENCING OLD TABLE AS pgvz_old NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()'
-                               WHEN 'delete' THEN 'CREATE TRIGGER %I AFTER DELETE ON %I.%I REFERENCING OLD TABLE AS pgvz_old FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()'
-                               ELSE 'CREATE TRIGGER %I BEFORE TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()' END,
+        EXECUTE format(trigger_sql->>ev,
                        v.config->'triggers'->>ev, v.source_schema, v.source_table,
                        v.config->'function'->>0, v.config->'function'->>1);
       END LOOP;
@@ -318,43 +280,7 @@ BEGIN
     CONTINUE WHEN NOT (tree && objs OR EXISTS (
       SELECT 1 FROM pg_trigger tg WHERE tg.tgfoid = fn AND tg.tgrelid = ANY (objs)));
     IF NOT src = ANY (objs) THEN
-      bad := (SELECT string_agg(format('%I.%I', t.s, t.r) || ' ' || u.why, '; ')
-         FROM (VALUES (v.queue_schema, v.queue_table), (v.config->'inbox'->>0, v.config->'inbox'->>1),
-                      (v.config->'failed'->>0, v.config->'failed'->>1),
-                      (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
-         JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
-         JOIN pg_roles o ON o.oid = c.relowner
-         CROSS JOIN LATERAL (SELECT CASE
-             WHEN c.relkind <> 'r' THEN 'is not a plain table'
-             WHEN NOT (o.rolsuper OR coalesce(o.rolname = v.config->>'owner', false)) THEN 'is owned by ' || o.rolname
-             WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) THEN 'carries triggers'
-             WHEN EXISTS (SELECT 1 FROM pg_rewrite rw WHERE rw.ev_class = c.oid AND rw.rulename <> '_RETURN')
-               THEN 'carries rules'
-             ELSE 'uses ' || (SELECT coalesce(string_agg(DISTINCT pg_describe_object(dep.refclassid, dep.refobjid, 0)
-                                      || ' owned by ' || r.rolname, ', '),
-                       (SELECT 'a foreign key ' || fk.conname || ' with a table of ' || fr.rolname
-                        FROM pg_constraint fk
-                        JOIN pg_class ft ON ft.oid = CASE WHEN fk.conrelid = c.oid THEN fk.confrelid ELSE fk.conrelid END
-                        JOIN pg_roles fr ON fr.oid = ft.relowner
-                        WHERE fk.contype = 'f' AND (fk.conrelid = c.oid OR fk.confrelid = c.oid)
-                          AND NOT fr.rolsuper AND fr.rolname <> ALL (array_remove(ARRAY[v.config->>'owner'], NULL)::name[]) LIMIT 1))
-         FROM pg_depend dep
-         JOIN pg_roles r ON r.oid = CASE dep.refclassid
-              WHEN 'pg_proc'::regclass THEN (SELECT x.proowner FROM pg_proc x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_type'::regclass THEN (SELECT x.typowner FROM pg_type x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_operator'::regclass THEN (SELECT x.oprowner FROM pg_operator x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_opclass'::regclass THEN (SELECT x.opcowner FROM pg_opclass x WHERE x.oid = dep.refobjid) END
-         WHERE dep.deptype IN ('n', 'a')
-           AND ((dep.classid = 'pg_class'::regclass
-                 AND (dep.objid = c.oid OR dep.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = c.oid)))
-                OR (dep.classid = 'pg_constraint'::regclass
-                    AND dep.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid = c.oid))
-                OR (dep.classid = 'pg_attrdef'::regclass
-                    AND dep.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = c.oid)))
-           AND NOT r.rolsuper AND r.rolname <> ALL (array_remove(ARRAY[v.config->>'owner'], NULL)::name[])
-           AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid
-                           AND e.deptype = 'e')) END AS why) AS u
-         WHERE u.why IS NOT NULL);
+      bad := pgvz.unsafe_tables(v.queue_schema, v.queue_table, v.config);
     END IF;
     -- partitions and children without the triggers: add them, queue the rows
     FOR d IN
@@ -365,10 +291,7 @@ BEGIN
       FOR ev IN SELECT jsonb_object_keys(v.config->'triggers') LOOP
         CONTINUE WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = d.oid AND tg.tgfoid = fn
                               AND tg.tgname = v.config->'triggers'->>ev);
-        EXECUTE format(CASE ev WHEN 'insert' THEN 'CREATE TRIGGER %I AFTER INSERT ON %I.%I REFERENCING NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()'
-                               WHEN 'update' THEN 'CREATE TRIGGER %I AFTER UPDATE ON %I.%I REFERENCING OLD TABLE AS pgvz_old NEW TABLE AS pgvz_new FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()'
-                               WHEN 'delete' THEN 'CREATE TRIGGER %I AFTER DELETE ON %I.%I REFERENCING OLD TABLE AS pgvz_old FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()'
-                               ELSE 'CREATE TRIGGER %I BEFORE TRUNCATE ON %I.%I FOR EACH STATEMENT EXECUTE FUNCTION %I.%I()' END,
+        EXECUTE format(trigger_sql->>ev,
                        v.config->'triggers'->>ev, d.nspname, d.relname,
                        v.config->'function'->>0, v.config->'function'->>1);
         added := true;

@@ -1,4 +1,4 @@
--- pgvz_nb event function pgvz.forget_dropped_partitions, version 1
+-- pgvz_nb function pgvz.forget_dropped_partitions, version 2
 --
 -- Run by event trigger pgvz_forget_dropped_partitions when objects are dropped (sql_drop).
 -- If the dropped ones include a pipeline vectorizer's trigger on a table other than its
@@ -7,9 +7,6 @@
 -- embeddings go: an anti-join over the destination, in the dropping transaction, seconds for
 -- millions of chunks. Refuses to drop a partition or child of a callback vectorizer's source
 -- (noted by pgvz.before_ddl); anything else that goes wrong becomes a WARNING.
---
--- The check of the vectorizer's own tables is the same as in follow_ddl.sql, with a copy of
--- sql.foreign_code (tests/test_sql_files.py checks it).
 DECLARE
   dropped text[];
   v record;
@@ -18,12 +15,8 @@ DECLARE
   join_on text;
   bad text;
 BEGIN
-  IF current_setting('pgvz.partition_event_trigger', true) = 'off' THEN
-    RETURN;
-  END IF;
-  IF to_regclass('pgvz.vectorizers') IS NULL THEN
-    RETURN;  -- the catalog was dropped by hand
-  END IF;
+  -- nothing to do when turned off in this session, or when the catalog was dropped by hand
+  IF current_setting('pgvz.partition_event_trigger', true) = 'off' OR to_regclass('pgvz.vectorizers') IS NULL THEN RETURN; END IF;
   -- a partition or child of a callback vectorizer's source, dropped while the source stays:
   -- its rows are gone before any trigger could read their keys, and a callback queue has no
   -- destination to find them in, so the consumer would never hear of them
@@ -56,43 +49,7 @@ BEGIN
         OR NOT EXISTS (SELECT 1 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                        WHERE n.nspname = v.config->'pipeline'->'destination'->>0
                          AND c.relname = v.config->'pipeline'->'destination'->>1);
-      bad := (SELECT string_agg(format('%I.%I', t.s, t.r) || ' ' || u.why, '; ')
-         FROM (VALUES (v.queue_schema, v.queue_table), (v.config->'inbox'->>0, v.config->'inbox'->>1),
-                      (v.config->'failed'->>0, v.config->'failed'->>1),
-                      (v.config->'pipeline'->'destination'->>0, v.config->'pipeline'->'destination'->>1)) AS t(s, r)
-         JOIN pg_namespace n ON n.nspname = t.s JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
-         JOIN pg_roles o ON o.oid = c.relowner
-         CROSS JOIN LATERAL (SELECT CASE
-             WHEN c.relkind <> 'r' THEN 'is not a plain table'
-             WHEN NOT (o.rolsuper OR coalesce(o.rolname = v.config->>'owner', false)) THEN 'is owned by ' || o.rolname
-             WHEN EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = c.oid AND NOT tg.tgisinternal) THEN 'carries triggers'
-             WHEN EXISTS (SELECT 1 FROM pg_rewrite rw WHERE rw.ev_class = c.oid AND rw.rulename <> '_RETURN')
-               THEN 'carries rules'
-             ELSE 'uses ' || (SELECT coalesce(string_agg(DISTINCT pg_describe_object(dep.refclassid, dep.refobjid, 0)
-                                      || ' owned by ' || r.rolname, ', '),
-                       (SELECT 'a foreign key ' || fk.conname || ' with a table of ' || fr.rolname
-                        FROM pg_constraint fk
-                        JOIN pg_class ft ON ft.oid = CASE WHEN fk.conrelid = c.oid THEN fk.confrelid ELSE fk.conrelid END
-                        JOIN pg_roles fr ON fr.oid = ft.relowner
-                        WHERE fk.contype = 'f' AND (fk.conrelid = c.oid OR fk.confrelid = c.oid)
-                          AND NOT fr.rolsuper AND fr.rolname <> ALL (array_remove(ARRAY[v.config->>'owner'], NULL)::name[]) LIMIT 1))
-         FROM pg_depend dep
-         JOIN pg_roles r ON r.oid = CASE dep.refclassid
-              WHEN 'pg_proc'::regclass THEN (SELECT x.proowner FROM pg_proc x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_type'::regclass THEN (SELECT x.typowner FROM pg_type x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_operator'::regclass THEN (SELECT x.oprowner FROM pg_operator x WHERE x.oid = dep.refobjid)
-              WHEN 'pg_opclass'::regclass THEN (SELECT x.opcowner FROM pg_opclass x WHERE x.oid = dep.refobjid) END
-         WHERE dep.deptype IN ('n', 'a')
-           AND ((dep.classid = 'pg_class'::regclass
-                 AND (dep.objid = c.oid OR dep.objid IN (SELECT i.indexrelid FROM pg_index i WHERE i.indrelid = c.oid)))
-                OR (dep.classid = 'pg_constraint'::regclass
-                    AND dep.objid IN (SELECT k.oid FROM pg_constraint k WHERE k.conrelid = c.oid))
-                OR (dep.classid = 'pg_attrdef'::regclass
-                    AND dep.objid IN (SELECT a.oid FROM pg_attrdef a WHERE a.adrelid = c.oid)))
-           AND NOT r.rolsuper AND r.rolname <> ALL (array_remove(ARRAY[v.config->>'owner'], NULL)::name[])
-           AND NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = dep.refclassid AND e.objid = dep.refobjid
-                           AND e.deptype = 'e')) END AS why) AS u
-         WHERE u.why IS NOT NULL);  -- run as a superuser: only into and out of tables as pgvz_nb made them
+      bad := pgvz.unsafe_tables(v.queue_schema, v.queue_table, v.config);  -- as a superuser: only tables as pgvz_nb made them
       IF bad IS NOT NULL THEN
         RAISE EXCEPTION '%', bad;
       END IF;
