@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _pipeline_names(db, queue_cls) -> list[str]:
     with db.connect() as conn:
-        return [q.name for q in queue_cls.list_all(conn) if q.config.get("kind") == "pipeline"]
+        return [v.name for v in queue_cls.list_all(conn) if v.config.get("kind") == "pipeline"]
 
 
 if __name__ == "__main__":

@@ -373,7 +373,7 @@ def in_flight_policy() -> sql.Composed:
 
 def in_flight_deaths() -> sql.Composed:
     """(position in %(keys)s, deaths) of the given keys held by batches still in flight
-    (%(keys)s: the keys' texts joined by chr(30), see ``Queue._key_texts``). The
+    (%(keys)s: the keys' texts joined by chr(30), see ``queue._key_texts``). The
     caller holds the keys' advisory locks, which a live worker would hold: each such batch
     belonged to a worker that died."""
     return sql.SQL(

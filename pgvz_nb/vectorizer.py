@@ -307,8 +307,6 @@ class Vectorize(_Connections):
     @boundary("reading the failed rows of {self.name}")
     def failed(self) -> list[dict[str, Any]]:
         """Rows of the failed table, as dicts."""
-        from . import sql as q
-
         queue = self._open(True)
         conn = self._connect()
         with conn.transaction():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from . import sql as q
 from .db import Database
 from .errors import PgvzError, blame, connection_lost, rolled_back, translate
 from .queue import Queue
@@ -69,7 +70,7 @@ class Worker:
         if not names:
             try:
                 with self.db.connect() as conn:
-                    names = [q.name for q in Queue.list_all(conn) if q.config.get("kind") == "pipeline"]
+                    names = [v.name for v in Queue.list_all(conn) if v.config.get("kind") == "pipeline"]
             except psycopg.Error as exc:
                 raise translate(exc, "listing the vectorizers") from exc
         out = []
@@ -97,8 +98,6 @@ class Worker:
 
     def _wait(self) -> None:
         """Sleep until a NOTIFY for one of our vectorizers, ``poll`` seconds, or a stop."""
-        from . import sql as q
-
         if self._listener is None:
             self._listener = self.db.connect(autocommit=True)
             self._listener.execute(q.listen())
