@@ -210,6 +210,55 @@ def boundary(doing: str) -> Callable[[_F], _F]:
     return wrap
 
 
+# --- the embedding service's errors: its doing (EmbeddingUnavailable) or the texts' -------------
+
+#: Answers that say the service is overloaded or unreachable, whatever was asked: the batch
+#: goes back whole and is tried again after a pause (Retry-After when given). 502, 503 and
+#: 504 are the service's (or its gateway's) by definition; a 500 may be the texts'.
+_SERVICE_STATUS = {408, 409, 425, 429, 502, 503, 504}
+_SERVICE_NAMES = {"APIConnectionError", "APITimeoutError", "RateLimitError",
+                  "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
+
+
+def _http_status(exc: BaseException) -> int | None:
+    response = getattr(exc, "response", None)
+    return getattr(exc, "status_code", None) or getattr(response, "status_code", None)
+
+
+def service_wait(exc: BaseException, attempt: int, base: float = 1.0, cap: float = 30.0) -> float | None:
+    """Seconds to wait before asking again after ``exc``, or None if it is not the kind of
+    error that waiting cures: HTTP 408/409/425/429/5xx, timeouts and dropped connections
+    (openai and httpx exceptions, by name, so neither needs importing). A ``Retry-After``
+    (or ``retry-after-ms``) header wins over the exponential backoff."""
+    status = _http_status(exc)
+    if not (status in _SERVICE_STATUS or (status or 0) >= 500) and type(exc).__name__ not in _SERVICE_NAMES \
+            and type(exc).__name__ != "InternalServerError" and not isinstance(exc, (TimeoutError, ConnectionError)):
+        return None
+    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+    try:
+        if headers.get("retry-after-ms"):
+            return min(float(headers["retry-after-ms"]) / 1000, cap)
+        if headers.get("retry-after"):
+            return min(float(headers["retry-after"]), cap)
+    except (TypeError, ValueError):
+        pass  # an HTTP date: fall back to the backoff
+    return min(cap, base * 2 ** attempt)
+
+
+def service_failed(exc: BaseException) -> bool:
+    """An HTTP 500 (or another 5xx but 502-504): the service failed, for every request or for
+    this one's content alone."""
+    status = _http_status(exc)
+    return (status is not None and status >= 500 and status not in _SERVICE_STATUS) or (
+        status is None and type(exc).__name__ == "InternalServerError")
+
+
+class ServiceRowError(Exception):  # the rows' doing: blame() charges them
+    """The embedding service answered these texts with a server error while it answers
+    others: the rows' doing, so they are isolated and retried with a backoff."""
+
+
+
 def translate(exc: psycopg.Error, doing: str) -> PgvzError:
     """Turn a psycopg error into a PgvzError that says what was being done and what to try."""
     diag = getattr(exc, "diag", None)

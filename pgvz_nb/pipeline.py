@@ -27,6 +27,7 @@ from psycopg.types.json import Jsonb
 
 from . import sql as q
 from .db import first
+from .errors import EmbeddingUnavailable, ServiceRowError, service_failed, service_wait
 from .queue import ClaimedRow, Queue, Tally, check_trusted, keys_jsonb
 from .uuids import time_from_uuid, uuid_from_time
 
@@ -197,52 +198,6 @@ class _Chunk:
     hash: str
     metadata: dict[str, Any]
     time: datetime | None
-
-
-#: Answers that say the service is overloaded or unreachable, whatever was asked: the batch
-#: goes back whole and is tried again after a pause (Retry-After when given). 502, 503 and
-#: 504 are the service's (or its gateway's) by definition; a 500 may be the texts'.
-_SERVICE_STATUS = {408, 409, 425, 429, 502, 503, 504}
-_SERVICE_NAMES = {"APIConnectionError", "APITimeoutError", "RateLimitError",
-                  "ConnectError", "ReadTimeout", "ConnectTimeout", "RemoteProtocolError"}
-
-
-def _status(exc: BaseException) -> int | None:
-    response = getattr(exc, "response", None)
-    return getattr(exc, "status_code", None) or getattr(response, "status_code", None)
-
-
-def transient_wait(exc: BaseException, attempt: int, base: float = 1.0, cap: float = 30.0) -> float | None:
-    """Seconds to wait before asking again after ``exc``, or None if it is not the kind of
-    error that waiting cures: HTTP 408/409/425/429/5xx, timeouts and dropped connections
-    (openai and httpx exceptions, by name, so neither needs importing). A ``Retry-After``
-    (or ``retry-after-ms``) header wins over the exponential backoff."""
-    status = _status(exc)
-    if not (status in _SERVICE_STATUS or (status or 0) >= 500) and type(exc).__name__ not in _SERVICE_NAMES \
-            and type(exc).__name__ != "InternalServerError" and not isinstance(exc, (TimeoutError, ConnectionError)):
-        return None
-    headers = getattr(getattr(exc, "response", None), "headers", None) or {}
-    try:
-        if headers.get("retry-after-ms"):
-            return min(float(headers["retry-after-ms"]) / 1000, cap)
-        if headers.get("retry-after"):
-            return min(float(headers["retry-after"]), cap)
-    except (TypeError, ValueError):
-        pass  # an HTTP date: fall back to the backoff
-    return min(cap, base * 2 ** attempt)
-
-
-def _server_error(exc: BaseException) -> bool:
-    """An HTTP 500 (or another 5xx but 502-504): the service failed, for every request or for
-    this one's content alone."""
-    status = _status(exc)
-    return (status is not None and status >= 500 and status not in _SERVICE_STATUS) or (
-        status is None and type(exc).__name__ == "InternalServerError")
-
-
-class ServiceRowError(Exception):
-    """The embedding service answered these texts with a server error while it answers
-    others: the rows' doing, so they are isolated and retried with a backoff."""
 
 
 #: A service that answered in the last this many seconds is taken to be up.
@@ -438,15 +393,13 @@ class Pipeline:
         while the service answers other texts is these texts' (ServiceRowError): the batch
         is halved until the rows it refuses are isolated and retried with a backoff. No
         waiting happens here, inside the claim: ``sync`` waits between claims."""
-        from .errors import EmbeddingUnavailable
-
         try:
             raw = self._call_model(texts)
         except Exception as exc:
-            wait = transient_wait(exc, self._outages)  # the pause grows while the service stays down
+            wait = service_wait(exc, self._outages)  # the pause grows while the service stays down
             if wait is None:
                 raise
-            if _server_error(exc) and self._service_is_up():
+            if service_failed(exc) and self._service_is_up():
                 raise ServiceRowError(
                     f"the embedding service answered {len(texts)} text(s) with {type(exc).__name__}: "
                     f"{exc}, while it answers others; these rows are retried after a backoff") from exc

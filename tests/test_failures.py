@@ -205,7 +205,7 @@ def test_sync_takes_a_key_left_in_flight_alone_and_sets_it_aside_at_max_attempts
     vid = v._queue.id
     # two dead batches: one held keys 4, 9 and 12, the other (9 taken alone) key 9
     conn.execute("INSERT INTO pgvz.in_flight (vectorizer, keys) VALUES (%s, %s), (%s, %s)",
-                 [vid, ["4", "9", "12"], vid, ["9"]])  # keys as Queue._key_texts writes them
+                 [vid, ["4", "9", "12"], vid, ["9"]])  # keys as queue._key_texts writes them
     batches = []
     real = emb.embed_documents
     emb.embed_documents = lambda texts: batches.append(list(texts)) or real(texts)
