@@ -1,10 +1,11 @@
-# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`; `make lab`
+# opens the tutorials in JupyterLab.
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: demo test bench stress strip clean
+.PHONY: demo lab test lint bench stress strip clean
 
 $(VENV)/.core: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +29,55 @@ $(VENV)/.test: $(VENV)/.core
 $(VENV)/.bench: $(VENV)/.test
 	touch $@
 
+# JupyterLab and what every tutorial imports: the `lab` extra, as `pip install "pgvz_nb[lab]"`
+$(VENV)/.lab: $(VENV)/.core
+	$(PIP) install -e '.[lab]'
+	touch $@
+
 demo: $(VENV)/.core
 	$(VENV)/bin/pgvz demo
 
-# the test suite, then every tutorial notebook top to bottom (nbmake)
-test: $(VENV)/.test
+# The tutorials in JupyterLab on http://127.0.0.1:$(PORT)/lab. The launcher starts the embedded
+# server first (initdb on the first run; PGVZ_DATA_DIR / PGVZ_DSN as everywhere) and holds it
+# while JupyterLab runs, so kernels attach to a running server; it stops when the last one
+# exits. No token: the server listens on 127.0.0.1 only. LAB_ARGS goes to `jupyter lab`.
+PORT ?= 8888
+define LAB_LAUNCHER
+import os, shlex, signal, subprocess, sys
+import pgvz_nb as pgvz
+port = os.environ["PORT"]
+db = pgvz.connect()
+print(f"PostgreSQL ready: {db}", flush=True)
+pgvz.default_embedder().embed_query("warm up")
+args = [sys.argv[1], "lab", "--ip=127.0.0.1", f"--port={port}", "--ServerApp.port_retries=0",
+        f"--ServerApp.root_dir={sys.argv[2]}", "--IdentityProvider.token="]
+if os.geteuid() == 0:
+    args.append("--allow-root")
+args += shlex.split(os.environ.get("LAB_ARGS", ""))
+# Ctrl-C reaches JupyterLab itself, which asks first; SIGTERM/SIGHUP are passed on. Either
+# way this process waits for it, so that its exit can stop the server.
+labs = []
+signal.signal(signal.SIGINT, lambda *_: None)
+for sig in (signal.SIGTERM, signal.SIGHUP):
+    signal.signal(sig, lambda signum, _: [p.send_signal(signum) for p in labs])
+print(f"JupyterLab: http://127.0.0.1:{port}/lab (no token, 127.0.0.1 only; Ctrl-C twice stops it)", flush=True)
+labs.append(subprocess.Popen(args))
+sys.exit(labs[0].wait())
+endef
+export LAB_LAUNCHER
+
+lab: $(VENV)/.lab
+	PORT=$(PORT) $(PY) -c "$$LAB_LAUNCHER" $(VENV)/bin/jupyter $(CURDIR)/notebooks
+
+# lint and types of the package, the test suite, then every tutorial notebook top to bottom (nbmake)
+test: $(VENV)/.test lint
 	$(PY) -m pytest $(PYTEST_ARGS)
 	$(PY) -m pytest --nbmake --nbmake-kernel=python3 --durations=0 -p no:cacheprovider notebooks/
+
+# ruff and mypy on the package (configured in pyproject.toml); make test runs this first
+lint: $(VENV)/.test
+	$(VENV)/bin/ruff check pgvz_nb
+	$(VENV)/bin/mypy
 
 # strip notebook outputs before committing (CI checks that they are stripped)
 strip: $(VENV)/.test
