@@ -17,7 +17,7 @@ $(VENV)/.core: pyproject.toml
 # the sentence-transformers reference of the default model (CPU torch first, pinned, so
 # pip takes the local CPU build instead of a multi-GB CUDA one).
 $(VENV)/.test: $(VENV)/.core
-	$(PIP) install -e '.[test,notebook,browser]'
+	$(PIP) install -e '.[test,lab,browser]'
 	$(PIP) install --no-deps 'timescale-vector==0.0.7'
 	$(PIP) install 'torch==2.13.0'
 	$(PIP) install -e '.[sentence-transformers]'

@@ -29,8 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     sync_p.add_argument("names", nargs="*", help="vectorizer names (default: every pipeline vectorizer)")
     sync_p.add_argument("--once", action="store_true", help="(the default) drain once and exit")
     sync_p.add_argument("--dsn", default=None)
-    status_p = sub.add_parser("status", help="vectorizers and their queues")
-    status_p.add_argument("names", nargs="*")
+    status_p = sub.add_parser("status", help="vectorizers and their queues: one line each, or "
+                                             "the named ones in full")
+    status_p.add_argument("names", nargs="*", help="vectorizer names (default: a table of every one)")
     status_p.add_argument("--dsn", default=None)
     reconcile_p = sub.add_parser("reconcile", help="queue what no trigger saw (writes with triggers off, "
                                                   "dropped partitions); then sync")
@@ -80,23 +81,17 @@ def main(argv: list[str] | None = None) -> int:
                 failed += report.failed
             return 1 if failed else 0
         elif args.command == "status":
-            import pandas as pd
-
             from .db import connect
             from .queue import Queue
-            from .vectorizer import Vectorizer, vectorizers
+            from .vectorizer import Vectorizer
 
             db = connect(args.dsn)
-            names = args.names or _pipeline_names(db, Queue)
-            frames = [Vectorizer.open(db, n).status() for n in names]
-            with pd.option_context("display.width", 200, "display.max_columns", 20):
-                print(vectorizers(db).to_string(index=False))
-                if frames:
-                    cols = ["name", "pending", "retrying", "failed", "embedded_rows", "source_rows",
-                            "coverage_pct", "oldest_pending_age", "last_success"]
-                    cols += ["uncovered_partitions"] if any(f["uncovered_partitions"][0] for f in frames) else []
-                    print()
-                    print(pd.concat(frames)[cols].to_string(index=False))
+            if args.names:
+                for i, name in enumerate(args.names):
+                    v = Vectorizer.open(db, name)
+                    print(("\n" if i else "") + status_block(v, v.status()))
+            else:
+                print(status_table(db, Queue))
         elif args.command == "reconcile":
             from .db import connect
             from .queue import Queue
@@ -117,6 +112,59 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pgvz: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def status_block(v, st) -> str:
+    """One vectorizer's status as a few labelled lines (``pgvz status NAME``)."""
+    from .frames import cell_text
+
+    row = st.iloc[0]
+    pct = f"{row['coverage_pct']:.1f}".rstrip("0").rstrip(".")
+    lines = [
+        f"{row['name']}  {row['source']} -> {row['destination']}  "
+        f"({v.config.embedder.get('identity')}, {v.config.embedder.get('dimensions')} dimensions)",
+        f"  pending          {row['pending']} ({row['claimable']} claimable now, {row['retrying']} retrying)",
+        f"  failed           {row['failed']}",
+        f"  embedded         {row['embedded_rows']} of {row['source_rows']} rows ({pct} %), "
+        f"{row['embedded_chunks']} chunks",
+        f"  oldest pending   {cell_text(row['oldest_pending_age'], 'oldest_pending_age')}",
+        f"  next retry       {cell_text(row['next_retry'])}",
+        f"  last success     {cell_text(row['last_success'])}",
+    ]
+    if row["uncovered_partitions"]:
+        lines.append(f"  not queued       writes aimed directly at {row['uncovered_partitions']}; "
+                     "run create() again as their owner")
+    return "\n".join(lines)
+
+
+def status_table(db, queue_cls) -> str:
+    """Every vectorizer, one line each (``pgvz status``): the pipeline ones with their
+    queue and coverage, then the callback ones by name."""
+    import pandas as pd
+
+    from .frames import readable
+    from .vectorizer import Vectorizer
+
+    with db.connect() as conn:
+        every = queue_cls.list_all(conn)
+    names = [q.name for q in every if q.config.get("kind") == "pipeline"]
+    callbacks = [q.name for q in every if q.config.get("kind") != "pipeline"]
+    out = []
+    if names:
+        frames = [Vectorizer.open(db, n).status() for n in names]
+        st = pd.concat(frames, ignore_index=True)
+        cols = ["name", "pending", "failed", "embedded_rows", "source_rows", "coverage_pct",
+                "oldest_pending_age", "last_success"]
+        out.append(readable(st, cols).to_string(index=False))
+        for f in frames:
+            if f["uncovered_partitions"][0]:
+                out.append(f"{f['name'][0]}: writes aimed directly at {f['uncovered_partitions'][0]} "
+                           "are not queued; run create() again as their owner")
+    else:
+        out.append("no pipeline vectorizers")
+    if callbacks:
+        out.append("callback vectorizers (Vectorize): " + ", ".join(callbacks))
+    return "\n".join(out)
 
 
 def _pipeline_names(db, queue_cls) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -86,12 +86,21 @@ def prepare_search(conn: psycopg.Connection) -> None:
 
 
 def search_frame(conn: psycopg.Connection, rel: q.Rel, query_embedding: Sequence[float],
-                 query_text: str | None, k: int = 5, **options: Any) -> pd.DataFrame:
-    """``search_rows`` as a DataFrame: rank, distance, (score,) contents, metadata keys, id."""
+                 query_text: str | None, k: int = 5, *, template: str | None = None,
+                 key: str | None = None, label: str | None = None,
+                 source_values: Callable[[list[tuple]], list[dict[str, Any] | None]] | None = None,
+                 **options: Any) -> pd.DataFrame:
+    """``search_rows`` as a DataFrame: rank, distance, (score,) title, text, metadata keys,
+    id, contents (``frames.search_frame``: ``template``, ``key``, ``label`` and the hits'
+    ``source_values`` let it read the chunk's text and a title back)."""
     rows = search_rows(conn, rel, query_embedding, query_text, k, **options)
-    frame = search_frame_from_rows([r[:4] for r in rows])
+    values = source_values(rows) if source_values is not None and template and rows else None
+    frame = search_frame_from_rows([r[:4] for r in rows], template=template, key=key, label=label,
+                                   values=values)
     if options.get("hybrid"):
+        shown = frame.shown()
         frame.insert(2, "score", [float(r[4]) for r in rows])
+        frame.show_columns([*shown[:2], "score", *shown[2:]], frame._pgvz_hint)
     return frame
 
 
@@ -194,5 +203,6 @@ class Collection:
         k: int = 5,
         filter: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
-        """k nearest rows by cosine distance as a DataFrame (rank, distance, contents, metadata..., id)."""
+        """k nearest rows by cosine distance as a DataFrame (rank, distance, text, metadata..., id,
+        contents; ``text`` is ``contents`` here: a collection has no template)."""
         return search_frame(conn, self.rel, query_embedding, None, k, filter=filter)

@@ -920,9 +920,15 @@ class Vectorizer(_Connections):
 
     # --- views -------------------------------------------------------------------------
 
-    def status(self) -> pd.DataFrame:
-        """One row: queue counts, embedded chunks and source coverage, oldest pending age."""
+    def status(self, *, full: bool = False) -> pd.DataFrame:
+        """One row: queue counts, embedded chunks and source coverage, oldest pending age.
+
+        Its display shows the columns that matter (name, pending, failed, embedded rows,
+        coverage, oldest pending age, last success; uncovered partitions when there are
+        some); the frame holds all 15, and ``full=True`` displays them all."""
         import pandas as pd
+
+        from .frames import frame as view
 
         queue, _, conn = self._ready()
         try:
@@ -937,7 +943,7 @@ class Vectorizer(_Connections):
         except psycopg.Error as exc:
             raise translate(exc, f"reading the status of {self.name!r}") from exc
         now = datetime.now(timezone.utc)
-        frame = pd.DataFrame([{
+        frame = view([{
             "name": self.name, "source": ".".join(self.source),
             "destination": ".".join(self.destination),
             "pending": st.rows, "claimable": st.claimable, "retrying": st.retrying, "failed": st.failed,
@@ -953,19 +959,23 @@ class Vectorizer(_Connections):
         frame["oldest_pending_age"] = pd.Series([frame["oldest_pending_age"][0]], dtype="timedelta64[ns]")
         for col in ("next_retry", "last_success"):
             frame[col] = pd.Series([frame[col][0]], dtype="datetime64[ns, UTC]")
-        return frame
+        if full:
+            return frame.show_columns(None)
+        compact = ["name", "pending", "failed", "embedded_rows", "coverage_pct", "oldest_pending_age",
+                   "last_success"] + (["uncovered_partitions"] if uncovered else [])
+        return frame.show_columns(compact, "status(full=True) displays them all")
 
     @boundary("reading the queue of {self.name!r}")
     def queue(self, limit: int = 1000) -> pd.DataFrame:
-        """Pending keys, oldest first (inbox included)."""
+        """Pending keys, oldest first (inbox included), with attempts, next retry and last error."""
         import pandas as pd
 
         queue, _, conn = self._ready()
-        from .frames import typed
+        from .frames import Frame, typed
 
         with conn.transaction():
             names, rows = queue.pending(conn, limit)
-        return typed(pd.DataFrame.from_records(rows, columns=names))
+        return typed(Frame(pd.DataFrame.from_records(rows, columns=names)))
 
     @boundary("reading the failed rows of {self.name!r}")
     def errors(self) -> pd.DataFrame:
@@ -976,6 +986,33 @@ class Vectorizer(_Connections):
             from .frames import from_cursor
 
             return from_cursor(cur)
+
+    def set_embedder(self, embedder: Any) -> Vectorizer:
+        """Embed with ``embedder`` from the next batch on (a fixed or reconfigured instance of
+        the same model, say); returns self.
+
+        It must be the model the stored vectors come from (same identity and size): a
+        different one would mix two models' vectors in one table; for that, create a
+        vectorizer with it and ``create(replace=True)``, or give it its own destination."""
+        from .embedders import embedder_config
+
+        stored = self._queue.config["pipeline"]["embedder"] if self._queue is not None else self.config.embedder
+        if stored:
+            new = embedder_config(embedder)
+            if new["dimensions"] != stored["dimensions"]:
+                raise DimensionMismatch(
+                    f"{self.name!r} holds vectors of {stored['dimensions']} dimensions, this embedder "
+                    f"makes {new['dimensions']}; use one of {stored['dimensions']} dimensions, or "
+                    "re-embed everything with create(replace=True) on a Vectorizer given it")
+            if new["identity"] != stored["identity"]:
+                raise ConfigConflict(
+                    f"{self.name!r} embeds with {stored['identity']!r}, this embedder is "
+                    f"{new['identity']!r}; its vectors would not be comparable with the stored ones; "
+                    "re-embed everything with create(replace=True) on a Vectorizer given it, or "
+                    "give it its own destination= and name=")
+        self.embedder = embedder
+        self._pipeline = None  # the next batch builds one with it
+        return self
 
     @boundary("retrying the failed rows of {self.name!r}")
     def retry_failed(self) -> int:
@@ -1003,18 +1040,42 @@ class Vectorizer(_Connections):
     def search(self, query: str, k: int = 5, *, filter: dict[str, Any] | None = None,
                start: datetime | None = None, end: datetime | None = None,
                hybrid: bool = False) -> pd.DataFrame:
-        """Nearest chunks to ``query`` as a DataFrame: rank, distance, contents, one column per
-        metadata key, id (and score with ``hybrid=True``)."""
+        """Nearest chunks to ``query`` as a DataFrame: rank, distance (score with
+        ``hybrid=True``), title, text, one column per metadata key, id, contents.
+
+        ``text`` is the chunk's own text, cut out of the stored ``contents`` (the formatted
+        template) by rendering the template's other fields from the hits' source rows (one
+        read by key), else by matching its fixed text (``frames.chunk_text``); ``title`` is a
+        metadata key or template field called title (name, subject, ...), else the table
+        and key ("blog 3"). ``contents``, the text as embedded, is in the frame but not in
+        its display."""
+        from .pipeline import template_fields
         from .search import prepare_search, search_frame
 
-        _, _, conn = self._ready()
+        queue, _, conn = self._ready()
+        fields = [f for f in template_fields(self.config.template) if f != "chunk"]
+
+        def source_values(rows: list[tuple]) -> list[dict[str, Any] | None]:
+            # the template's fields of each hit's source row, to cut the chunk out exactly;
+            # a role that may not read the source, or a row gone since, falls back to matching
+            try:
+                keys = [(r[2] or {})[self.config.metadata_key] for r in rows]  # a list: a composite key
+                found = [ClaimedRow(tuple(k) if isinstance(k, list) else (k,), 0, datetime.now(timezone.utc))
+                         for k in keys]
+                queue.read(self._reader.get(), found, fields)
+            except (psycopg.Error, PgvzError, KeyError, TypeError):
+                return [None] * len(rows)
+            return [None if c.deleted or c.error else c.values for c in found]
+
         if (start or end) and not self.config.time_column:
             raise PgvzError("start/end filter on time, but this vectorizer has no time_column; "
                             "create it with time_column= to get time-based ids")
         prepare_search(conn)  # before the transaction: once for the session
         with conn.transaction():
             return search_frame(conn, self.destination, self.embedder.embed_query(query), query, k,
-                                filter=filter, start=start, end=end, hybrid=hybrid)
+                                filter=filter, start=start, end=end, hybrid=hybrid,
+                                template=self.config.template, key=self.config.metadata_key,
+                                label=self.source[1], source_values=source_values if fields else None)
 
     def export_script(self, path: str) -> str:
         """Write a standalone sync script (``--once`` / ``--watch``) for this vectorizer; returns
@@ -1066,11 +1127,11 @@ def _progress(total: int, name: str):
 @boundary("listing the vectorizers")
 def vectorizers(db: Database) -> pd.DataFrame:
     """Every vectorizer in the database, one row each."""
-    import pandas as pd
+    from .frames import Frame
 
     with db.connect() as conn:
         rows = Queue.list_all(conn)
-    return pd.DataFrame([{
+    return Frame([{
         "name": v.name, "kind": v.config.get("kind", "callback"), "source": ".".join(v.source),
         "destination": ".".join(v.config["pipeline"]["destination"]) if "pipeline" in v.config else None,
         "embedder": v.config["pipeline"]["embedder"]["identity"] if "pipeline" in v.config else None,

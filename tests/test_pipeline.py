@@ -59,8 +59,9 @@ def test_sync_embeds_published_posts_and_cats_come_first(db, conn, schema):
     assert report.embedded == len(rows)
     assert all(r[4]["blog_id"] == r[0] and "author" in r[4] for r in rows)
     hits = v.search("Blogs about cats", k=3)
-    assert list(hits.columns[:3]) == ["rank", "distance", "contents"]
-    assert "cats" in hits["contents"][0].lower() and hits["blog_id"][0] == 1
+    assert list(hits.columns[:4]) == ["rank", "distance", "title", "text"] and hits.columns[-1] == "contents"
+    assert "cats" in hits["text"][0].lower() and hits["blog_id"][0] == 1
+    assert hits["contents"][0].endswith(hits["text"][0]) and hits["contents"][0] != hits["text"][0]
     assert hits["distance"].is_monotonic_increasing
     v.close()
 
