@@ -83,7 +83,7 @@ class _SideConnection:
     reads the source rows and the stored chunks (so that the claim, which lasts as long as
     the model takes, holds no lock on them)."""
 
-    def __init__(self, db: Database, *settings: str, vector: bool = False):
+    def __init__(self, db: Database, settings: dict[str, str], *, vector: bool = False):
         self.db = db
         self.settings = settings
         self.vector = vector
@@ -94,8 +94,8 @@ class _SideConnection:
         with self.lock:
             if self.conn is None or self.conn.closed or self.conn.broken:
                 self.conn = self.db.connect(autocommit=True, vector=self.vector, worker=True)
-                for setting in self.settings:
-                    self.conn.execute(setting)
+                for name, value in self.settings.items():
+                    self.conn.execute(q.set_session(), [name, value])
             return self.conn
 
     def close(self) -> None:
@@ -107,13 +107,13 @@ class _SideConnection:
 
 def _in_flight_connection(db: Database) -> _SideConnection:
     # a record lost in a server crash costs nothing: that crash ended the batch too
-    return _SideConnection(db, "SET synchronous_commit = off")
+    return _SideConnection(db, {"synchronous_commit": "off"})
 
 
 def _reader_connection(db: Database) -> _SideConnection:
     # row_security off: a read that row-level security would filter fails instead, so rows
     # hidden from this role are never taken for deleted ones (errors.RowSecurityActive)
-    return _SideConnection(db, "SET row_security = off", vector=True)
+    return _SideConnection(db, {"row_security": "off"}, vector=True)
 
 
 class _Connections:
