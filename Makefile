@@ -30,8 +30,10 @@ $(VENV)/.bench: $(VENV)/.test
 	touch $@
 
 # JupyterLab and what every tutorial imports: the `lab` extra, as `pip install "pgvz_nb[lab]"`
-$(VENV)/.lab: $(VENV)/.core
+$(VENV)/.lab: $(VENV)/.core binder/overrides.json
 	$(PIP) install -e '.[lab]'
+	@# widget state saved in the notebooks (see binder/overrides.json)
+	mkdir -p $(VENV)/share/jupyter/lab/settings && cp binder/overrides.json $(VENV)/share/jupyter/lab/settings/
 	touch $@
 
 demo: $(VENV)/.core

@@ -9,11 +9,13 @@ before it reaches an HTML widget. Needs ``pip install pgvz_nb[notebook]``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import io
 import re
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import ipywidgets as W
@@ -23,7 +25,7 @@ from .db import Database, column_names, connect, mask_dsn
 from .errors import PgvzError
 from .vectorizer import Vectorizer
 
-__all__ = ["SearchPanel", "SetupPanel", "SyncPanel", "embedding_map"]
+__all__ = ["EmbeddingMap", "SearchPanel", "SetupPanel", "SyncPanel", "embedding_map", "highlight"]
 
 EMBEDDERS = {
     "default: all-MiniLM-L6-v2 (offline, 384-d)": "default",
@@ -33,7 +35,65 @@ EMBEDDERS = {
 
 
 def _error_html(exc: BaseException) -> str:
-    return f"<div style='color:#b00020'><b>{html.escape(type(exc).__name__)}</b>: {html.escape(str(exc))}</div>"
+    """An exception as the panel shows it: its message, and what to do when it is not ours."""
+    import traceback
+
+    msg = (f"<div class='pgvz-error' style='color:#b00020;white-space:pre-wrap'><b>"
+           f"{html.escape(type(exc).__name__)}</b>: {html.escape(str(exc) or repr(exc))}")
+    if not isinstance(exc, PgvzError):
+        # pgvz_nb's own errors say what to do; anything else is unexpected: show where
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        msg += ("<br><small>Unexpected: check the inputs above, or report it with the "
+                "traceback.</small><details><summary>traceback</summary><pre>"
+                f"{html.escape(tb)}</pre></details>")
+    return msg + "</div>"
+
+
+def _guarded(action: Callable[[], Any], out: W.HTML) -> Any:
+    """Run a handler; any exception lands in ``out`` (a button swallows it otherwise, and
+    JupyterLab shows it only in its log console)."""
+    try:
+        return action()
+    except Exception as exc:  # noqa: BLE001 - every handler error belongs in the panel
+        out.value = _error_html(exc)
+        return None
+
+
+class _Fallback:
+    """Panels display as the widget, plus a text/html and text/plain summary: exported HTML
+    and a notebook reopened without saved widget state show that instead of nothing."""
+
+    def summary(self) -> str:
+        return type(self).__name__
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> Any:
+        data = dict(super()._repr_mimebundle_(**kwargs) or {})  # type: ignore[misc]
+        text = self.summary()
+        data["text/plain"] = f"{type(self).__name__}: {text} (run the cell for the live panel)"
+        data["text/html"] = (f"<div class='pgvz-fallback'><b>{html.escape(type(self).__name__)}</b>: "
+                             f"{html.escape(text)}<br><small>a live panel: run the cell (or save "
+                             "widget state)</small></div>")
+        return data
+
+
+def _cell(value: Any) -> str:
+    """A table cell as a person reads it: "8 s", "2026-12-01 14:20:31 UTC", "—" for missing."""
+    import datetime as dt
+
+    import pandas as pd
+
+    with contextlib.suppress(TypeError, ValueError):
+        if value is None or (not isinstance(value, (list, tuple, dict)) and pd.isna(value)):
+            return "—"
+    if isinstance(value, dt.timedelta):
+        secs = value.total_seconds()
+        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
+            if secs >= size:
+                return f"{secs / size:.1f} {unit}"
+        return f"{secs:.0f} s"
+    if isinstance(value, dt.datetime):
+        return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
+    return str(value)
 
 
 def _table_html(frame, max_chars: int = 160) -> str:
@@ -45,7 +105,7 @@ def _table_html(frame, max_chars: int = 160) -> str:
     for rec in frame.itertuples(index=False):
         cells = []
         for v in rec:
-            text = str(v)
+            text = _cell(v)
             if len(text) > max_chars:
                 text = text[: max_chars - 1] + "…"
             cells.append(f"<td>{html.escape(text)}</td>")
@@ -67,90 +127,172 @@ def _embedder(kind: str):
 
 # --- setup ---------------------------------------------------------------------------------
 
+_WIDE = {"description_width": "initial"}  # labels such as "Chunk column" are not cut
+_TEXT_TYPES = ("text", "character varying", "character", "varchar", "citext")
+_TEXT_NAMES = ("contents", "content", "body", "text")  # preferred as the chunk column
 
-class SetupPanel(W.VBox):
-    """Pick a table and columns, preview the text that will be embedded, create the vectorizer."""
+
+def _is_text(sql_type: str) -> bool:
+    return sql_type.split("(")[0].strip() in _TEXT_TYPES
+
+
+class SetupPanel(_Fallback, W.VBox):
+    """Pick a table and columns, preview the text that will be embedded, create the vectorizer.
+
+    Create stays disabled until a table is chosen and the template is complete; the
+    tables pgvz_nb itself writes (the ``*_embedding`` destinations) are not offered."""
 
     def __init__(self, db: Database | None = None):
         self.db = db
         self.vectorizer: Vectorizer | None = None
+        self._on_create: list[Callable[[Vectorizer], None]] = []
+        self._types: dict[str, str] = {}
+        self._key: list[str] = []
         self.source = W.ToggleButtons(options=["embedded", "DSN"], value="embedded", description="Database")
-        self.dsn = W.Password(placeholder="postgresql://user:password@host/db", description="DSN")
+        self.dsn = W.Password(placeholder="postgresql://user:password@host/db", description="DSN",
+                              layout=W.Layout(display="none"))
         self.connect_button = W.Button(description="Connect", icon="plug")
         self.connection = W.HTML()
-        self.table = W.Dropdown(description="Table", options=[])
-        self.template = W.Textarea(description="Template", layout=W.Layout(width="95%"),
-                                   placeholder="Author {author}, title: {title}, contents:{chunk}")
-        self.chunk_column = W.Dropdown(description="Chunk column", options=[None])
-        self.metadata = W.SelectMultiple(description="Metadata", options=[], rows=5)
-        self.time_column = W.Dropdown(description="Time column", options=[None])
-        self.where = W.Text(description="Where", placeholder="published_time IS NOT NULL")
-        self.embedder = W.Dropdown(description="Embedder", options=list(EMBEDDERS))
+        self.table = W.Dropdown(description="Table", options=[("(connect first)", None)], style=_WIDE)
+        self.template = W.Textarea(description="Template", layout=W.Layout(width="95%"), style=_WIDE,
+                                   placeholder="choose a table: the placeholder then shows its columns")
+        self.template_hint = W.HTML()
+        self.chunk_column = W.Dropdown(description="Chunk column", options=[("(none)", None)], style=_WIDE)
+        self.metadata = W.SelectMultiple(description="Metadata", options=[], rows=5, style=_WIDE)
+        self.metadata_hint = W.HTML("<small>Ctrl-click (Cmd-click on a Mac) to pick several; the "
+                                    "metadata keys become search filters</small>")
+        self.time_column = W.Dropdown(description="Time column", options=[("(none)", None)], style=_WIDE)
+        self.where = W.Text(description="Where", placeholder="published_time IS NOT NULL", style=_WIDE)
+        self.embedder = W.Dropdown(description="Embedder", options=list(EMBEDDERS), style=_WIDE,
+                                   layout=W.Layout(width="60%"))
         self.preview_out = W.HTML()
-        self.create_button = W.Button(description="Create", button_style="primary", icon="check")
+        self.create_button = W.Button(description="Create", button_style="primary", icon="check",
+                                      disabled=True, tooltip="choose a table first")
+        self.create_hint = W.HTML()  # why Create is disabled: a disabled button cannot say it
         self.result = W.HTML()
         self.code = W.Textarea(description="Code", layout=W.Layout(width="95%", height="170px"))
-        self.connect_button.on_click(lambda _: self._guard(self.connect))
-        self.create_button.on_click(lambda _: self._guard(self.create))
-        self.table.observe(lambda _: self._guard(self.load_columns), names="value")
+        self.connect_button.on_click(lambda _: _guarded(self.connect, self.connection))
+        self.create_button.on_click(lambda _: _guarded(self.create, self.result))
+        self.source.observe(lambda _: self._show_dsn(), names="value")
+        self.table.observe(lambda _: _guarded(self.load_columns, self.result), names="value")
         for w in (self.template, self.chunk_column, self.metadata, self.time_column, self.where, self.embedder):
-            w.observe(lambda _: self._guard(self.refresh), names="value")
+            w.observe(lambda _: _guarded(self.refresh, self.result), names="value")
         super().__init__([
             W.HBox([self.source, self.dsn, self.connect_button]), self.connection,
-            self.table, self.template, W.HBox([self.chunk_column, self.time_column]), self.metadata,
-            self.where, self.embedder, W.HTML("<b>Preview (first three rows)</b>"), self.preview_out,
-            self.create_button, self.result, self.code,
+            self.table, self.template, self.template_hint, W.HBox([self.chunk_column, self.time_column]),
+            W.HBox([self.metadata, self.metadata_hint]), self.where, self.embedder,
+            W.HTML("<b>Preview (the first three rows, chunk by chunk)</b>"), self.preview_out,
+            W.HBox([self.create_button, self.create_hint]), self.result, self.code,
         ])
+        self.add_class("pgvz-setup")
         if db is not None:
-            self._guard(self.connect)
+            _guarded(self.connect, self.connection)
 
-    def _guard(self, action) -> None:
-        try:
-            action()
-        except (PgvzError, ValueError, KeyError, IndexError) as exc:
-            self.result.value = _error_html(exc)
+    def summary(self) -> str:
+        if self.vectorizer is not None:
+            return f"created {self.vectorizer.name} on {self.table.value}"
+        return f"table {self.table.value or '(none chosen)'}"
+
+    def _show_dsn(self) -> None:
+        self.dsn.layout.display = None if self.source.value == "DSN" else "none"
 
     def connect(self) -> None:
-        """Connect (embedded or the DSN typed), then list the database's tables."""
-        if self.db is None or self.source.value == "DSN":
-            self.db = connect(self.dsn.value if self.source.value == "DSN" and self.dsn.value else None)
+        """Connect (embedded or the DSN typed), then list the tables a vectorizer could use."""
+        from .queue import Queue
+
+        if self.source.value == "DSN":
+            if not self.dsn.value:
+                raise PgvzError("type a DSN (postgresql://user:password@host/db) first, or pick embedded")
+            self.db = connect(self.dsn.value)
+        elif self.db is None:
+            self.db = connect(None)
         self.connection.value = f"connected: <code>{html.escape(mask_dsn(self.db.dsn))}</code>"
         with self.db.connect() as conn:
             rows = conn.execute(q.list_tables()).fetchall()
-        self.table.options = [f"{s}.{t}" for s, t in rows]
+            ours = {tuple(v.config["pipeline"]["destination"]) for v in Queue.list_all(conn)
+                    if "pipeline" in v.config}
+        tables = [f"{s}.{t}" for s, t in rows if (s, t) not in ours]
+        self.table.options = [("(choose a table)", None), *((t, t) for t in tables)]
+        self.table.index = 0  # not value=None: that can leave the label blank
+        if not tables:
+            self.result.value = _error_html(PgvzError(
+                "this database has no table a vectorizer could follow yet; create one (or "
+                "pgvz.sample.load_blog(db)), then press Connect again"))
+        self.refresh()
 
     def _db(self) -> Database:
         if self.db is None:
             raise PgvzError("not connected yet: press Connect first")
         return self.db
 
-    def _columns(self) -> list[str]:
+    def _split(self) -> tuple[str, str]:
+        if not self.table.value:
+            raise PgvzError("choose a table first (the Table dropdown)")
         schema, table = self.table.value.split(".", 1)
-        with self._db().connect() as conn:
-            return [r[0] for r in conn.execute(q.table_columns(), [schema, table]).fetchall()]
+        return schema, table
 
     def load_columns(self) -> None:
+        """Offer the chosen table's columns; guess the chunk column among its text columns."""
+        self.template.value = ""
         if not self.table.value:
+            self._types, self._key = {}, []
+            self.refresh()
             return
-        cols = self._columns()
-        self.chunk_column.options = [None, *cols]
+        schema, table = self._split()
+        with self._db().connect() as conn:
+            self._types = {r[0]: r[1] for r in conn.execute(q.table_columns(), [schema, table]).fetchall()}
+            keys = conn.execute(q.unique_keys(), [schema, table]).fetchall()
+        self._key = list(keys[0][1]) if keys else []
+        cols = list(self._types)
+        texts = [c for c in cols if _is_text(self._types[c])]
+        self.chunk_column.options = [("(none)", None), *((c, c) for c in texts)]
         self.metadata.options = cols
-        self.time_column.options = [None, *cols]
-        text_like = next((c for c in cols if c in ("contents", "body", "text", "content")), None)
-        self.chunk_column.value = text_like
-        if not self.template.value:
-            self.template.value = "{chunk}" if text_like else "{" + cols[-1] + "}"
+        self.time_column.options = [("(none)", None), *((c, c) for c in cols if "time" in self._types[c]
+                                                         or "date" in self._types[c])]
+        self.time_column.index = 0
+        chunk = next((c for c in texts if c.lower() in _TEXT_NAMES), texts[-1] if texts else None)
+        self.chunk_column.index = texts.index(chunk) + 1 if chunk else 0
+        others = [c for c in texts if c != chunk][:2]
+        example = ", ".join(f"{c}: {{{c}}}" for c in others)
+        if chunk:
+            example = f"{example}, contents: {{chunk}}" if example else "{chunk}"
+            self.template.placeholder = example
+            self.template_hint.value = (f"<small>Empty: only the chunks of <code>{html.escape(chunk)}"
+                                        "</code>. Name columns as {column}; {chunk} is the piece of the "
+                                        "chunk column.</small>")
+        else:
+            self.template.placeholder = "{" + "}, {".join(cols[:2]) + "}" if cols else ""
+            self.template_hint.value = ("<small style='color:#b00020'>This table has no text column "
+                                        "(text, varchar): write a template naming the columns to "
+                                        "embed, e.g. <code>" + html.escape(self.template.placeholder)
+                                        + "</code>.</small>")
         self.refresh()
 
     def options(self) -> dict[str, Any]:
         """The Vectorizer arguments the panel describes."""
+        template = self.template.value.strip() or None
+        if template is None and self.chunk_column.value:
+            template = "{chunk}"
         return {
-            "template": self.template.value or None,
+            "template": template,
             "chunk_column": self.chunk_column.value,
             "metadata": list(self.metadata.value),
             "time_column": self.time_column.value,
             "where": self.where.value.strip() or None,
         }
+
+    def problem(self) -> str | None:
+        """Why Create would fail now, or None."""
+        if self.db is None:
+            return "connect first"
+        if not self.table.value:
+            return "choose a table first"
+        opts = self.options()
+        if not opts["template"]:
+            return "write a template (this table has no text column to chunk)"
+        if "{chunk}" in opts["template"] and not opts["chunk_column"]:
+            return "the template uses {chunk}: pick a chunk column"
+        return None
 
     def code_text(self) -> str:
         """The Python that does what Create does (the DSN comes from the environment)."""
@@ -171,169 +313,399 @@ class SetupPanel(W.VBox):
         lines.append("v.sync()")
         return "\n".join(lines)
 
-    def preview(self, n: int = 3) -> list[str]:
-        """The formatted text of the first ``n`` rows' first chunks, as the pipeline makes it."""
+    def preview_chunks(self, n: int = 3, per_row: int = 3) -> list[tuple[str, int, int, str]]:
+        """(row key, chunk number from 1, chunks in the row, text) of the first ``n`` rows'
+        first ``per_row`` chunks, formatted as the pipeline will."""
         from .pipeline import Pipeline, PipelineConfig
 
         opts = self.options()
         if not opts["template"]:
             return []
-        schema, table = self.table.value.split(".", 1)
         cfg = PipelineConfig(template=opts["template"], destination=["", ""], dest_keys=[],
                              metadata_key="id", embedder={"identity": "preview", "dimensions": 0},
                              chunk_column=opts["chunk_column"], metadata=opts["metadata"],
                              time_column=opts["time_column"])
         pipe = Pipeline(None, cfg, None)  # type: ignore[arg-type]
         with self._db().connect() as conn:
-            cur = conn.execute(q.preview_rows((schema, table)), [n])
+            cur = conn.execute(q.preview_rows(self._split()), [n])
             names = column_names(cur)
             rows = [dict(zip(names, r)) for r in cur.fetchall()]
-        texts = []
+        out = []
         for i, row in enumerate(rows):
-            chunks = pipe.chunks((i,), row)
-            texts.append(chunks[0].text if chunks else "")
-        return texts
+            key = tuple(row[k] for k in self._key) if self._key else (i + 1,)
+            label = ", ".join(f"{k}={v}" for k, v in zip(self._key, key)) if self._key else f"row {i + 1}"
+            chunks = pipe.chunks(key, row)
+            for j, chunk in enumerate(chunks[:per_row]):
+                out.append((label, j + 1, len(chunks), chunk.text))
+        return out
+
+    def preview(self, n: int = 3) -> list[str]:
+        """The formatted text of the first ``n`` rows' first chunks."""
+        return [t for _, j, _, t in self.preview_chunks(n, per_row=1)]
 
     def refresh(self) -> None:
-        """Redraw the preview and the code after any change."""
+        """Redraw the preview and the code, and enable Create only when it can work."""
         self.code.value = self.code_text()
+        why = self.problem()
+        self.create_button.disabled = why is not None
+        self.create_button.tooltip = why or "create the vectorizer (idempotent)"
+        self.create_hint.value = f"<i style='color:#b45f06'>{html.escape(why)}</i>" if why else ""
         if self.db is None or not self.table.value:
+            self.preview_out.value = ""
             return
         try:
-            texts = self.preview()
+            chunks = self.preview_chunks()
         except KeyError as exc:
             self.preview_out.value = _error_html(PgvzError(f"the template names {exc}, which is not a column"))
             return
-        self.preview_out.value = "".join(f"<pre style='white-space:pre-wrap'>{html.escape(t)}</pre>" for t in texts)
+        if not chunks:
+            self.preview_out.value = f"<i>{html.escape(why or 'the table is empty')}</i>"
+            return
+        self.preview_out.value = "".join(
+            f"<div class='pgvz-chunk' style='border-left:3px solid #9aa5b1;margin:4px 0;padding-left:6px'>"
+            f"<small><b>{html.escape(label)}</b> · chunk {j} of {n}</small>"
+            f"<pre style='white-space:pre-wrap;margin:2px 0'>{html.escape(t)}</pre></div>"
+            for label, j, n, t in chunks)
 
     def create(self) -> Vectorizer:
         """Create the vectorizer the panel describes (idempotent, like Vectorizer.create)."""
+        why = self.problem()
+        if why is not None:
+            raise PgvzError(f"cannot create yet: {why}")
         v = Vectorizer(self._db(), self.table.value, embedder=_embedder(EMBEDDERS[self.embedder.value]),
                        **self.options()).create()
         self.vectorizer = v
         self.result.value = (f"created <b>{html.escape(v.name)}</b>: {html.escape('.'.join(v.source))} → "
-                             f"{html.escape('.'.join(v.destination))}; run a SyncPanel or v.sync()")
+                             f"{html.escape('.'.join(v.destination))}; run <code>SyncPanel(setup)</code> "
+                             "or <code>v = setup.vectorizer; v.sync()</code>")
+        for listener in self._on_create:
+            _guarded(functools.partial(listener, v), self.result)
         return v
 
 
 # --- sync ----------------------------------------------------------------------------------
 
 
-class SyncPanel(W.VBox):
+class _Counted:
+    """An embedder that hands its texts to ``inner`` about a second's worth at a time and
+    counts them, so the panel can report progress while a large batch is in the model's hands."""
+
+    def __init__(self, inner: Any, seconds: float = 1.0):
+        self.inner = inner
+        self.seconds = seconds
+        self.piece = 4  # texts a call, until the first call is timed
+        self.texts = 0  # texts embedded so far
+        if hasattr(inner, "encode"):
+            self.encode = self._encode
+
+    def _pieces(self, texts: list[str], call: Callable[[list[str]], Any]) -> list[Any]:
+        out = []
+        i = 0
+        while i < len(texts):
+            part = texts[i:i + self.piece]
+            t0 = time.perf_counter()
+            out.append(call(part))
+            per_text = (time.perf_counter() - t0) / len(part)
+            self.piece = max(1, min(256, int(self.seconds / per_text) if per_text > 0 else 256))
+            self.texts += len(part)
+            i += len(part)
+        return out
+
+    def _encode(self, texts: list[str]) -> Any:
+        import numpy as np
+
+        parts = self._pieces(texts, self.inner.encode)
+        return np.concatenate(parts) if parts else self.inner.encode(texts)
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return [v for part in self._pieces(texts, self.inner.embed_documents) for v in part]
+
+    def embed_query(self, text: str) -> list[float]:
+        return self.inner.embed_query(text)
+
+
+_STATUS_COLUMNS = ["pending", "claimable", "retrying", "failed", "embedded_rows", "source_rows",
+                   "coverage_pct", "oldest_pending_age"]
+
+
+class SyncPanel(_Fallback, W.VBox):
     """Live status, Run one batch / Sync all / Stop, progress with rate and ETA, errors with Retry.
 
-    Sync runs in a background thread so the kernel stays responsive; status refreshes
-    every ``refresh`` seconds while the panel is open.
-    """
+    Sync all runs ``Vectorizer.sync()`` (its batches sized to take about ``batch_seconds``)
+    in a background thread on a second handle of the vectorizer, so the kernel stays
+    responsive; the bar, the rate and the status table move every ``poll`` seconds while it
+    runs, and every ``refresh`` seconds otherwise. Give it the vectorizer, or the SetupPanel
+    (it then waits for Create)."""
 
-    def __init__(self, vectorizer: Vectorizer, refresh: float = 2.0):
-        self.v = vectorizer
+    def __init__(self, vectorizer: Vectorizer | SetupPanel, refresh: float = 2.0, *,
+                 batch_seconds: float = 1.0, poll: float = 0.5):
+        setup = vectorizer if isinstance(vectorizer, SetupPanel) else None
+        v = setup.vectorizer if setup is not None else vectorizer
+        if setup is None and not isinstance(v, Vectorizer):
+            raise PgvzError(
+                f"expected a Vectorizer (or the SetupPanel itself), got {type(vectorizer).__name__}"
+                + ("; setup.vectorizer is None until Create is pressed: pass the panel, "
+                   "SyncPanel(setup), and it waits for Create" if vectorizer is None else ""))
+        self.v: Vectorizer | None = v
+        self.batch_seconds = batch_seconds
+        self.poll = poll
         self.status_html = W.HTML()
         self.batch_button = W.Button(description="Run one batch", icon="step-forward")
         self.sync_button = W.Button(description="Sync all", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.progress = W.IntProgress(value=0, min=0, max=1, description="Sync")
+        self.progress.add_class("pgvz-progress")  # a stable name for browser tests
         self.rate = W.HTML()
         self.errors_html = W.HTML()
         self.retry_button = W.Button(description="Retry failed", icon="redo")
         self.message = W.HTML()
-        self.code = W.HTML(f"<pre>v = pgvz.Vectorizer.open(db, {html.escape(repr(vectorizer.name))})\nv.sync()</pre>")
-        self.batch_button.on_click(lambda _: self.run_batch())
-        self.sync_button.on_click(lambda _: self.sync_all())
-        self.stop_button.on_click(lambda _: self.stop())
-        self.retry_button.on_click(lambda _: self.retry())
+        self.code = W.HTML()
+        self.batch_button.on_click(lambda _: _guarded(self.run_batch, self.message))
+        self.sync_button.on_click(lambda _: _guarded(self.sync_all, self.message))
+        self.stop_button.on_click(lambda _: _guarded(self.stop, self.message))
+        self.retry_button.on_click(lambda _: _guarded(self.retry, self.message))
         self._stop = threading.Event()
         self._closed = threading.Event()
+        self._runner: Vectorizer | None = None
+        self._watch: Vectorizer | None = None
+        self._lock = threading.Lock()
+        self._counter: _Counted | None = None
+        self._base = 0  # rows done by earlier runs of this panel that were stopped (resume)
+        self._resume = False
         self.thread: threading.Thread | None = None
         self.last_error: BaseException | None = None
+        self.last_report: Any = None
         super().__init__([
             self.status_html, W.HBox([self.batch_button, self.sync_button, self.stop_button]),
             W.HBox([self.progress, self.rate]), self.message,
             W.HTML("<b>Failed rows</b>"), self.errors_html, self.retry_button, self.code,
         ])
-        self.update()
+        self.add_class("pgvz-sync")
+        if self.v is None:
+            self._buttons(False)
+            self.message.value = "<i>waiting for Create in the SetupPanel…</i>"
+            assert setup is not None
+            setup._on_create.append(self.attach)
+        else:
+            self.attach(self.v)
         if refresh:
             threading.Thread(target=self._auto_refresh, args=(refresh,), daemon=True).start()
 
+    def summary(self) -> str:
+        if self.v is None:
+            return "waiting for a vectorizer"
+        return f"{self.v.name}: {html.unescape(re.sub('<[^>]+>', ' ', self.message.value)).strip() or 'idle'}"
+
+    def attach(self, v: Vectorizer) -> None:
+        """Follow ``v`` (called by the SetupPanel's Create)."""
+        for handle in (self._runner, self._watch):
+            if handle is not None:
+                handle.close()
+        self._runner = self._watch = None
+        self.v = v
+        self._buttons(True)
+        self.message.value = ""
+        self.code.value = f"<pre>v = pgvz.Vectorizer.open(db, {html.escape(repr(v.name))})\nv.sync()</pre>"
+        _guarded(self.update, self.message)
+
+    def _buttons(self, enabled: bool) -> None:
+        for b in (self.batch_button, self.sync_button, self.retry_button):
+            b.disabled = not enabled
+
+    def _vec(self) -> Vectorizer:
+        if self.v is None:
+            raise PgvzError("no vectorizer yet: press Create in the SetupPanel first")
+        return self.v
+
     def _auto_refresh(self, every: float) -> None:
         while not self._closed.wait(every):
-            if self.thread is None or not self.thread.is_alive():
+            if self.v is not None and (self.thread is None or not self.thread.is_alive()):
                 try:
                     self.update()
-                except Exception:  # noqa: BLE001 - a closed connection while the kernel shuts down
+                except Exception as exc:  # noqa: BLE001 - a dropped vectorizer, a closed connection
+                    with contextlib.suppress(Exception):
+                        self.message.value = (_error_html(exc) + "<small>The status stopped "
+                                              "refreshing; press a button to try again.</small>")
                     return
 
     def close(self) -> None:
-        self._closed.set()
-        self._stop.set()
+        if hasattr(self, "_closed"):  # not when __init__ refused its argument
+            self._closed.set()
+            self._stop.set()
+            if self.thread is not None:
+                self.thread.join(5)
+            for handle in (self._runner, self._watch):
+                if handle is not None:
+                    handle.close()
         super().close()
 
-    def update(self) -> None:
-        """Redraw the status and errors tables from the database."""
-        st = self.v.status()
-        cols = ["pending", "claimable", "retrying", "failed", "embedded_rows", "source_rows",
-                "coverage_pct", "oldest_pending_age"]
-        self.status_html.value = _table_html(st[cols])
+    def _show_status(self, st) -> None:
+        self.status_html.value = _table_html(st[_STATUS_COLUMNS])
         if st["uncovered_partitions"][0]:
             self.status_html.value += (
                 "<p style='color:#b00'>Writes aimed directly at these partitions are not queued: "
                 f"{html.escape(st['uncovered_partitions'][0])}. Run create() again as their "
                 "owner to cover them.</p>")
-        self.errors_html.value = _table_html(self.v.errors())
+
+    def update(self) -> None:
+        """Redraw the status and errors tables from the database."""
+        st, errors = self._read(errors=True)
+        self._show_status(st)
+        self.errors_html.value = _table_html(errors)
 
     def run_batch(self) -> int:
         """Process one batch in the foreground; returns rows claimed."""
-        result, _ = self.v.process()
+        result, _ = self._vec().process()
         self.message.value = html.escape(f"one batch: {result.claimed} rows ({result.answer})")
         self.update()
         return result.claimed
 
+    def _read(self, errors: bool = False) -> tuple[Any, Any]:
+        """(status, failed rows or None), read on the panel's own handle of the vectorizer:
+        its refresh threads must not share a connection with the caller's ``v``."""
+        v = self._vec()
+        with self._lock:
+            if self._watch is None:
+                self._watch = Vectorizer.open(v.db, v.name, embedder=v.embedder)
+            return self._watch.status(), (self._watch.errors() if errors else None)
+
+    def _get_runner(self) -> Vectorizer:
+        # a second handle, with its own connections: the panel reads the status on the
+        # first while sync() works on this one
+        v = self._vec()
+        if self._runner is not None and (self._counter is None or self._counter.inner is not v.embedder):
+            self._runner.close()  # v.embedder was replaced (a fixed model): sync with the new one
+            self._runner = None
+        if self._runner is None:
+            self._counter = _Counted(v.embedder)
+            self._runner = Vectorizer.open(v.db, v.name, embedder=self._counter)
+        return self._runner
+
     def sync_all(self, wait: bool = False) -> threading.Thread:
-        """Drain the queue in a background thread (``wait=True`` joins it)."""
+        """Drain the queue in a background thread (``wait=True`` joins it). After a Stop, the
+        bar goes on counting from where it stopped."""
         if self.thread is not None and self.thread.is_alive():
             return self.thread
+        try:
+            runner = self._get_runner()
+            st, _ = self._read()
+        except Exception:
+            self.progress.bar_style = "danger"
+            raise
         self._stop.clear()
-        st = self.v.status()
-        self.progress.max = max(int(st["pending"][0]), 1)
-        self.progress.value = 0
+        pending = int(st["pending"][0])
+        if not self._resume:
+            self._base = 0
+        self.progress.max = max(self._base + pending, 1)
+        self.progress.value = self._base
+        self.progress.bar_style = "info"
+        self.message.value = f"syncing {pending} rows…"
         self.sync_button.disabled, self.stop_button.disabled = True, False
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.stop_button.description = "Stop"
+        self.thread = threading.Thread(target=self._run, args=(runner, pending, int(st["failed"][0])),
+                                       daemon=True)
         self.thread.start()
         if wait:
             self.thread.join()
         return self.thread
 
-    def _run(self) -> None:
-        t0, done = time.perf_counter(), 0
+    def _tick(self, start_pending: int, t0: float, texts0: int, *, estimate: bool = True) -> None:
+        """Move the bar, the rate and the status table to what the database holds now; with
+        ``estimate``, the bar also counts the rows of a batch still in the model's hands
+        (from the chunks embedded so far), never up to the end before they are written."""
+        st, _ = self._read()
+        pending = int(st["pending"][0])
+        done = max(start_pending - pending, 0)
+        texts = (self._counter.texts if self._counter else 0) - texts0
+        shown = done
+        if estimate and pending:
+            rows = int(st["embedded_rows"][0])
+            per_row = max(int(st["embedded_chunks"][0]) / rows, 1.0) if rows else 1.0
+            shown = max(done, min(int(texts / per_row), done + pending - 1))
+        self.progress.max = max(self._base + done + pending, 1)
+        self.progress.value = max(self._base + shown, self.progress.value if estimate else 0)
+        elapsed = max(time.perf_counter() - t0, 1e-9)
+        rate = done / elapsed
+        eta = f", ETA {pending / rate:.0f} s" if rate else ""
+        self.rate.value = (f"{self._base + done} of {self.progress.max} rows written, {texts} chunks "
+                           f"embedded, {rate:.1f} rows/s{eta}")
+        self._show_status(st)
+
+    def _run(self, runner: Vectorizer, start_pending: int, failed_before: int) -> None:
+        t0 = time.perf_counter()
+        texts0 = self._counter.texts if self._counter else 0
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["report"] = runner.sync(progress=False, stop=self._stop,
+                                                batch_seconds=self.batch_seconds)
+            except BaseException as exc:  # noqa: BLE001 - shown in the panel below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
         try:
-            while not self._stop.is_set():
-                result, _ = self.v.process()
-                if result.claimed == 0:
-                    self.message.value = html.escape(f"queue {result.answer}")
-                    break
-                done += result.claimed
-                if done > self.progress.max:
-                    self.progress.max = done
-                self.progress.value = done
-                rate = done / max(time.perf_counter() - t0, 1e-9)
-                eta = (self.progress.max - done) / rate if rate else 0
-                self.rate.value = f"{done} rows, {rate:.1f} rows/s, ETA {eta:.0f} s"
-            else:
-                self.message.value = "stopped"
-        except Exception as exc:  # noqa: BLE001 - shown in the panel; the thread must not die silently
+            while worker.is_alive():
+                worker.join(self.poll)
+                with contextlib.suppress(Exception):  # a poll that fails is retried at the next
+                    self._tick(start_pending, t0, texts0)
+            self._finish(outcome, start_pending, failed_before, t0, texts0)
+        except Exception as exc:  # noqa: BLE001 - the thread must not die silently
             self.last_error = exc
             self.message.value = _error_html(exc)
+            self.progress.bar_style = "danger"
         finally:
             self.sync_button.disabled, self.stop_button.disabled = False, True
-            with contextlib.suppress(Exception):  # the status table is a nicety after a sync
-                self.update()
+            self.stop_button.description = "Stop"
+            with contextlib.suppress(Exception):  # the errors table is a nicety after a sync
+                self.errors_html.value = _table_html(self._read(errors=True)[1])
+
+    def _finish(self, outcome: dict[str, Any], start_pending: int, failed_before: int, t0: float,
+                texts0: int) -> None:
+        self._tick(start_pending, t0, texts0, estimate=False)
+        st, _ = self._read()
+        report = outcome.get("report")
+        self.last_report = report
+        if "error" in outcome:
+            self.last_error = outcome["error"]
+            self.progress.bar_style = "danger"
+            self._resume, self._base = True, self.progress.value
+            self.message.value = (_error_html(outcome["error"])
+                                  + "<small>Fix the cause, then Sync all resumes.</small>")
+            return
+        if report is not None and report.answer == "stopped":
+            self._resume, self._base = True, self.progress.value
+            self.progress.bar_style = "warning"
+            self.message.value = html.escape(
+                f"stopped: {self.progress.value} of {self.progress.max} rows done; Sync all resumes")
+            return
+        self._resume, self._base = False, 0
+        failed_run = max(int(st["failed"][0]) - failed_before, report.failed if report is not None else 0, 0)
+        failed, retrying = int(st["failed"][0]), int(st["retrying"][0])
+        if failed or retrying:
+            # failed rows are not done: the bar does not count them, and it is not green
+            self.progress.value = max(self.progress.value - failed_run, 0)
+            self.progress.bar_style = "warning"
+            self.message.value = (
+                f"<span style='color:#b45f06'><b>{failed} failed</b>, {retrying} waiting to be "
+                f"retried; {html.escape(str(report))}. See Failed rows below: fix the cause, then "
+                "Retry failed.</span>")
+        else:
+            self.progress.value = self.progress.max
+            self.progress.bar_style = "success"
+            self.message.value = html.escape(str(report))
 
     def stop(self) -> None:
-        """Stop after the current batch."""
+        """Stop after the current batch (a batch in the model's hands goes back whole)."""
         self._stop.set()
+        if self.thread is not None and self.thread.is_alive():
+            self.stop_button.disabled = True
+            self.stop_button.description = "Stopping…"
+            self.message.value = "stopping after this batch…"
 
     def retry(self) -> int:
-        n = self.v.retry_failed()
+        n = self._vec().retry_failed()
         self.message.value = f"{n} failed rows queued again"
         self.update()
         return n
@@ -341,53 +713,93 @@ class SyncPanel(W.VBox):
 
 # --- search --------------------------------------------------------------------------------
 
+# words not worth marking: they are in every text ("the" would light up half the page)
+_STOPWORDS = frozenset([
+    "a", "an", "and", "are", "as", "at", "be", "but", "by", "for", "from", "has", "have", "how",
+    "i", "in", "is", "it", "its", "my", "of", "on", "or", "our", "so", "that", "the", "their",
+    "them", "they", "this", "to", "was", "we", "were", "what", "when", "where", "which", "who",
+    "why", "will", "with", "you", "your", "about", "into", "than", "then", "there", "these",
+    "those", "do", "does", "did", "can", "not", "no"
+])
+
 
 def highlight(text: str, query: str) -> str:
-    """HTML-escaped ``text`` with the query's words (3+ letters) wrapped in <mark>."""
-    escaped = html.escape(text)
-    words = sorted({w for w in re.findall(r"\w{3,}", query.lower())}, key=len, reverse=True)
+    """HTML-escaped ``text`` with the query's whole words (not stopwords) wrapped in <mark>."""
+    words = sorted({w for w in re.findall(r"\w+", query.lower()) if w not in _STOPWORDS and len(w) > 1},
+                   key=len, reverse=True)
     if not words:
-        return escaped
-    pattern = re.compile("|".join(re.escape(html.escape(w)) for w in words), re.IGNORECASE)
-    return pattern.sub(lambda m: f"<mark>{m.group(0)}</mark>", escaped)
+        return html.escape(text)
+    pattern = re.compile(r"(?<!\w)(?:" + "|".join(re.escape(w) for w in words) + r")(?!\w)", re.IGNORECASE)
+    out, pos = [], 0
+    for m in pattern.finditer(text):
+        out.append(html.escape(text[pos:m.start()]))
+        out.append(f"<mark>{html.escape(m.group(0))}</mark>")
+        pos = m.end()
+    out.append(html.escape(text[pos:]))
+    return "".join(out)
 
 
-class SearchPanel(W.VBox):
-    """Query box, k, metadata filters from the data, time range, hybrid toggle; results with
-    highlighted terms and the source row; a second query side by side; the code to copy."""
+class SearchPanel(_Fallback, W.VBox):
+    """Query box (Enter searches), k, metadata filters from the data, time range, hybrid
+    toggle; results with highlighted words and the source row; a second query side by side;
+    an interactive 2-D map; the code to copy. Changing k, a filter or the range searches again."""
 
     def __init__(self, vectorizer: Vectorizer, filters: list[str] | None = None, map_points: int = 400):
+        if not isinstance(vectorizer, Vectorizer):
+            raise PgvzError(f"expected a Vectorizer, got {type(vectorizer).__name__}"
+                            + ("; setup.vectorizer is None until Create is pressed" if vectorizer is None else ""))
         self.v = vectorizer
         self.map_points = map_points
-        self.query = W.Text(description="Query", placeholder="Blogs about cats", layout=W.Layout(width="60%"))
-        self.compare = W.Text(description="Compare", placeholder="(optional) a second query")
-        self.k = W.IntSlider(value=5, min=1, max=50, description="k")
+        self.query = W.Text(description="Query", placeholder="Blogs about cats", continuous_update=False,
+                            layout=W.Layout(width="60%"))
+        self.compare = W.Text(description="Compare", placeholder="(optional) a second query",
+                              continuous_update=False)
+        self.k = W.IntSlider(value=5, min=1, max=50, description="k", continuous_update=False)
         self.hybrid = W.Checkbox(value=False, description="hybrid (full text + vector)")
+        time_col = vectorizer.config.time_column
         keys = filters if filters is not None else list(vectorizer.config.metadata)
-        self.filters = {key: W.Dropdown(description=key, value=None,
+        # a time column is filtered with From/Until, not by one exact timestamp
+        keys = [k for k in keys if k != time_col]
+        self.filters = {key: W.Dropdown(description=key, style=_WIDE, index=0,
                                         options=[("(any)", None)] + [(str(v), v) for v in self._values(key)])
                         for key in keys}
-        has_time = bool(vectorizer.config.time_column)
-        self.start = W.DatePicker(description="From", disabled=not has_time)
-        self.end = W.DatePicker(description="Until", disabled=not has_time)
-        self.show_map = W.Checkbox(value=False, description="2-D map (PCA)")
+        self.start = W.DatePicker(description="From", disabled=not time_col)
+        self.end = W.DatePicker(description="Until", disabled=not time_col)
+        self.show_map = W.Checkbox(value=True, description="2-D map (PCA)")
         self.button = W.Button(description="Search", button_style="primary", icon="search")
         self.results = W.HTML()
-        self.map = W.Image(format="png", layout=W.Layout(display="none"))  # shown once drawn
+        self.map = W.VBox(layout=W.Layout(display="none"))  # shown once drawn
+        self.map_data: EmbeddingMap | None = None
         self.code = W.Textarea(description="Code", layout=W.Layout(width="95%", height="60px"))
         self.button.on_click(lambda _: self._guard(self.search))
         self.last: list = []
+        for w in (self.query, self.compare, self.k, self.hybrid, self.start, self.end, self.show_map,
+                  *self.filters.values()):
+            w.observe(lambda _: self._rerun(), names="value")
         super().__init__([
             W.HBox([self.query, self.button]), self.compare, W.HBox([self.k, self.hybrid, self.show_map]),
             W.HBox(list(self.filters.values())), W.HBox([self.start, self.end]),
             self.results, self.map, self.code,
         ])
+        self.add_class("pgvz-search")
+
+    def summary(self) -> str:
+        if not self.last:
+            return f"search {self.v.name}"
+        hits = "; ".join(f"{r['rank']}. {str(r.get('text') or r['contents'])[:80]}"
+                         for r in self.last[0].to_dict("records"))
+        return f"{self.query.value!r}: {hits}"
 
     def _guard(self, action) -> None:
         try:
             action()
-        except (PgvzError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - every handler error belongs in the panel
             self.results.value = _error_html(exc)
+
+    def _rerun(self) -> None:
+        """Enter in a query box, or a change of k, a filter or the range: search again."""
+        if self.query.value.strip() or self.compare.value.strip():
+            self._guard(self.search)
 
     def _values(self, key: str, limit: int = 100) -> list[str]:
         """Distinct values of a metadata key in the destination, for its dropdown."""
@@ -419,7 +831,7 @@ class SearchPanel(W.VBox):
         """Run the query (and the comparison query); returns the result DataFrames."""
         queries = [s for s in (self.query.value.strip(), self.compare.value.strip()) if s]
         if not queries:
-            raise PgvzError("type a query first")
+            raise PgvzError("type a query first (Enter searches)")
         frames = [self.v.search(s, **self.search_args(s)) for s in queries]
         self.last = frames
         columns = [self._results_html(s, f) for s, f in zip(queries, frames)]
@@ -427,27 +839,55 @@ class SearchPanel(W.VBox):
             f"<div style='flex:1'>{c}</div>" for c in columns) + "</div>"
         self.code.value = self.code_text()
         if self.show_map.value:
-            self.map.value = embedding_map(self.v, queries[0], frames[0], limit=self.map_points)
-            self.map.layout.display = None
+            self.draw_map()
+        else:
+            self.map.layout.display = "none"
         return frames
+
+    def draw_map(self) -> EmbeddingMap:
+        """The map of the first query: its neighbourhood and every hit, interactive when
+        jupyter-scatter is installed, else a PNG."""
+        args = self.search_args(self.query.value)
+        m = embedding_map(self.v, self.query.value.strip() or self.compare.value.strip(), self.last[0],
+                          limit=self.map_points, filter=args.get("filter"), start=args.get("start"),
+                          end=args.get("end"))
+        self.map_data = m
+        caption = W.HTML(f"<small>{html.escape(m.caption())}; hover a point for its text</small>")
+        try:
+            view: W.Widget = m.widget()
+        except ImportError:
+            view = W.Image(value=m.png(), format="png")
+        self.map.children = [caption, view]
+        self.map.layout.display = None
+        return m
 
     def _results_html(self, query: str, frame) -> str:
         if len(frame) == 0:
             return f"<b>{html.escape(query)}</b><br><i>no results</i>"
         sources = self._source_rows(frame)
+        scored = "score" in frame.columns
         rows = []
         for rec, source in zip(frame.to_dict("records"), sources):
             meta = ", ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in rec.items()
-                             if k not in ("rank", "distance", "contents", "id", "score"))
+                             if k not in ("rank", "distance", "contents", "id", "score", "title", "text"))
+            # the chunk's own text when the frame has it (not the template's prefix), as embedded else
+            body = rec.get("text") or rec["contents"]
+            title = f"<b>{html.escape(str(rec['title']))}</b><br>" if rec.get("title") else ""
             src = "" if source is None else (
                 "<details><summary>source row</summary><pre style='white-space:pre-wrap'>"
                 + html.escape("\n".join(f"{k}: {v}" for k, v in source.items())) + "</pre></details>")
+            score = f"<td>{rec['score']:.4f}</td>" if scored else ""
             rows.append(
-                f"<tr class='pgvz-hit'><td>{rec['rank']}</td><td>{rec['distance']:.4f}</td>"
-                f"<td><div class='pgvz-contents'>{highlight(str(rec['contents']), query)}</div>"
+                f"<tr class='pgvz-hit' style='vertical-align:top'><td>{rec['rank']}</td>{score}"
+                f"<td>{rec['distance']:.4f}</td><td>{title}<div class='pgvz-contents' style='white-space:pre-wrap'>"
+                f"{highlight(str(body), query)}</div>"
                 f"<small>{meta}</small>{src}</td></tr>")
-        return (f"<b>{html.escape(query)}</b><table class='pgvz-results'><thead><tr><th>rank</th>"
-                f"<th>distance</th><th>contents</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
+        head = "<th>rank</th>" + ("<th title='fused rank score (ordering)'>score</th>" if scored else "")
+        note = ("<br><small>hybrid: ranked by the fused score (vector + full text), "
+                "not by distance alone</small>" if scored else "")
+        return (f"<b>{html.escape(query)}</b>{note}<style>.pgvz-results td, .pgvz-results th "
+                "{padding:2px 8px;text-align:left}</style>"
+                f"<table class='pgvz-results'><thead><tr>{head}<th>distance</th><th>contents</th></tr></thead><tbody>{''.join(rows)}</tbody></table>")
 
     def _source_rows(self, frame) -> list[dict | None]:
         key_col = self.v.config.metadata_key
@@ -468,39 +908,120 @@ def _as_utc(day):
     return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)
 
 
-def embedding_map(v: Vectorizer, query: str, hits, limit: int = 400) -> bytes:
-    """A PNG of the destination's vectors projected to 2-D by PCA (numpy SVD), with the
-    query and its top-k hits marked. Drawn with matplotlib."""
-    import matplotlib
+# --- the map -------------------------------------------------------------------------------
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+_KIND_COLOURS = {"chunk": "#9aa5b1", "hit": "#d62728", "query": "#1f77b4"}
+
+
+class EmbeddingMap:
+    """Points of a 2-D PCA projection: ``points`` has x, y, kind (chunk, hit, query), id,
+    label and text. Displays as a jupyter-scatter widget (hover shows the text) with a PNG
+    fallback for exported HTML."""
+
+    def __init__(self, points, title: str):
+        self.points = points
+        self.title = title
+
+    def caption(self) -> str:
+        kinds = self.points["kind"].value_counts()
+        return (f"{self.title}: {int(kinds.get('chunk', 0)) + int(kinds.get('hit', 0))} chunks, "
+                f"the {int(kinds.get('hit', 0))} hits in red, the query in blue (PCA)")
+
+    def widget(self) -> Any:
+        """An interactive jupyter-scatter plot (ImportError without jupyter-scatter)."""
+        import jscatter
+
+        return jscatter.Scatter(
+            data=self.points, x="x", y="y", color_by="kind", color_map=_KIND_COLOURS,
+            size_by="kind", size_map={"chunk": 5, "hit": 12, "query": 16}, legend=True,
+            tooltip=True, tooltip_properties=["kind", "label", "text"], height=380,
+        ).show()
+
+    def png(self) -> bytes:
+        """The same map as a static PNG (matplotlib)."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        pts = self.points
+        fig, ax = plt.subplots(figsize=(7, 5), dpi=120)
+        for kind, size, marker in (("chunk", 10, "o"), ("hit", 40, "o"), ("query", 160, "*")):
+            part = pts[pts["kind"] == kind]
+            ax.scatter(part["x"], part["y"], s=size, c=_KIND_COLOURS[kind], marker=marker,
+                       label=f"{kind} ({len(part)})")
+        ax.set_title(self.title, fontsize=10)
+        ax.legend(loc="best", fontsize=8)
+        ax.set_xticks([]), ax.set_yticks([])
+        buf = io.BytesIO()
+        fig.tight_layout()
+        fig.savefig(buf, format="png")
+        plt.close(fig)
+        return buf.getvalue()
+
+    def _repr_mimebundle_(self, **kwargs: Any) -> dict[str, Any]:
+        import base64
+
+        data: dict[str, Any] = {"text/plain": self.caption(),
+                                "image/png": base64.b64encode(self.png()).decode()}
+        with contextlib.suppress(ImportError):
+            view = self.widget()._repr_mimebundle_(**kwargs)
+            view = view[0] if isinstance(view, tuple) else view  # anywidget: (data, metadata)
+            data.update({k: v for k, v in view.items() if k != "text/plain"})
+        return data
+
+
+def _array(vec) -> Any:
     import numpy as np
 
+    return np.asarray(vec.to_numpy() if hasattr(vec, "to_numpy") else vec, dtype=np.float32)
+
+
+def embedding_map(v: Vectorizer, query: str, hits, limit: int = 400, *, filter: dict[str, Any] | None = None,
+                  start: Any = None, end: Any = None) -> EmbeddingMap:
+    """The ``limit`` chunks nearest ``query`` (within ``filter``/``start``/``end``) and every
+    row of ``hits`` (a search's DataFrame), projected to 2-D by PCA with the query."""
+    import numpy as np
+    import pandas as pd
+
+    from .search import search_rows
+
+    qvec = v.embedder.embed_query(query)
+    key = v.config.metadata_key
     with v.db.connect(vector=True) as conn:
-        rows = conn.execute(q.sample_vectors(v.destination), [limit]).fetchall()
+        rows = search_rows(conn, v.destination, qvec, query, max(limit, 1), filter=filter,
+                           start=start, end=end, vectors=True)
+        found = {str(r[3]) for r in rows}
+        for rec in (hits.to_dict("records") if len(hits) else []):
+            if str(rec["id"]) in found or key not in rec:
+                continue
+            # a hit outside the vector neighbourhood (hybrid: a full-text match): fetch it
+            # through its row's chunks
+            more = search_rows(conn, v.destination, qvec, query, v.config.max_chunks,
+                               filter={key: rec[key]}, vectors=True)
+            rows.extend(r for r in more if str(r[3]) == str(rec["id"]))
+            found.add(str(rec["id"]))
     if not rows:
         raise PgvzError("the destination holds no vectors yet: sync first")
-    ids = [r[0] for r in rows]
-    vecs = np.stack([np.asarray(r[1].to_numpy() if hasattr(r[1], "to_numpy") else r[1], dtype=np.float32)
-                     for r in rows])
-    query_vec = np.asarray(v.embedder.embed_query(query), dtype=np.float32)
+    vecs = np.stack([_array(r[4]) for r in rows])
+    qv = np.asarray(qvec, dtype=np.float32)
     mean = vecs.mean(axis=0)
     _, _, vt = np.linalg.svd(vecs - mean, full_matrices=False)
-    axes = vt[:2].T
-    points = (vecs - mean) @ axes
-    qpoint = (query_vec - mean) @ axes
-    hit_ids = set(hits["id"]) if len(hits) else set()
-    is_hit = np.array([i in hit_ids for i in ids])
-    fig, ax = plt.subplots(figsize=(6, 4.5), dpi=96)
-    ax.scatter(points[~is_hit, 0], points[~is_hit, 1], s=10, c="#9aa5b1", label="chunks")
-    ax.scatter(points[is_hit, 0], points[is_hit, 1], s=40, c="#d62728", label=f"top {len(hit_ids)}")
-    ax.scatter([qpoint[0]], [qpoint[1]], s=160, marker="*", c="#1f77b4", label="query")
-    ax.set_title(f"{'.'.join(v.destination)}: {len(ids)} chunks, PCA", fontsize=10)
-    ax.legend(loc="best", fontsize=8)
-    ax.set_xticks([]), ax.set_yticks([])
-    buf = io.BytesIO()
-    fig.tight_layout()
-    fig.savefig(buf, format="png")
-    plt.close(fig)
-    return buf.getvalue()
+    axes = np.zeros((vecs.shape[1], 2), dtype=np.float32)
+    axes[:, :min(2, len(vt))] = vt[:2].T
+    xy = np.vstack([(vecs - mean) @ axes, ((qv - mean) @ axes)[None, :]])
+    hit_ids = {str(i) for i in hits["id"]} if len(hits) else set()
+    labels, texts, kinds, ids = [], [], [], []
+    for r in rows:
+        meta = r[2] or {}
+        labels.append(str(meta.get("title", f"{key}={meta.get(key)}")))
+        text = str(r[1])
+        texts.append(text if len(text) <= 240 else text[:239] + "…")
+        kinds.append("hit" if str(r[3]) in hit_ids else "chunk")
+        ids.append(str(r[3]))
+    points = pd.DataFrame({
+        "x": xy[:, 0], "y": xy[:, 1],
+        "kind": pd.Categorical([*kinds, "query"], categories=list(_KIND_COLOURS)),
+        "id": [*ids, ""], "label": [*labels, "query"], "text": [*texts, query],
+    })
+    return EmbeddingMap(points, f"{'.'.join(v.destination)}: {query!r}")

@@ -1,6 +1,6 @@
 """The SearchPanel in a real browser: Voila serves a notebook on 127.0.0.1, Playwright drives
-Debian's chromium, types a query, runs it and reads the rendered results. The screenshot
-is kept in test-artifacts/."""
+Debian's chromium, types a query, presses Enter, reads the rendered results and opens the
+map. The screenshots are kept in test-artifacts/."""
 
 from __future__ import annotations
 
@@ -78,14 +78,20 @@ def test_search_panel_in_a_real_browser(db, schema, tmp_path):
             box = page.locator("input[placeholder='Blogs about cats']")
             box.wait_for(timeout=120_000)
             box.fill("Blogs about cats")
-            box.press("Tab")  # let the widget sync its value to the kernel
-            page.locator("button", has_text="Search").first.click()
+            box.press("Enter")  # Enter searches: no click on Search
             first = page.locator("tr.pgvz-hit").first
             first.wait_for(timeout=60_000)
             ARTIFACTS.mkdir(exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "search_panel.png"), full_page=True)
             text = first.inner_text()
             marks = page.locator("tr.pgvz-hit mark").count()
+            # the map, drawn with the results: a jupyter-scatter canvas
+            page.get_by_text("hover a point for its text").wait_for(timeout=60_000)
+            canvas = page.locator(".jupyter-widgets canvas").first
+            canvas.wait_for(timeout=60_000)
+            canvas.scroll_into_view_if_needed()
+            page.wait_for_timeout(1000)  # the points fade in
+            page.locator(".widget-vbox", has=canvas).last.screenshot(path=str(ARTIFACTS / "search_panel_map.png"))
             browser.close()
         assert "some super interesting content about cats" in text
         assert "Matvey Arye" in text

@@ -5,12 +5,15 @@ and the widgets hold afterwards."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from datetime import date
 
 import pytest
 from psycopg import sql
 
 import pgvz_nb as pgvz
+from pgvz_nb.embedders import HashingEmbedder
 from pgvz_nb.sample import BLOG_POSTS, load_blog
 
 W = pytest.importorskip("ipywidgets")
@@ -19,20 +22,28 @@ from pgvz_nb.widgets import SearchPanel, SetupPanel, SyncPanel, highlight  # noq
 TEMPLATE = "Author {author}, title: {title}, contents:{chunk}"
 
 
+def hashing_label(panel) -> str:
+    return next(k for k in panel.embedder.options if k.startswith("hashing"))
+
+
 def test_setup_panel_lists_tables_previews_and_creates(db, conn, schema):
     load_blog(db, schema=schema)
     panel = SetupPanel(db)
-    assert f"{schema}.blog" in panel.table.options
+    assert (f"{schema}.blog", f"{schema}.blog") in panel.table.options  # listed right away
+    assert panel.table.label == "(choose a table)" and panel.create_button.disabled
     panel.table.value = f"{schema}.blog"
-    assert panel.chunk_column.value == "contents"  # guessed from the column names
+    assert panel.chunk_column.value == "contents"  # guessed among the text columns
+    assert not panel.create_button.disabled and panel.create_hint.value == ""  # template: {chunk}
+    assert "{title}" in panel.template.placeholder and "Matvey" not in panel.template.placeholder
     panel.template.value = TEMPLATE
     panel.metadata.value = ("author", "category")
     panel.time_column.value = "published_time"
     panel.where.value = "published_time IS NOT NULL"
-    panel.embedder.value = next(k for k in panel.embedder.options if k.startswith("hashing"))
+    panel.embedder.value = hashing_label(panel)
     previews = panel.preview()
     assert len(previews) == 3 and previews[0].startswith("Author Matvey Arye, title: First Post, contents:")
-    assert "<pre" in panel.preview_out.value and "Matvey Arye" in panel.preview_out.value
+    assert panel.preview_out.value.count("class='pgvz-chunk'") >= 3
+    assert "<b>id=1</b> · chunk 1 of 1" in panel.preview_out.value, "each chunk labelled by row key"
     code = panel.code_text()
     assert f"pgvz.Vectorizer(\n    db, '{schema}.blog'" in code and "time_column='published_time'" in code
     assert code == panel.code.value
@@ -42,23 +53,89 @@ def test_setup_panel_lists_tables_previews_and_creates(db, conn, schema):
     found = conn.execute("SELECT config->'pipeline'->>'template' FROM pgvz.vectorizers WHERE source_schema = %s",
                          [schema]).fetchone()
     assert found == (TEMPLATE,)
+    bundle = panel._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle and "created" in bundle["text/html"]
 
 
-def test_setup_panel_masks_the_password_and_reports_bad_templates(db, schema):
+def test_setup_panel_layout_labels_dsn_and_multiselect_hint(db, schema):
+    panel = SetupPanel(db)
+    for w in (panel.chunk_column, panel.time_column, panel.table, panel.metadata):
+        assert w.style.description_width == "initial", "labels such as 'Chunk column' are not cut"
+    assert panel.dsn.layout.display == "none"  # embedded: no DSN box
+    panel.source.value = "DSN"
+    assert panel.dsn.layout.display is None
+    panel.connect_button.click()  # no DSN typed: said in the panel
+    assert "type a DSN" in panel.connection.value
+    panel.source.value = "embedded"
+    assert panel.dsn.layout.display == "none"
+    assert "Ctrl-click" in panel.metadata_hint.value
+
+
+def test_setup_panel_create_without_a_table_shows_the_error(db, conn, schema):
     load_blog(db, schema=schema)
     panel = SetupPanel(db)
-    assert isinstance(panel.dsn, W.Password)
-    panel.table.value = f"{schema}.blog"
-    panel.template.value = "{writer}: {chunk}"
-    assert "writer" in panel.preview_out.value and "not a column" in panel.preview_out.value
-    panel.embedder.value = next(k for k in panel.embedder.options if k.startswith("hashing"))
-    panel.create_button.click()  # the error shows in the panel, nothing is created
-    assert "NotFound" in panel.result.value and "writer" in panel.result.value
+    assert panel.create_button.disabled and panel.create_button.tooltip == "choose a table first"
+    assert "choose a table first" in panel.create_hint.value  # visible, not only as a tooltip
+    panel.create_button.click()  # clicked anyway
+    assert "choose a table first" in panel.result.value and "PgvzError" in panel.result.value
+    assert conn.execute("SELECT count(*) FROM pgvz.vectorizers WHERE source_schema = %s",
+                        [schema]).fetchone() == (0,)
+
+
+def test_setup_panel_never_offers_embedding_destinations(db, schema):
+    load_blog(db, schema=schema)
+    pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(64)).create()
+    tables = [value for _, value in SetupPanel(db).table.options]
+    assert f"{schema}.blog" in tables and f"{schema}.blog_embedding" not in tables
+
+
+def test_setup_panel_table_without_text_does_not_embed_timestamps(db, conn, schema):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, written_at timestamptz, n int)").format(
+        sql.Identifier(schema, "events")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, now(), 3)").format(sql.Identifier(schema, "events")))
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, headline text, body text)").format(
+        sql.Identifier(schema, "news")))
+    panel = SetupPanel(db)
+    panel.table.value = f"{schema}.events"
+    assert panel.template.value == "" and panel.chunk_column.value is None
+    assert panel.chunk_column.options == (("(none)", None),), "only text columns can be chunked"
+    assert "no text column" in panel.template_hint.value
+    assert panel.create_button.disabled
+    panel.template.value = "event {n} at {written_at}"  # the user says what to embed
+    assert not panel.create_button.disabled and "event 3 at" in panel.preview_out.value
+    panel.table.value = f"{schema}.news"
+    assert panel.chunk_column.value == "body" and panel.template.value == ""
+    assert panel.template.placeholder == "headline: {headline}, contents: {chunk}"
+
+
+def test_setup_panel_preview_separates_the_chunks_of_long_rows(db, conn, schema):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(
+        sql.Identifier(schema, "long")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (7, %s)").format(sql.Identifier(schema, "long")),
+                 ["word " * 500])
+    panel = SetupPanel(db)
+    panel.table.value = f"{schema}.long"
+    labels = [(key, j, n) for key, j, n, _ in panel.preview_chunks()]
+    assert labels[0] == ("id=7", 1, labels[0][2]) and labels[0][2] >= 3 and len(labels) == 3
+    assert f"chunk 2 of {labels[0][2]}" in panel.preview_out.value
+
+
+def test_sync_panel_before_create_is_explained_or_waits(db, schema):
+    load_blog(db, schema=schema)
+    setup = SetupPanel(db)
+    with pytest.raises(pgvz.PgvzError, match=r"SyncPanel\(setup\)"):
+        SyncPanel(setup.vectorizer)
+    panel = SyncPanel(setup, refresh=0)
+    assert panel.sync_button.disabled and "waiting for Create" in panel.message.value
+    setup.table.value = f"{schema}.blog"
+    setup.embedder.value = hashing_label(setup)
+    setup.create_button.click()
+    assert panel.v is setup.vectorizer and not panel.sync_button.disabled
+    assert "23" in panel.status_html.value
+    panel.close()
 
 
 def test_sync_panel_batch_all_errors_and_retry(db, conn, schema):
-    from pgvz_nb.embedders import HashingEmbedder
-
     class Picky(HashingEmbedder):
         def embed_documents(self, texts):
             if any("Sourdough" in t for t in texts):
@@ -73,44 +150,197 @@ def test_sync_panel_batch_all_errors_and_retry(db, conn, schema):
     panel.batch_button.click()
     assert v.status()["pending"][0] == len(BLOG_POSTS) - 5
     panel.sync_all(wait=True)
-    assert panel.progress.value == len(BLOG_POSTS) - 5 and "rows/s" in panel.rate.value
+    assert panel.progress.max == len(BLOG_POSTS) - 5 and "rows/s" in panel.rate.value
     assert v.status()["pending"][0] == 0
+    # the Sourdough row failed in the first batch: the bar is not green
+    assert panel.progress.bar_style == "warning" and "1 failed" in panel.message.value
+    assert "NaT" not in panel.status_html.value and "—" in panel.status_html.value  # no pending age
     assert "no bread &lt;b&gt;please&lt;/b&gt;" in panel.errors_html.value, "escaped, not rendered"
     embedded = conn.execute(sql.SQL("SELECT count(DISTINCT blog_id) FROM {}").format(
         sql.Identifier(schema, "blog_embedding"))).fetchone()[0]
     assert embedded == len(BLOG_POSTS) - 1
     panel.retry_button.click()
     assert list(v.queue()["id"]) == [next(i + 1 for i, p in enumerate(BLOG_POSTS) if "Sourdough" in p[0])]
+    panel.sync_all(wait=True)  # it fails again, during this sync: not counted as done
+    assert (panel.progress.value, panel.progress.max) == (0, 1) and panel.progress.bar_style == "warning"
+    assert "1 failed" in panel.message.value
     panel.close()
 
 
-def test_search_panel_filters_highlights_compares_and_maps(db, schema):
+class Slow(HashingEmbedder):
+    """A model that takes ``delay`` seconds a text."""
+
+    def __init__(self, delay: float):
+        super().__init__(64)
+        self.delay = delay
+
+    def embed_documents(self, texts):
+        time.sleep(self.delay * len(texts))
+        return super().embed_documents(texts)
+
+
+def test_sync_panel_bar_moves_while_one_large_batch_is_embedded(db, schema):
+    load_blog(db, schema=schema)
+    total = len(BLOG_POSTS)
+    # the first claim takes batch_size (64) rows: all 23 in one batch of about 3 s
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=Slow(0.12)).create()
+    panel = SyncPanel(v, refresh=0, poll=0.1)
+    seen: list[tuple[float, int]] = []
+    panel.progress.observe(lambda ch: seen.append((time.monotonic(), ch["new"])), names="value")
+    t0 = time.monotonic()
+    panel.sync_all(wait=True)
+    moving = [(t - t0, n) for t, n in seen if 0 < n < total]
+    assert moving and moving[0][0] < 2.0, "progress within the first 2 s of work"
+    assert panel.progress.value == total and panel.progress.bar_style == "success"
+    panel.close()
+
+
+def test_sync_panel_progress_moves_during_a_sync_and_resumes_after_stop(db, schema):
+    load_blog(db, schema=schema)
+    total = len(BLOG_POSTS)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=Slow(0.05),
+                        batch_size=2).create()
+    panel = SyncPanel(v, refresh=0, batch_seconds=0.3, poll=0.1)
+    seen, rates, statuses = [], [], []
+    panel.progress.observe(lambda ch: seen.append(ch["new"]), names="value")
+    panel.rate.observe(lambda ch: rates.append(time.monotonic()), names="value")
+    panel.status_html.observe(lambda ch: statuses.append(ch["new"]), names="value")
+    thread = panel.sync_all()
+    deadline = time.monotonic() + 30
+    while int(v.status()["pending"][0]) > total - 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert 0 < panel.progress.value < total, "the bar moves before the end"
+    assert len(statuses) >= 2, "the status table refreshes during the sync"
+    panel.stop_button.click()
+    assert "stopping after this batch" in panel.message.value and panel.stop_button.disabled
+    thread.join(30)
+    stopped_at = panel.progress.value
+    assert "stopped" in panel.message.value and 0 < stopped_at < total
+    assert stopped_at == total - int(v.status()["pending"][0]), "the bar shows what was written"
+    assert gaps_ok(rates), "progress reported at least every 2 s"
+    panel.sync_all(wait=True)  # resume: the bar counts the whole work, not only this run
+    assert panel.progress.max == total and panel.progress.value == total
+    assert panel.progress.bar_style == "success" and v.status()["pending"][0] == 0
+    assert any(stopped_at < s < total for s in seen)
+    panel.close()
+
+
+def test_sync_panel_shows_a_sync_that_fails_in_red(db, conn, schema):
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(64)).create()
+    panel = SyncPanel(v, refresh=0)
+    panel._get_runner()
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO gone").format(sql.Identifier(schema, "blog")))
+    panel.sync_button.click()
+    if panel.thread is not None:
+        panel.thread.join(30)
+    assert panel.progress.bar_style == "danger" and "pgvz-error" in panel.message.value
+    assert "reopen the vectorizer" in panel.message.value and not panel.sync_button.disabled
+    panel.close()
+
+
+def gaps_ok(times: list[float], most: float = 2.0) -> bool:
+    return len(times) >= 2 and all(b - a <= most for a, b in itertools.pairwise(times))
+
+
+def explorer(db, schema, **kwargs):
     load_blog(db, schema=schema)
     v = pgvz.Vectorizer(db, f"{schema}.blog", template=TEMPLATE, chunk_column="contents",
                         metadata=["author", "category", "published_time"], time_column="published_time",
-                        where="published_time IS NOT NULL").create()
+                        where="published_time IS NOT NULL", **kwargs).create()
     v.sync(progress=False)
+    return v
+
+
+def test_search_panel_filters_highlights_compares_and_maps(db, schema):
+    v = explorer(db, schema)
     panel = SearchPanel(v, filters=["author", "category", "blog_id"])
     assert ("Pets", "Pets") in panel.filters["category"].options
-    panel.query.value = "Blogs about cats"
+    assert all(w.label == "(any)" for w in panel.filters.values()), "not blank"
     panel.filters["blog_id"].value = 2  # a number stays a number in the filter
-    assert list(panel.search()[0]["blog_id"]) == [2]
-    panel.filters["blog_id"].value = None
-    panel.k.value = 3
-    panel.button.click()
+    panel.query.value = "Blogs about cats"  # Enter: searches
+    assert list(panel.last[0]["blog_id"]) == [2]
+    panel.filters["blog_id"].value = None  # a filter change searches again
+    assert len(panel.last[0]) == 5
+    panel.k.value = 3  # so does k
     (frame,) = panel.last
-    assert frame["blog_id"][0] == 1
+    assert len(frame) == 3 and frame["blog_id"][0] == 1
     assert "<mark>cats</mark>" in panel.results.value and "source row" in panel.results.value
+    assert "white-space:pre-wrap" in panel.results.value
     assert panel.code.value == "v.search('Blogs about cats', k=3)"
     panel.filters["category"].value = "Travel"
     panel.compare.value = "sourdough bread"
     panel.start.value = date(2023, 1, 1)
     panel.show_map.value = True
-    frames = panel.search()
+    frames = panel.last
     assert len(frames) == 2 and set(frames[0]["category"]) == {"Travel"}
     assert all(t >= "2023" for t in frames[1]["published_time"])
     assert "start=datetime.datetime(2023, 1, 1" in panel.code.value and panel.code.value.count("v.search(") == 2
-    assert panel.map.value[:8] == b"\x89PNG\r\n\x1a\n" and len(panel.map.value) > 5000
+    pts = panel.map_data.points
+    assert set(pts[pts["kind"] == "hit"]["id"]) == {str(i) for i in frames[0]["id"]}
+    assert type(panel.map.children[1]).__name__ == "JupyterScatter"
+    assert panel.map_data.png()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert panel.map.layout.display is None
+    panel.show_map.value = False
+    assert panel.map.layout.display == "none"
+    fallback = panel._repr_mimebundle_()["text/html"]  # exported HTML, no widget state
+    assert "Blogs about cats" in fallback and "1. " in fallback
+    v.close()
+
+
+def test_search_panel_offers_no_exact_time_filter(db, schema):
+    v = explorer(db, schema)
+    panel = SearchPanel(v)
+    assert set(panel.filters) == {"author", "category"} and not panel.start.disabled
+    v.close()
+
+
+def test_map_always_holds_the_hits(db, schema):
+    from pgvz_nb.widgets import embedding_map
+
+    v = explorer(db, schema, embedder=HashingEmbedder(64))
+    hits = v.search("Blogs about cats", k=5)
+    m = embedding_map(v, "Blogs about cats", hits, limit=2)  # fewer samples than hits
+    kinds = m.points["kind"].value_counts()
+    assert kinds["hit"] == 5 and kinds["query"] == 1 and len(m.points) == 6
+    m = embedding_map(v, "Blogs about cats", hits, limit=10)
+    assert len(m.points) == 11 and m.points["kind"].value_counts()["hit"] == 5
+    v.create_index(hybrid=True)
+    fused = v.search("sourdough starter rye", k=6, hybrid=True)
+    m = embedding_map(v, "sourdough starter rye", fused, limit=1)  # full-text hits far from the query
+    assert set(m.points[m.points["kind"] == "hit"]["id"]) == {str(i) for i in fused["id"]}
+    assert "Sourdough" in " ".join(m.points["text"]), "hover text: the chunk"
+    bundle = m._repr_mimebundle_()
+    assert {"image/png", "text/plain", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+    v.close()
+
+
+def test_search_panel_hybrid_shows_the_score_it_ranks_by(db, schema):
+    v = explorer(db, schema, embedder=HashingEmbedder(64))
+    v.create_index(hybrid=True)
+    panel = SearchPanel(v)
+    panel.hybrid.value = True
+    panel.query.value = "sourdough starter rye"
+    assert "<th title='fused rank score (ordering)'>score</th>" in panel.results.value
+    scores = list(panel.last[0]["score"])
+    assert scores == sorted(scores, reverse=True)
+    assert f"{scores[0]:.4f}" in panel.results.value
+    v.close()
+
+
+def test_search_panel_shows_every_error_inside(db, schema):
+    class Broken(HashingEmbedder):
+        def embed_query(self, text):
+            raise RuntimeError("model <gone>")
+
+    v = explorer(db, schema, embedder=HashingEmbedder(64))
+    panel = SearchPanel(v)
+    panel.button.click()
+    assert "type a query first" in panel.results.value
+    v.embedder = Broken(64)
+    panel.query.value = "cats"
+    assert "RuntimeError" in panel.results.value and "model &lt;gone&gt;" in panel.results.value
+    assert "traceback" in panel.results.value
     v.close()
 
 
@@ -120,14 +350,18 @@ def test_highlight_escapes_before_marking():
     assert out.count("<mark>") == 4
 
 
+def test_highlight_marks_whole_words_not_stopwords():
+    out = highlight("The other cat sat with the cats", "the cats")
+    assert out == "The other cat sat with the <mark>cats</mark>"
+    assert "<mark>" not in highlight("catalogue", "cat")
+
+
 def is_utc(series) -> bool:
     """A tz-aware datetime column (pandas picks ns or us resolution by version)."""
     return str(series.dtype).startswith("datetime64[") and str(series.dtype).endswith(", UTC]")
 
 
 def test_frames_have_proper_dtypes_and_last_success(db, conn, schema):
-    from pgvz_nb.embedders import HashingEmbedder
-
     load_blog(db, schema=schema)
     v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder()).create()
     st = v.status()

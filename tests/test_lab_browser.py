@@ -1,0 +1,203 @@
+"""The panels tutorial in JupyterLab itself, driven by a real browser (Playwright with Debian's
+chromium): open notebooks/07-panels-on-your-table.ipynb, Run All with the clicks left to the
+user (PGVZ_NB_CLICK=0), press Create with no table (the panel says why), pick the table,
+create, sync (the bar moves before 100%), search with Enter, hover a point on the map.
+Screenshots go to test-artifacts/lab_*.png."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from psycopg import sql
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIAL = ROOT / "notebooks" / "07-panels-on-your-table.ipynb"
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def lab(db, schema, tmp_path):
+    """JupyterLab on 127.0.0.1 serving a copy of the tutorial; kernels reach the test server."""
+    pytest.importorskip("jupyterlab")
+    if not os.path.exists(CHROMIUM):
+        pytest.skip("Debian's chromium is not installed (make test installs it as root)")
+    root = tmp_path / "lab"
+    root.mkdir()
+    shutil.copy(TUTORIAL, root / TUTORIAL.name)
+    port = _free_port()
+    env = {**os.environ, "PGVZ_DSN": db.dsn, "PGVZ_NB_SCHEMA": schema, "PGVZ_NB_CLICK": "0",
+           "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
+    log = open(tmp_path / "lab.log", "w")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+         "--ServerApp.port_retries=0", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}",
+         "--allow-root", "--LabApp.news_url=",
+         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2).close()
+                break
+            except OSError:
+                if time.time() > deadline or server.poll() is not None:
+                    raise AssertionError("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}/lab/tree/{TUTORIAL.name}"
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        log.close()
+
+
+def _shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"lab_{name}.png"), full_page=False)
+
+
+def _progress_percent(bar) -> float:
+    style = bar.get_attribute("style") or ""
+    for part in style.split(";"):
+        if part.strip().startswith("width"):
+            return float(part.split(":")[1].strip().rstrip("%") or 0)
+    return 0.0
+
+
+def test_panels_tutorial_in_jupyterlab(db, conn, schema, lab):
+    playwright = pytest.importorskip("playwright.sync_api")
+    with playwright.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--headless", "--no-sandbox", "--disable-background-networking", "--use-angle=swiftshader",
+            "--enable-unsafe-swiftshader"])
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.set_default_timeout(120_000)
+        page.goto(lab)
+        page.locator(".jp-Notebook").wait_for()
+        select = page.get_by_role("button", name="Select", exact=True)  # a stripped notebook asks
+        try:
+            select.wait_for(timeout=20_000)
+            select.click()
+        except playwright.TimeoutError:
+            pass
+        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
+        no_news = page.get_by_role("button", name="No", exact=True)  # JupyterLab asks about its news
+        if no_news.count():
+            no_news.first.click()
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
+
+        # the SetupPanel, nothing chosen: Create says why it cannot run
+        create = page.locator(".widget-button", has_text="Create").first
+        create.wait_for()
+        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
+        create.scroll_into_view_if_needed()
+        create.click(force=True)
+        setup = page.locator(".widget-vbox", has=create).first
+        page.wait_for_timeout(500)
+        _shot(page, "1_create_without_table")
+        assert "choose a table first" in setup.inner_text()
+
+        # pick the table (its text column becomes the chunk column), create
+        table = setup.locator("select").first
+        table.select_option(label=f"{schema}.tickets")
+        setup.get_by_text("chunk 1 of", exact=False).first.wait_for()  # the preview
+        chunk = setup.locator(".widget-dropdown", has_text="Chunk column").locator("select")
+        if chunk.input_value() != "body":
+            chunk.select_option(label="body")
+        page.wait_for_function("b => !b.disabled", arg=create.element_handle())
+        create.click()
+        setup.get_by_text("created", exact=False).first.wait_for()
+        _shot(page, "2_created")
+
+        # enough rows that a sync takes a few seconds, then Sync all: the bar moves before 100%
+        with conn.cursor() as cur:
+            cur.execute(sql.SQL(
+                "INSERT INTO {} (subject, product, body) SELECT 'Ticket ' || g, 'shop', "
+                "repeat('The parcel for order ' || g || ' has not arrived and the tracking page shows no update. ', 6) "
+                "FROM generate_series(1, 1500) AS g").format(sql.Identifier(schema, "tickets")))
+        sync_button = page.locator(".widget-button", has_text="Sync all").first
+        sync_button.scroll_into_view_if_needed()
+        page.wait_for_function("b => !b.disabled", arg=sync_button.element_handle())
+        sync_button.click()
+        bar = page.locator(".pgvz-progress .progress-bar").first
+        seen: list[float] = []
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            seen.append(_progress_percent(bar))
+            if seen[-1] >= 100:
+                break
+            if 0 < seen[-1] < 100 and len([s for s in seen if 0 < s < 100]) == 1:
+                _shot(page, "3_syncing")
+            page.wait_for_timeout(200)
+        assert any(0 < s < 100 for s in seen), f"the bar never showed progress between 0 and 100: {seen[:20]}"
+        assert seen[-1] >= 100, seen[-20:]
+        page.get_by_text("queue empty", exact=False).first.wait_for(timeout=60_000)
+
+        # the SearchPanel cell again (it ran before Create), then a query and Enter
+        cell = page.locator(".jp-Cell", has_text="search = SearchPanel(").first
+        cell.scroll_into_view_if_needed()
+        cell.locator(".jp-InputArea-editor").click()
+        page.keyboard.press("Shift+Enter")
+        query = page.locator(".jp-Cell", has_text="search = SearchPanel(").locator("input[type='text']").first
+        query.wait_for()
+        query.fill("I cannot sign in to my account")
+        query.press("Enter")
+        hit = page.locator("tr.pgvz-hit").first
+        hit.wait_for()
+        _shot(page, "4_search")
+        results = page.locator(".pgvz-results").first.inner_text()
+        assert "login page" in results or "sign-in code" in results, results[:500]
+
+        # the map: a point under the mouse shows its text
+        map_box = page.locator(".jp-Cell", has_text="search = SearchPanel(").locator("canvas").first
+        map_box.scroll_into_view_if_needed()
+        map_box.wait_for()
+        bounds = map_box.bounding_box()
+        assert bounds is not None
+        tip = None
+        for fx in (0.5, 0.3, 0.7, 0.4, 0.6):
+            for fy in (0.5, 0.3, 0.7, 0.4, 0.6):
+                page.mouse.move(bounds["x"] + bounds["width"] * fx, bounds["y"] + bounds["height"] * fy)
+                page.wait_for_timeout(300)
+                # jupyter-scatter's tooltip is a positioned div inside the widget's shadow root
+                found = [t for t in page.evaluate("""() => {
+                    const out = [];
+                    const walk = (root) => root.querySelectorAll('*').forEach(e => {
+                        if (e.shadowRoot) walk(e.shadowRoot);
+                        const s = getComputedStyle(e);
+                        if ((s.position === 'absolute' || s.position === 'fixed') && s.visibility !== 'hidden'
+                            && s.opacity !== '0' && /Label/.test(e.textContent || '')
+                            && /Text/.test(e.textContent || '') && (e.textContent || '').length < 3000)
+                            out.push(e.textContent.slice(0, 300));
+                    });
+                    walk(document); return out; }""")]
+                if found:
+                    tip = found[0]
+                    break
+            if tip:
+                break
+        _shot(page, "5_map_hover")
+        browser.close()
+    assert tip, "no tooltip appeared over the map"
+    assert "tickets_id=" in tip and ("parcel" in tip or "Subject" in tip or "log" in tip), tip
