@@ -911,6 +911,8 @@ class Vectorizer(_Connections):
             for c in extra:
                 c.close()
             if bar is not None:
+                if state.report.failed:  # not a green bar when rows failed (they are in errors())
+                    bar.colour = _FAILED_COLOUR
                 bar.close()
         if state.errors:
             raise state.errors[0]
@@ -1115,6 +1117,10 @@ class Vectorizer(_Connections):
         self.close()
         self._queue = None
 
+
+
+#: the progress bar's colour when a sync left failed rows (orange, as the SyncPanel's)
+_FAILED_COLOUR = "#f0ad4e"
 
 
 def _progress(total: int, name: str):

@@ -229,3 +229,33 @@ def test_set_embedder_swaps_the_model_but_refuses_another(db, conn, schema):
     assert fixed.texts_embedded == 1  # the swapped-in model did the work
     v.close()
     opened.close()
+
+
+def test_sync_progress_bar_is_not_green_when_rows_failed(db, schema, monkeypatch):
+    """Tutorial 03 showed a full green bar beside "1 failed": the bar now turns orange."""
+    from pgvz_nb import vectorizer as vmod
+    from pgvz_nb.embedders import HashingEmbedder
+    from pgvz_nb.sample import load_blog
+
+    class Poisoned(HashingEmbedder):
+        def embed_documents(self, texts):
+            if any("giraffes" in t for t in texts):
+                raise ValueError("this model cannot take giraffes")
+            return super().embed_documents(texts)
+
+    bars = []
+    real = vmod._progress
+    monkeypatch.setattr(vmod, "_progress", lambda total, name: bars.append(real(total, name)) or bars[-1])
+    load_blog(db, schema=schema)
+    with db.connect() as c:
+        c.execute(sql.SQL("UPDATE {} SET contents = contents || ' giraffes' WHERE id = 2").format(
+            sql.Identifier(schema, "blog")))
+        c.commit()
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=Poisoned(64)).create()
+    report = v.sync(progress=True)
+    assert report.failed == 1 and bars and bars[0].colour == vmod._FAILED_COLOUR
+    clean = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(64),
+                            name="clean", destination=f"{schema}.blog_clean").create()
+    assert clean.sync(progress=True).failed == 0 and bars[-1].colour != vmod._FAILED_COLOUR
+    v.close()
+    clean.close()
