@@ -342,10 +342,8 @@ class Queue:
             if first(conn.execute(q.helper_function_source(), {"signature": signature}))[0] != body:
                 conn.execute(q.create_helper_function(function, params, returns, body))
         for function, make_body, name, event, tags in q.EVENT_TRIGGERS:
-            found, installed, installed_tags, superuser = first(conn.execute(q.event_function_source(), {
+            found, installed, installed_tags = first(conn.execute(q.event_function_source(), {
                 "fschema": function[0], "fname": function[1], "evt": name}))
-            if not superuser:
-                return
             body = q.stored_text(make_body(), conn)
             if found != body:
                 conn.execute(q.create_event_function(function, body))

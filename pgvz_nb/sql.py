@@ -893,15 +893,14 @@ EVENT_TRIGGERS = (
 
 
 def event_function_source() -> sql.Composed:
-    """(body or NULL, event trigger installed, its tags sorted or NULL if it has none, current
-    role is a superuser) for function %(fschema)s.%(fname)s and event trigger %(evt)s."""
+    """(body or NULL, event trigger installed, its tags sorted or NULL if it has none) for
+    function %(fschema)s.%(fname)s and event trigger %(evt)s."""
     return sql.SQL(
         "SELECT (SELECT p.prosrc FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace "
         "        WHERE n.nspname = %(fschema)s AND p.proname = %(fname)s AND p.pronargs = 0), "
         "EXISTS (SELECT 1 FROM pg_event_trigger WHERE evtname = %(evt)s), "
         "(SELECT CASE WHEN evttags IS NOT NULL THEN ARRAY(SELECT unnest(evttags) ORDER BY 1) END "
-        " FROM pg_event_trigger WHERE evtname = %(evt)s), "
-        "(SELECT rolsuper FROM pg_roles WHERE rolname = current_user)"
+        " FROM pg_event_trigger WHERE evtname = %(evt)s)"
     ).format()
 
 
