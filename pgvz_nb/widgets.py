@@ -144,11 +144,15 @@ class SetupPanel(_Fallback, W.VBox):
 
     def __init__(self, db: Database | None = None):
         self.db = db
+        self._given = db  # what "embedded" connects to again after a DSN was tried
         self.vectorizer: Vectorizer | None = None
         self._on_create: list[Callable[[Vectorizer], None]] = []
         self._types: dict[str, str] = {}
         self._key: list[str] = []
-        self.source = W.ToggleButtons(options=["embedded", "DSN"], value="embedded", description="Database")
+        # a database given by DSN (PGVZ_DSN, say) is not the embedded server: say so
+        first = "embedded" if db is None or db.embedded else "this database"
+        self.source = W.ToggleButtons(options=[(first, "embedded"), ("DSN", "DSN")], value="embedded",
+                                      description="Database")
         self.dsn = W.Password(placeholder="postgresql://user:password@host/db", description="DSN",
                               layout=W.Layout(display="none"))
         self.connect_button = W.Button(description="Connect", icon="plug")
@@ -202,10 +206,12 @@ class SetupPanel(_Fallback, W.VBox):
 
         if self.source.value == "DSN":
             if not self.dsn.value:
-                raise PgvzError("type a DSN (postgresql://user:password@host/db) first, or pick embedded")
+                raise PgvzError("type a DSN (postgresql://user:password@host/db) first, or pick "
+                                f"{self.source.options[0][0]}")
             self.db = connect(self.dsn.value)
-        elif self.db is None:
-            self.db = connect(None)
+        else:
+            self.db = self._given if self._given is not None else connect(None)
+            self._given = self.db
         self.connection.value = f"connected: <code>{html.escape(mask_dsn(self.db.dsn))}</code>"
         with self.db.connect() as conn:
             rows = conn.execute(q.list_tables()).fetchall()
@@ -295,7 +301,11 @@ class SetupPanel(_Fallback, W.VBox):
         return None
 
     def code_text(self) -> str:
-        """The Python that does what Create does (the DSN comes from the environment)."""
+        """The Python that does what Create does (the DSN comes from the environment); until
+        Create can work, a comment saying what is missing."""
+        why = self.problem()
+        if why is not None:
+            return f"# {why}: the code that creates the vectorizer appears here"
         opts = self.options()
         kind = EMBEDDERS[self.embedder.value]
         lines = ["import pgvz_nb as pgvz", ""]

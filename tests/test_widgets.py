@@ -81,6 +81,50 @@ def test_setup_panel_create_without_a_table_shows_the_error(db, conn, schema):
                         [schema]).fetchone() == (0,)
 
 
+def test_setup_panel_code_is_a_comment_until_it_can_run_then_runs(db, conn, schema, monkeypatch):
+    load_blog(db, schema=schema)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, n int)").format(sql.Identifier(schema, "counts")))
+    panel = SetupPanel(db)
+    for step in ("no table", "no text column"):
+        code = panel.code.value
+        assert code == panel.code_text() and code.startswith("# ") and "\n" not in code, step
+        assert "Vectorizer(" not in code and "None" not in code, f"{step}: nothing that looks runnable"
+        compile(code, "<panel code>", "exec")
+        panel.table.value = f"{schema}.counts"
+    assert "write a template" in panel.code.value
+    assert "choose a table first" not in panel.code.value
+    panel.table.value = f"{schema}.blog"
+    panel.embedder.value = hashing_label(panel)
+    code = panel.code.value
+    assert f"'{schema}.blog'" in code and "chunk_column='contents'" in code
+    # what the box says is what Create would do: run it, against this test's database
+    monkeypatch.setenv("PGVZ_DSN", db.dsn)
+    scope: dict = {}
+    exec(compile(code, "<panel code>", "exec"), scope)
+    scope["v"].close()
+    assert conn.execute("SELECT count(*) FROM pgvz.vectorizers WHERE source_schema = %s AND source_table = 'blog'",
+                        [schema]).fetchone() == (1,)
+    embedded = conn.execute(sql.SQL("SELECT count(DISTINCT blog_id) FROM {}").format(
+        sql.Identifier(schema, "blog_embedding"))).fetchone()[0]
+    assert embedded == len(BLOG_POSTS), "the code's v.sync() embedded every row"
+
+
+def test_setup_panel_names_a_given_database_and_returns_to_it(db, schema):
+    load_blog(db, schema=schema)
+    given = pgvz.connect(db.dsn)  # as PGVZ_DSN would: not the embedded server, whatever it runs on
+    panel = SetupPanel(given)
+    assert panel.source.options[0] == ("this database", "embedded") and panel.db is given
+    panel.source.value = "DSN"
+    panel.dsn.value = db.dsn
+    panel.connect_button.click()
+    assert panel.db is not given and panel.db.dsn == db.dsn
+    panel.source.value = "embedded"
+    panel.connect_button.click()
+    assert panel.db is given, "back to the database it was given, not the DSN typed"
+    assert (f"{schema}.blog", f"{schema}.blog") in panel.table.options
+    assert SetupPanel().source.options[0] == ("embedded", "embedded")
+
+
 def test_setup_panel_never_offers_embedding_destinations(db, schema):
     load_blog(db, schema=schema)
     pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(64)).create()
