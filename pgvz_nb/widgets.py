@@ -76,41 +76,14 @@ class _Fallback:
         return data
 
 
-def _cell(value: Any) -> str:
-    """A table cell as a person reads it: "8 s", "2026-12-01 14:20:31 UTC", "—" for missing."""
-    import datetime as dt
+def _table_html(frame, columns: list[str] | None = None, max_chars: int = 160) -> str:
+    """A DataFrame's ``columns`` as an escaped HTML table, displayed as the frames display
+    themselves ("6 s ago", "—" for missing, long texts cut)."""
+    from .frames import readable, table_html
 
-    import pandas as pd
-
-    with contextlib.suppress(TypeError, ValueError):
-        if value is None or (not isinstance(value, (list, tuple, dict)) and pd.isna(value)):
-            return "—"
-    if isinstance(value, dt.timedelta):
-        secs = value.total_seconds()
-        for unit, size in (("d", 86400), ("h", 3600), ("min", 60)):
-            if secs >= size:
-                return f"{secs / size:.1f} {unit}"
-        return f"{secs:.0f} s"
-    if isinstance(value, dt.datetime):
-        return value.strftime("%Y-%m-%d %H:%M:%S %Z").strip()
-    return str(value)
-
-
-def _table_html(frame, max_chars: int = 160) -> str:
-    """A DataFrame as an escaped HTML table (long texts cut)."""
     if frame is None or len(frame) == 0:
         return "<i>nothing</i>"
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = []
-    for rec in frame.itertuples(index=False):
-        cells = []
-        for v in rec:
-            text = _cell(v)
-            if len(text) > max_chars:
-                text = text[: max_chars - 1] + "…"
-            cells.append(f"<td>{html.escape(text)}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table class='pgvz'><thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+    return table_html(readable(frame, columns, width=max_chars))
 
 
 def _embedder(kind: str):
@@ -550,7 +523,7 @@ class SyncPanel(_Fallback, W.VBox):
         super().close()
 
     def _show_status(self, st) -> None:
-        self.status_html.value = _table_html(st[_STATUS_COLUMNS])
+        self.status_html.value = _table_html(st, _STATUS_COLUMNS)
         if st["uncovered_partitions"][0]:
             self.status_html.value += (
                 "<p style='color:#b00'>Writes aimed directly at these partitions are not queued: "

@@ -5,6 +5,7 @@ and the widgets hold afterwards."""
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import date
 
@@ -190,6 +191,7 @@ def test_sync_panel_batch_all_errors_and_retry(db, conn, schema):
                         batch_size=5, max_attempts=1, retry_backoff=0).create()
     panel = SyncPanel(v, refresh=0)
     assert "23" in panel.status_html.value  # pending
+    assert re.search(r"<td>(\d+ s ago|just now)</td>", panel.status_html.value), "an age, as status() shows it"
     panel.batch_button.click()
     assert v.status()["pending"][0] == len(BLOG_POSTS) - 5
     panel.sync_all(wait=True)
@@ -199,6 +201,7 @@ def test_sync_panel_batch_all_errors_and_retry(db, conn, schema):
     assert panel.progress.bar_style == "warning" and "1 failed" in panel.message.value
     assert "NaT" not in panel.status_html.value and "—" in panel.status_html.value  # no pending age
     assert "no bread &lt;b&gt;please&lt;/b&gt;" in panel.errors_html.value, "escaped, not rendered"
+    assert re.search(r"\d\d:\d\d:\d\d UTC \(", panel.errors_html.value), "to the second, with its age"
     embedded = conn.execute(sql.SQL("SELECT count(DISTINCT blog_id) FROM {}").format(
         sql.Identifier(schema, "blog_embedding"))).fetchone()[0]
     assert embedded == len(BLOG_POSTS) - 1
