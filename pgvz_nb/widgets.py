@@ -746,6 +746,7 @@ class SearchPanel(_Fallback, W.VBox):
         self.filters = {key: W.Dropdown(description=key, style=_WIDE, index=0,
                                         options=[("(any)", None)] + [(str(v), v) for v in self._values(key)])
                         for key in keys}
+        self.title_column = _title_column(vectorizer)
         self.start = W.DatePicker(description="From", disabled=not time_col)
         self.end = W.DatePicker(description="Until", disabled=not time_col)
         self.show_map = W.Checkbox(value=True, description="2-D map (PCA)")
@@ -849,13 +850,18 @@ class SearchPanel(_Fallback, W.VBox):
             return f"<b>{html.escape(query)}</b><br><i>no results</i>"
         sources = self._source_rows(frame)
         scored = "score" in frame.columns
+        col = self.title_column
         rows = []
         for rec, source in zip(frame.to_dict("records"), sources):
             meta = ", ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in rec.items()
-                             if k not in ("rank", "distance", "contents", "id", "score", "title", "text"))
+                             if k not in ("rank", "distance", "contents", "id", "score", "title", "text", col))
             # the chunk's own text when the frame has it (not the template's prefix), as embedded else
             body = rec.get("text") or rec["contents"]
-            title = f"<b>{html.escape(str(rec['title']))}</b><br>" if rec.get("title") else ""
+            # the row's own title (a metadata key, else its source row's column) before the
+            # frame's, which is the table and key ("tickets 3") when neither holds one
+            found = rec.get(col) if col in rec else (source or {}).get(col) if col else None
+            text = found if found not in (None, "") else rec.get("title")
+            title = f"<b class='pgvz-title'>{html.escape(str(text))}</b><br>" if text not in (None, "") else ""
             src = "" if source is None else (
                 "<details><summary>source row</summary><pre style='white-space:pre-wrap'>"
                 + html.escape("\n".join(f"{k}: {v}" for k, v in source.items())) + "</pre></details>")
@@ -874,15 +880,44 @@ class SearchPanel(_Fallback, W.VBox):
 
     def _source_rows(self, frame) -> list[dict | None]:
         key_col = self.v.config.metadata_key
-        queue, _, _ = self.v._ready()
-        if len(queue.keys) != 1 or key_col not in frame.columns:
+        if key_col not in frame.columns:
             return [None] * len(frame)
-        key = queue.keys[0]
-        with self.v.db.connect() as conn:
-            cur = conn.execute(q.source_rows(self.v.source, key), [[str(k) for k in frame[key_col]]])
-            names = column_names(cur)
-            found = {str(r[names.index(key)]): dict(zip(names, r)) for r in cur.fetchall()}
+        found = _source_rows(self.v, list(frame[key_col]))
         return [found.get(str(k)) for k in frame[key_col]]
+
+
+def _source_rows(v: Vectorizer, keys: list[Any]) -> dict[str, dict[str, Any]]:
+    """The source rows whose key is one of ``keys`` (metadata key values), by ``str(key)``;
+    none for a composite key."""
+    queue, _, _ = v._ready()
+    if len(queue.keys) != 1 or not keys:
+        return {}
+    key = queue.keys[0]
+    with v.db.connect() as conn:
+        cur = conn.execute(q.source_rows(v.source, key), [sorted({str(k) for k in keys if k is not None})])
+        names = column_names(cur)
+        return {str(r[names.index(key)]): dict(zip(names, r)) for r in cur.fetchall()}
+
+
+def _title_column(v: Vectorizer) -> str | None:
+    """The column that titles a hit: a metadata key, else a template field, named like a
+    title (``frames.TITLE_NAMES``: title, name, subject, ...), as search frames pick it;
+    else such a text column of the source, which the frames do not read."""
+    from .frames import TITLE_NAMES
+    from .pipeline import template_fields
+
+    def titled(names: list[str]) -> str | None:
+        lower: dict[str, str] = {}
+        for n in names:
+            lower.setdefault(n.lower(), n)
+        return next((lower[t] for t in TITLE_NAMES if t in lower), None)
+
+    found = titled(list(v.config.metadata)) or titled(template_fields(v.config.template or ""))
+    if found is not None:
+        return found
+    with v.db.connect() as conn:
+        columns = conn.execute(q.table_columns(), list(v.source)).fetchall()
+    return titled([c[0] for c in columns if _is_text(c[1])])
 
 
 def _as_utc(day):
@@ -994,10 +1029,16 @@ def embedding_map(v: Vectorizer, query: str, hits, limit: int = 400, *, filter: 
     axes[:, :min(2, len(vt))] = vt[:2].T
     xy = np.vstack([(vecs - mean) @ axes, ((qv - mean) @ axes)[None, :]])
     hit_ids = {str(i) for i in hits["id"]} if len(hits) else set()
+    col = _title_column(v)
+    titles: dict[str, Any] = {}
+    if col is not None and col not in v.config.metadata:  # in the source row only
+        titles = {k: row.get(col) for k, row in _source_rows(v, [(r[2] or {}).get(key) for r in rows]).items()}
     labels, texts, kinds, ids = [], [], [], []
     for r in rows:
         meta = r[2] or {}
-        labels.append(str(meta.get("title", f"{key}={meta.get(key)}")))
+        title = meta.get(col) if col in meta else titles.get(str(meta.get(key)))
+        row_id = f"{key}={meta.get(key)}"
+        labels.append(row_id if title in (None, "") else f"{title} ({row_id})")
         text = str(r[1])
         texts.append(text if len(text) <= 240 else text[:239] + "…")
         kinds.append("hit" if str(r[3]) in hit_ids else "chunk")

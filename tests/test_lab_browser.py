@@ -2,11 +2,12 @@
 chromium): open notebooks/07-panels-on-your-table.ipynb, Run All with the clicks left to the
 user (PGVZ_NB_CLICK=0), press Create with no table (the panel says why), pick the table,
 create, sync (the bar moves before 100%), search with Enter, hover a point on the map.
-Screenshots go to test-artifacts/lab_*.png."""
+Hits and map points are titled by the ticket's subject. Screenshots go to test-artifacts/lab_*.png."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -168,6 +169,12 @@ def test_panels_tutorial_in_jupyterlab(db, conn, schema, lab):
         _shot(page, "4_search")
         results = page.locator(".pgvz-results").first.inner_text()
         assert "login page" in results or "sign-in code" in results, results[:500]
+        # each hit is titled by its ticket's subject (no template names it), not "tickets 3"
+        subjects = {str(i): s for i, s in conn.execute(sql.SQL("SELECT id, subject FROM {}").format(
+            sql.Identifier(schema, "tickets"))).fetchall()}
+        titles = page.locator(".pgvz-results .pgvz-title").all_inner_texts()
+        assert titles and set(titles) <= set(subjects.values()), titles
+        assert not re.search(r"tickets \d", results), results[:500]
 
         # the map: a point under the mouse shows its text
         map_box = page.locator(".jp-Cell", has_text="search = SearchPanel(").locator("canvas").first
@@ -201,3 +208,5 @@ def test_panels_tutorial_in_jupyterlab(db, conn, schema, lab):
         browser.close()
     assert tip, "no tooltip appeared over the map"
     assert "tickets_id=" in tip and ("parcel" in tip or "Subject" in tip or "log" in tip), tip
+    row = re.search(r"\(tickets_id=(\d+)\)", tip)
+    assert row and f"{subjects[row.group(1)]} (tickets_id={row.group(1)})" in tip, f"labelled by its subject: {tip}"

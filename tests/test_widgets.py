@@ -343,6 +343,72 @@ def test_search_panel_offers_no_exact_time_filter(db, schema):
     v.close()
 
 
+def tickets(conn, schema, rows=(("Cannot log in after reset", "portal", "The login page says my password is wrong."),
+                                ("Parcel stuck in customs", "shop", "Order 4471 is held at customs."),
+                                ("Refund for a cancelled order", "shop", "The money is still on my card."))):
+    conn.execute(sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, subject text, product text, body text)").format(
+        sql.Identifier(schema, "tickets")))
+    with conn.cursor() as cur:
+        cur.executemany(sql.SQL("INSERT INTO {} (subject, product, body) VALUES (%s, %s, %s)").format(
+            sql.Identifier(schema, "tickets")), rows)
+
+
+def shown_titles(panel) -> list[str]:
+    return re.findall(r"<b class='pgvz-title'>(.*?)</b>", panel.results.value)
+
+
+def test_search_panel_titles_hits_by_the_rows_subject(db, conn, schema):
+    tickets(conn, schema)
+    setup = SetupPanel(db)  # as a user would: the table, nothing else (chunks of body, no template)
+    setup.table.value = f"{schema}.tickets"
+    setup.embedder.value = hashing_label(setup)
+    assert setup.chunk_column.value == "body" and setup.template.value == ""
+    v = setup.create()
+    v.sync(progress=False)
+    panel = SearchPanel(v)
+    panel.query.value = "my login password is wrong"
+    (frame,) = panel.last
+    subjects = dict(conn.execute(sql.SQL("SELECT id, subject FROM {}").format(
+        sql.Identifier(schema, "tickets"))).fetchall())
+    assert shown_titles(panel) == [subjects[k] for k in frame["tickets_id"]], "the row's subject, not 'tickets 1'"
+    assert not re.search(r"tickets \d", panel.results.value)
+    pts = panel.map_data.points
+    hits = pts[pts["kind"] == "hit"]
+    assert sorted(hits["label"]) == sorted(f"{subjects[k]} (tickets_id={k})" for k in frame["tickets_id"]), \
+        "the map's hover label names the row too"
+    v.close()
+
+
+def test_search_panel_title_from_metadata_is_not_repeated(db, conn, schema):
+    tickets(conn, schema)
+    v = pgvz.Vectorizer(db, f"{schema}.tickets", chunk_column="body", metadata=["subject", "product"],
+                        embedder=HashingEmbedder(64)).create()
+    v.sync(progress=False)
+    panel = SearchPanel(v, filters=["product"])
+    panel.query.value = "customs"
+    (frame,) = panel.last
+    stored = dict(conn.execute(sql.SQL("SELECT (metadata->>'tickets_id')::int, metadata->>'subject' FROM {}").format(
+        sql.Identifier(schema, "tickets_embedding"))).fetchall())
+    assert shown_titles(panel) == [stored[k] for k in frame["tickets_id"]]
+    metas = re.findall(r"<small>(.*?)</small><details>", panel.results.value)
+    assert len(metas) == len(frame) and all("product: " in m and "subject" not in m for m in metas)
+    v.close()
+
+
+def test_search_panel_without_a_title_column_keeps_the_frames_title(db, conn, schema):
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(schema, "notes")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'cats sleep'), (2, 'dogs bark')").format(
+        sql.Identifier(schema, "notes")))
+    v = pgvz.Vectorizer(db, f"{schema}.notes", chunk_column="body", embedder=HashingEmbedder(64)).create()
+    v.sync(progress=False)
+    panel = SearchPanel(v)
+    panel.query.value = "cats"
+    (frame,) = panel.last
+    assert panel.title_column is None and shown_titles(panel) == list(frame["title"])
+    assert set(panel.map_data.points["label"]) == {"notes_id=1", "notes_id=2", "query"}
+    v.close()
+
+
 def test_map_always_holds_the_hits(db, schema):
     from pgvz_nb.widgets import embedding_map
 
