@@ -706,6 +706,9 @@ _STOPWORDS = frozenset([
 ])
 
 
+_TIME_VALUE = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d")  # a timestamp as jsonb metadata holds it
+
+
 def highlight(text: str, query: str) -> str:
     """HTML-escaped ``text`` with the query's whole words (not stopwords) wrapped in <mark>."""
     words = sorted({w for w in re.findall(r"\w+", query.lower()) if w not in _STOPWORDS and len(w) > 1},
@@ -742,10 +745,13 @@ class SearchPanel(_Fallback, W.VBox):
         time_col = vectorizer.config.time_column
         keys = filters if filters is not None else list(vectorizer.config.metadata)
         # a time column is filtered with From/Until, not by one exact timestamp
-        keys = [k for k in keys if k != time_col]
+        values = {k: self._values(k) for k in keys if k != time_col}
+        if filters is None:  # nor, unless asked for, any other key that holds times
+            values = {k: vals for k, vals in values.items()
+                      if not (vals and all(isinstance(x, str) and _TIME_VALUE.match(x) for x in vals))}
         self.filters = {key: W.Dropdown(description=key, style=_WIDE, index=0,
-                                        options=[("(any)", None)] + [(str(v), v) for v in self._values(key)])
-                        for key in keys}
+                                        options=[("(any)", None)] + [(str(v), v) for v in vals])
+                        for key, vals in values.items()}
         self.title_column = _title_column(vectorizer)
         self.start = W.DatePicker(description="From", disabled=not time_col)
         self.end = W.DatePicker(description="Until", disabled=not time_col)
@@ -785,11 +791,12 @@ class SearchPanel(_Fallback, W.VBox):
         if self.query.value.strip() or self.compare.value.strip():
             self._guard(self.search)
 
-    def _values(self, key: str, limit: int = 100) -> list[str]:
-        """Distinct values of a metadata key in the destination, for its dropdown."""
+    def _values(self, key: str, limit: int = 100) -> list[Any]:
+        """Distinct values of a metadata key in the destination, for its dropdown; not a JSON
+        null, which would read as "(any)"."""
         with self.v.db.connect() as conn:
             rows = conn.execute(q.metadata_values(self.v.destination), [key, limit]).fetchall()
-        return [r[0] for r in rows]
+        return [r[0] for r in rows if r[0] is not None]
 
     def search_args(self, query: str) -> dict[str, Any]:
         filt = {k: w.value for k, w in self.filters.items() if w.value is not None}

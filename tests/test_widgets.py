@@ -343,6 +343,23 @@ def test_search_panel_offers_no_exact_time_filter(db, schema):
     v.close()
 
 
+def test_search_panel_offers_no_exact_match_on_other_times(db, conn, schema):
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", metadata=["category", "published_time"],
+                        embedder=HashingEmbedder(64)).create()  # published_time: metadata, no time_column
+    v.sync(progress=False)
+    stored = conn.execute(sql.SQL("SELECT DISTINCT metadata->>'published_time' FROM {}").format(
+        sql.Identifier(schema, "blog_embedding"))).fetchall()
+    assert len(stored) > 3 and all(re.match(r"\d{4}-\d\d-\d\dT", t) for (t,) in stored if t)
+    assert set(SearchPanel(v).filters) == {"category"}, "one exact timestamp is no filter"
+    asked = SearchPanel(v, filters=["published_time"]).filters
+    assert set(asked) == {"published_time"}, "unless asked for"
+    assert (None,) in stored, "drafts: no published_time"
+    assert [label for label, value in asked["published_time"].options if value is None] == ["(any)"], \
+        "a JSON null is not a second '(any)'"
+    v.close()
+
+
 def tickets(conn, schema, rows=(("Cannot log in after reset", "portal", "The login page says my password is wrong."),
                                 ("Parcel stuck in customs", "shop", "Order 4471 is held at customs."),
                                 ("Refund for a cancelled order", "shop", "The money is still on my card."))):
