@@ -188,11 +188,16 @@ def start_embedded() -> str:
 #: work_mem bounds the in-memory tuplestore of a statement trigger's transition table:
 #: at the default 4MB, a bulk load of 200k blog rows spills it to a temp file and COPY
 #: runs ~5% slower with a vectorizer attached (benchmarks/write_overhead.py).
-EMBEDDED_SETTINGS = {"work_mem": "128MB"}
+#: max_slot_wal_keep_size: a replication slot whose consumer is gone (every worker of a
+#: ``capture="wal"`` vectorizer down) pins WAL; past 2 GB the server gives the slot up
+#: rather than fill the disk, and pgvz_nb finds it lost, makes a new one and reconciles.
+EMBEDDED_SETTINGS = {"work_mem": "128MB", "max_slot_wal_keep_size": "2GB"}
 #: Settings that take a restart. max_prepared_transactions: PostgreSQL's default, 0, allows
 #: no two-phase commit at all; the embedded server allows it, as a production server of an
 #: application using it would (and the triggers then send no NOTIFY, see sql.trigger_body).
-EMBEDDED_RESTART_SETTINGS = {"max_prepared_transactions": "16"}
+#: wal_level = logical: so that ``capture="wal"`` (logical decoding) works out of the box;
+#: it adds ~10 bytes of WAL per autocommitted write and nothing else while no slot exists.
+EMBEDDED_RESTART_SETTINGS = {"max_prepared_transactions": "16", "wal_level": "logical"}
 
 
 def _tune_embedded(dsn: str, restart_server: Any = None) -> None:

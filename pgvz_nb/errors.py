@@ -11,6 +11,7 @@ from psycopg import errors as pg_errors
 
 __all__ = [
     "CallbackFailed",
+    "CaptureUnavailable",
     "ConfigConflict",
     "ConnectionFailed",
     "DatabaseError",
@@ -114,6 +115,13 @@ class Stopped(PgvzError):
 class RowSecurityActive(PgvzError):
     """Row-level security hides source rows from the syncing role: syncing would take them
     for deleted rows and drop their embeddings, so it refuses."""
+
+    pgvz_not_the_rows = True
+
+
+class CaptureUnavailable(PgvzError):
+    """``capture="wal"`` cannot work here: wal_level is not logical, the role lacks
+    REPLICATION, or the slot could not be made; the message names the fix."""
 
     pgvz_not_the_rows = True
 

@@ -287,6 +287,8 @@ class Queue:
         self.failed: Rel = (config["failed"][0], config["failed"][1])
         self.function: Rel = (config["function"][0], config["function"][1])
         self.triggers: dict[str, str] = config["triggers"]
+        #: how changes reach the queue: "triggers", or "wal" (logical decoding, see capture)
+        self.capture: str = config.get("capture", "triggers")
         self.policy: dict[str, float] = {**DEFAULT_POLICY, **config.get("policy", {})}
 
     def __repr__(self) -> str:
@@ -309,7 +311,7 @@ class Queue:
                 f"would write into them; drop that schema, or give it to a trusted role "
                 f"(ALTER SCHEMA {q.CATALOG[0]} OWNER TO ...) after checking what it holds"
             )
-        for rel in (q.CATALOG, q.IN_FLIGHT):
+        for rel in (q.CATALOG, q.IN_FLIGHT, q.WAL_PROGRESS):
             check_trusted(conn, rel, "pgvz_nb's table", superuser_ok=True)
         if first(conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]))[0]:
             no_column, no_in_flight, no_policy = first(conn.execute(
@@ -326,6 +328,8 @@ class Queue:
             conn.execute(q.create_catalog())
             conn.execute(q.create_in_flight())
             conn.execute(q.in_flight_policy())
+        if conn.execute(q.find_relation(), list(q.WAL_PROGRESS)).fetchone() is None:
+            conn.execute(q.create_wal_progress())
         cls._ensure_event_triggers(conn)
 
     @staticmethod
@@ -411,9 +415,12 @@ class Queue:
         watched: Sequence[str] | None = None,
         policy: dict[str, float] | None = None,
         extra: dict[str, Any] | None = None,
+        capture: str = "triggers",
     ) -> Queue:
         """Install (or find installed) the queue for ``source`` in the caller's ``locked``
-        transaction; idempotent.
+        transaction; idempotent. ``capture="wal"``: no function and no triggers; the source
+        joins the publication of the WAL capture instead (the caller made the slot first),
+        and an installed vectorizer switches mode here (``switch_capture``).
 
         The catalog row, tables, function and triggers are created here; the existing rows
         are queued by ``complete_backfill`` in the next transaction. Not in this one: CREATE
@@ -465,6 +472,7 @@ class Queue:
             # a superuser, act only on tables these roles (or superusers) own
             "owner": me,
             "source_owner": source_owner,
+            "capture": capture,
             **(extra or {}),
         }
         new_config = {**config, "backfill": [list(source)]}
@@ -489,6 +497,8 @@ class Queue:
                     existing.policy = dict(config["policy"])
                 if "owner" not in existing.config and existing._owns_function(conn):
                     existing.set_extra(conn, owner=me, source_owner=source_owner)  # installs before these
+                if existing.capture != capture:
+                    existing.switch_capture(conn, capture)
                 existing._refresh_trigger_body(conn)
                 covered = existing.cover_descendants(conn)
                 if covered:
@@ -503,10 +513,54 @@ class Queue:
         conn.execute(q.create_queue(queue, source, key_cols))
         conn.execute(q.create_inbox(inbox, source, key_cols))
         conn.execute(q.create_failed(failed, source, key_cols))
-        conn.execute(q.create_trigger_function(function, self._trigger_body(conn)))
-        conn.execute(q.create_triggers(source, function, triggers))
-        self.cover_descendants(conn)  # the source's backfill reads their rows
+        if capture == "wal":
+            self._join_publication(conn)
+        else:
+            self._install_triggers(conn)
         return self
+
+    def _install_triggers(self, conn: psycopg.Connection) -> None:
+        conn.execute(q.create_trigger_function(self.function, self._trigger_body(conn)))
+        conn.execute(q.create_triggers(self.source, self.function, self.triggers))
+        self.cover_descendants(conn)  # the source's backfill reads their rows
+
+    def _join_publication(self, conn: psycopg.Connection) -> None:
+        from . import capture
+
+        capture.check_identity(conn, self.source, self.keys)
+        capture.ensure(conn, self.source)
+
+    def _remove_triggers(self, conn: psycopg.Connection) -> None:
+        if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:
+            conn.execute(q.drop_triggers(self.source, list(self.triggers.values())))
+        # and on partitions, children, and tables detached from the source since
+        for schema, table, name in conn.execute(q.triggers_running(), list(self.function)).fetchall():
+            conn.execute(q.drop_triggers((schema, table), [name]))
+        conn.execute(q.drop_function(self.function))
+
+    def _leave_publication(self, conn: psycopg.Connection) -> None:
+        from . import capture
+
+        others = [v for v in capture.wal_vectorizers(conn) if v.id != self.id]
+        capture.forget(conn, self.source, still_used=any(v.source == self.source for v in others))
+
+    def switch_capture(self, conn: psycopg.Connection, to: str) -> None:
+        """Change how changes reach the queue, in the caller's ``locked`` transaction, with
+        writes going on and none lost. To WAL: the table joins the publication and the
+        triggers go, in one transaction (DROP TRIGGER waits for the writers that ran them,
+        and later writers wait for the commit, after which their changes are decoded). To
+        triggers: the triggers come and the table leaves the publication, in one transaction;
+        the changes committed before it are still in the slot, and the capture queues them
+        for every vectorizer on the table, WAL or not (``capture.targets``). The slot goes when
+        no WAL vectorizer is left and the capture has read up to then (``capture.capture``)."""
+        if to == "wal":
+            self._join_publication(conn)
+            self._remove_triggers(conn)
+        else:
+            self._install_triggers(conn)
+            self._leave_publication(conn)
+        self.set_extra(conn, capture=to)
+        self.capture = to
 
     @staticmethod
     def _check_names_free(conn, source: Rel, tables: tuple[Rel, ...], triggers: dict[str, str]) -> None:
@@ -594,20 +648,21 @@ class Queue:
         return [rel for rel, present, _ in self._descendants(conn) if present != names]
 
     def installed(self, conn: psycopg.Connection) -> bool:
-        """True if the queue, inbox, failed table and all four triggers are in place."""
+        """True if the queue, inbox, failed table and all four triggers (WAL capture: the
+        table's place in the publication) are in place."""
         for rel in (self.queue, self.inbox, self.failed):
             if conn.execute(q.find_relation(), list(rel)).fetchone() is None:
                 return False
+        if self.capture == "wal":
+            return bool(first(conn.execute(q.publication_has_table(), {
+                "pub": q.PUBLICATION, "schema": self.source[0], "table": self.source[1]}))[0])
         taken = {r[0] for r in conn.execute(q.trigger_names_on(), list(self.source)).fetchall()}
         return set(self.triggers.values()) <= taken
 
     def _uninstall_objects(self, conn: psycopg.Connection) -> None:
-        if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:
-            conn.execute(q.drop_triggers(self.source, list(self.triggers.values())))
-        # and on partitions, children, and tables detached from the source since
-        for schema, table, name in conn.execute(q.triggers_running(), list(self.function)).fetchall():
-            conn.execute(q.drop_triggers((schema, table), [name]))
-        conn.execute(q.drop_function(self.function))
+        self._remove_triggers(conn)
+        if self.capture == "wal":
+            self._leave_publication(conn)
         for rel in (self.queue, self.inbox, self.failed):
             conn.execute(q.drop_table(rel))
 

@@ -1451,6 +1451,162 @@ def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel 
     return sql.SQL("; ").join(parts)
 
 
+# --- WAL capture (logical decoding) ---------------------------------------------------
+
+#: One publication per database: the tables of every ``capture="wal"`` vectorizer.
+PUBLICATION = "pgvz_nb"
+#: Where the capture loop records how far it has queued: one row per slot, written in the
+#: same transaction as the keys it queued, so that at a restart the progress and the
+#: queue agree whatever the slot says (its advance is not durable until a checkpoint).
+WAL_PROGRESS: Rel = ("pgvz", "wal_progress")
+# pg_try_advisory_xact_lock key of the capture loop: one consumer of the slot at a time
+CAPTURE_LOCK_KEY = 0x7067767A_00000002
+
+
+def wal_readiness() -> sql.Composed:
+    """(wal_level, may this role use replication slots, may it create a publication)."""
+    return sql.SQL(
+        "SELECT current_setting('wal_level'), "
+        "(SELECT rolreplication OR rolsuper FROM pg_roles WHERE rolname = current_user), "
+        "has_database_privilege(current_database(), 'CREATE')"
+    ).format()
+
+
+def replica_identity() -> sql.Composed:
+    """(relreplident, the columns of the replica identity index or of the primary key) of
+    table %(schema)s.%(table)s: what an UPDATE's and a DELETE's WAL record says about the
+    old row, and so which keys logical decoding can give for it."""
+    return sql.SQL(
+        """SELECT c.relreplident,
+       (SELECT array_agg(a.attname::text ORDER BY k.i)
+        FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
+        WHERE x.indrelid = c.oid AND CASE WHEN c.relreplident = 'i' THEN x.indisreplident
+                                          ELSE x.indisprimary END)
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname = %(schema)s AND c.relname = %(table)s"""
+    ).format()
+
+
+def create_wal_progress() -> sql.Composed:
+    return sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+            slot       text PRIMARY KEY,
+            lsn        pg_lsn NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        )"""
+    ).format(ident(WAL_PROGRESS))
+
+
+def publication_exists() -> sql.Composed:
+    return sql.SQL("SELECT EXISTS (SELECT 1 FROM pg_publication WHERE pubname = %s)").format()
+
+
+def create_publication() -> sql.Composed:
+    """Empty at first; tables are added one by one. publish_via_partition_root: a write to a
+    partition is decoded as the partitioned table's, the vectorizer's source."""
+    return sql.SQL(
+        "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate', "
+        "publish_via_partition_root = true)"
+    ).format(Name(PUBLICATION))
+
+
+def publication_has_table() -> sql.Composed:
+    return sql.SQL(
+        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %(pub)s "
+        "AND schemaname = %(schema)s AND tablename = %(table)s)"
+    ).format()
+
+
+def publication_add_table(source: Rel) -> sql.Composed:
+    """ShareUpdateExclusiveLock on the table: its writers go on."""
+    return sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(Name(PUBLICATION), ident(source))
+
+
+def publication_drop_table(source: Rel) -> sql.Composed:
+    return sql.SQL("ALTER PUBLICATION {} DROP TABLE {}").format(Name(PUBLICATION), ident(source))
+
+
+def drop_publication() -> sql.Composed:
+    return sql.SQL("DROP PUBLICATION IF EXISTS {}").format(Name(PUBLICATION))
+
+
+def slot_info() -> sql.Composed:
+    """(wal_status, bytes of WAL the slot holds back, confirmed_flush_lsn, active) of slot %s,
+    or no row."""
+    return sql.SQL(
+        "SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
+        "confirmed_flush_lsn, active FROM pg_replication_slots WHERE slot_name = %s"
+    ).format()
+
+
+def create_slot() -> sql.Composed:
+    """A logical slot with pgoutput (shipped with PostgreSQL). It waits for the transactions
+    running now to end: the caller sets a statement_timeout."""
+    return sql.SQL("SELECT lsn FROM pg_create_logical_replication_slot(%s, 'pgoutput')").format()
+
+
+def drop_slot() -> sql.Composed:
+    return sql.SQL(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s"
+    ).format()
+
+
+def try_capture_lock() -> sql.Composed:
+    return sql.SQL("SELECT pg_try_advisory_xact_lock({})").format(sql.Literal(CAPTURE_LOCK_KEY))
+
+
+def wal_progress_get() -> sql.Composed:
+    return sql.SQL("SELECT lsn FROM {} WHERE slot = %s").format(ident(WAL_PROGRESS))
+
+
+def wal_progress_set() -> sql.Composed:
+    """Record the capture's progress (%(slot)s, %(lsn)s), in the transaction of the keys."""
+    return sql.SQL(
+        "INSERT INTO {} (slot, lsn) VALUES (%(slot)s, %(lsn)s::pg_lsn) ON CONFLICT (slot) "
+        "DO UPDATE SET lsn = greatest({}.lsn, excluded.lsn), updated_at = now()"
+    ).format(ident(WAL_PROGRESS), Name(WAL_PROGRESS[1]))
+
+
+def wal_progress_delete() -> sql.Composed:
+    return sql.SQL("DELETE FROM {} WHERE slot = %s").format(ident(WAL_PROGRESS))
+
+
+def peek_changes() -> sql.Composed:
+    """The slot's changes committed before %(upto)s, without consuming them (never
+    pg_logical_slot_get_*: it consumes before the keys are queued). pgoutput protocol 2
+    with streaming: a large transaction arrives in chunks while in progress instead of
+    being spilled to disk at every peek; %(limit)s bounds the changes of one call (checked
+    at transaction ends)."""
+    return sql.SQL(
+        "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%(slot)s, %(upto)s::pg_lsn, "
+        "%(limit)s, 'proto_version', '2', 'publication_names', {pub}, 'streaming', 'on')"
+    ).format(pub=sql.Literal(PUBLICATION))
+
+
+def advance_slot() -> sql.Composed:
+    """After the keys and the progress committed: lets the server recycle the WAL."""
+    return sql.SQL("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)").format()
+
+
+def relation_root() -> sql.Composed:
+    """(schema, table) of the partition tree's root of relation oid %s (itself if none)."""
+    return sql.SQL(
+        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.oid = (SELECT coalesce(pg_partition_root(%s::oid), %s::oid))"
+    ).format()
+
+
+def copy_inbox(inbox: Rel, keys: Sequence[str]) -> sql.Composed:
+    """COPY one inbox row per batch of keys, as array literals (see capture.array_literal):
+    the whole of a decoded batch is one small row per vectorizer, as a statement's keys are."""
+    return sql.SQL("COPY {} ({}) FROM STDIN").format(ident(inbox), _cols(keys))
+
+
+def wal_server_state() -> sql.Composed:
+    return sql.SQL("SELECT pg_current_wal_lsn()::text").format()
+
+
 # --- notebook panels --------------------------------------------------------------------
 
 

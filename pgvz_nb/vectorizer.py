@@ -123,6 +123,16 @@ class _Connections:
     _conn: psycopg.Connection | None
     _in_flight: _SideConnection
     _reader: _SideConnection
+    _capturer: _SideConnection
+    _capture_lock: threading.Lock
+    #: the last error of the WAL capture on this handle (shown by status()), or None
+    capture_error: str | None = None
+
+    def _side_connections(self, db: Database) -> None:
+        self._in_flight = _in_flight_connection(db)
+        self._reader = _reader_connection(db)
+        self._capturer = _SideConnection(db, {})
+        self._capture_lock = threading.Lock()
 
     def close(self) -> None:
         """Close its connections (they open again on next use)."""
@@ -131,6 +141,32 @@ class _Connections:
             self._conn = None
         self._in_flight.close()
         self._reader.close()
+        self._capturer.close()
+
+    def _capture(self, db: Database) -> Any:
+        """Queue what the WAL holds for the database's ``capture="wal"`` vectorizers (see
+        ``capture.capture``): before each claim, so that sync(), process(), the worker, the
+        exported script and the SyncPanel all capture. A lane that finds another capturing
+        goes on. An error of the capture (this role lacks REPLICATION, say) does not stop the
+        drain of what is queued: it is logged, kept in ``capture_error`` and shown by
+        status(); another worker with the privilege captures."""
+        from . import capture
+
+        if not self._capture_lock.acquire(blocking=False):
+            return None
+        try:
+            result = capture.capture(db, self._capturer.get())
+            self.capture_error = None
+            return result
+        except psycopg.Error as exc:
+            text = f"{type(exc).__name__}: {str(exc).strip()}"
+            if text != self.capture_error:
+                _log.warning("the WAL capture failed (%s); what is queued is still drained", text)
+            self.capture_error = text
+            self._capturer.close()
+            return None
+        finally:
+            self._capture_lock.release()
 
 
 class Vectorize(_Connections):
@@ -157,6 +193,7 @@ class Vectorize(_Connections):
         columns: Sequence[str] | None = None,
         max_attempts: int = 5,
         retry_backoff: float = 10.0,
+        capture: str = "triggers",
     ) -> None:
         self._db = as_database(service_url)
         self.service_url = self._db.dsn
@@ -180,10 +217,12 @@ class Vectorize(_Connections):
         self._columns = None if columns is None else list(columns)
         self._max_attempts = max_attempts
         self._backoff = float(retry_backoff)
+        if capture not in ("triggers", "wal"):
+            raise PgvzError(f"expected capture='triggers' or capture='wal', got {capture!r}")
+        self.capture = capture
         self._queue: Queue | None = None
         self._conn: psycopg.Connection | None = None
-        self._in_flight = _in_flight_connection(self._db)
-        self._reader = _reader_connection(self._db)
+        self._side_connections(self._db)
         self.connection: psycopg.Connection | None = None
 
     def __repr__(self) -> str:
@@ -209,6 +248,10 @@ class Vectorize(_Connections):
         schema, table = self.schema_name_unquoted, self.table_name_unquoted
         trig = self.trigger_name_unquoted
         conn = self._connect()
+        if self.capture == "wal":
+            from . import capture
+
+            capture.prepare(self._db, (schema, table))
         try:
             self._queue = Queue.register(
                 conn,
@@ -225,9 +268,12 @@ class Vectorize(_Connections):
                 watched=self._columns,
                 policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
                 extra={"kind": "callback"},
+                capture=self.capture,
             )
         except psycopg.Error as exc:
             raise translate(exc, f"registering a vectorizer on {schema}.{table}") from exc
+        finally:
+            self._capture(self._db)  # a slot no WAL vectorizer needs goes (a refused install's)
 
     def _open(self, autoregister: bool) -> Queue:
         if self._queue is None:
@@ -261,6 +307,7 @@ class Vectorize(_Connections):
         """
         queue = self._open(autoregister)
         conn = self._connect()
+        self._capture(self._db)
 
         def handler(rows: list[ClaimedRow]) -> None:
             batch = []
@@ -325,6 +372,7 @@ class Vectorize(_Connections):
         queue = self._open(False)
         queue.drop(self._connect())
         self._queue = None
+        self._capture(self._db)  # the slot goes with the last WAL vectorizer
 
 
 
@@ -502,9 +550,16 @@ class Vectorizer(_Connections):
         retry_backoff: float = 10.0,
         max_chunks: int = 500,
         transient_budget: float | None = None,
+        capture: str | None = None,
     ) -> None:
         from .pipeline import PipelineConfig
 
+        if capture not in (None, "triggers", "wal"):
+            raise PgvzError(f"expected capture='triggers' or capture='wal', got {capture!r}")
+        #: how changes reach the queue; None keeps the stored mode at create() ("triggers"
+        #: for a new vectorizer: it needs nothing of the server; "wal" needs wal_level =
+        #: logical and REPLICATION, and puts nothing on the application's write path)
+        self.capture = capture
         self.db = db
         self.source: q.Rel = _split_table(table, schema)
         if template is None:
@@ -550,8 +605,7 @@ class Vectorizer(_Connections):
         self._queue: Queue | None = None
         self._pipeline: Pipeline | None = None
         self._conn: psycopg.Connection | None = None
-        self._in_flight = _in_flight_connection(self.db)
-        self._reader = _reader_connection(self.db)
+        self._side_connections(self.db)
 
     def __repr__(self) -> str:
         state = "created" if self._queue is not None else "not created"
@@ -583,6 +637,7 @@ class Vectorizer(_Connections):
             destination=(pipe.destination[0], pipe.destination[1]),
             embedder=embedder if embedder is not None else embedder_from_config(pipe.embedder),
             max_attempts=int(policy["max_attempts"]), retry_backoff=float(policy["retry_backoff"]),
+            capture=config.get("capture"),
             **{k: getattr(pipe, k) for k in _DESCRIBED},
             **{k: stored[k] for k in _OPERATIONAL if k in stored},
         )
@@ -591,8 +646,11 @@ class Vectorizer(_Connections):
 
     def to_config(self) -> dict[str, Any]:
         """This vectorizer's configuration, for ``from_config`` (JSON-serialisable)."""
-        return {"source": list(self.source), "pipeline": self.config.to_json(),
-                "policy": {"max_attempts": self._max_attempts, "retry_backoff": self._backoff}}
+        out = {"source": list(self.source), "pipeline": self.config.to_json(),
+               "policy": {"max_attempts": self._max_attempts, "retry_backoff": self._backoff}}
+        if self.capture is not None:
+            out["capture"] = self.capture
+        return out
 
     @classmethod
     @boundary("opening a vectorizer")
@@ -608,7 +666,8 @@ class Vectorizer(_Connections):
         self = cls.from_config(db, name, {
             "source": list(queue.source), "pipeline": queue.config["pipeline"],
             "policy": {"max_attempts": queue.policy["max_attempts"],
-                       "retry_backoff": queue.policy["backoff_base"]}}, embedder=embedder)
+                       "retry_backoff": queue.policy["backoff_base"]},
+            "capture": queue.capture}, embedder=embedder)
         self._queue = queue
         return self
 
@@ -621,6 +680,7 @@ class Vectorizer(_Connections):
         from .embedders import embedder_config
 
         cfg = self.config
+        mode = self.capture
 
         def install(conn: psycopg.Connection) -> Queue:
             Queue.ensure_catalog(conn)
@@ -658,6 +718,7 @@ class Vectorizer(_Connections):
                 watched=watched,
                 policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
                 extra={"kind": "pipeline", "pipeline": cfg.to_json()},
+                capture=mode or "triggers",
             )
             stored = queue.config["pipeline"]
             given = {k: getattr(cfg, k) for k in self._operational}
@@ -667,12 +728,25 @@ class Vectorizer(_Connections):
 
         doing = f"creating vectorizer {self.name!r} on {'.'.join(self.source)}"
         try:
+            if mode is None:  # as stored, or triggers for a new one
+                with self.db.connect() as conn:
+                    found = Queue.find(conn, self.name)
+                mode = found.capture if found is not None and not replace else "triggers"
+            if mode == "wal":
+                from . import capture
+
+                capture.prepare(self.db, self.source)
             with self.db.connect(vector=True) as conn:
                 self._queue = locked(conn, lambda: install(conn), target=self.source, doing=doing)
                 self._queue.complete_backfill(conn)
         except psycopg.Error as exc:
             raise translate(exc, doing) from exc
+        finally:
+            # a switch to triggers: what the slot still holds, then the slot goes; a refused
+            # install leaves no slot behind
+            self._capture(self.db)
         self._pipeline = None
+        self.capture = mode
         return self
 
     def _validate(self, conn: psycopg.Connection, columns: dict[str, tuple[str, bool]]) -> None:
@@ -816,6 +890,7 @@ class Vectorizer(_Connections):
 
         queue, pipe, own = self._ready()
         conn = conn or own
+        self._capture(self.db)
         total = SyncStats()
         reader = self._reader.get()
 
@@ -864,6 +939,7 @@ class Vectorizer(_Connections):
 
         queue, pipe, conn = self._ready()
         pipe.stop = stop
+        self._capture(self.db)  # so that the bar counts what the WAL holds too
         with conn.transaction():
             if conn.execute(q.find_relation(), list(self.source)).fetchone() is None:
                 raise NotFound(
@@ -927,9 +1003,11 @@ class Vectorizer(_Connections):
 
         Its display shows the columns that matter (name, pending, failed, embedded rows,
         coverage, oldest pending age, last success; uncovered partitions when there are
-        some); the frame holds all 15, and ``full=True`` displays them all."""
+        some; the capture and its slot for a WAL vectorizer); the frame holds all 19 columns, and
+        ``full=True`` displays them all."""
         import pandas as pd
 
+        from . import capture
         from .frames import frame as view
 
         queue, _, conn = self._ready()
@@ -942,6 +1020,7 @@ class Vectorizer(_Connections):
                 source_rows = first(conn.execute(q.count_where(self.source, where)))[0]
                 last_success = first(conn.execute(q.catalog_last_success(), [queue.id]))[0]
                 uncovered = queue.uncovered(conn)
+                wal_status, lag = capture.slot_status(conn) if queue.capture == "wal" else (None, None)
         except psycopg.Error as exc:
             raise translate(exc, f"reading the status of {self.name!r}") from exc
         now = datetime.now(timezone.utc)
@@ -956,6 +1035,10 @@ class Vectorizer(_Connections):
             "last_success": pd.Timestamp(last_success) if last_success else pd.NaT,
             # partitions (or inheritance children) whose direct writes are not queued yet
             "uncovered_partitions": ", ".join(".".join(r) for r in uncovered),
+            # how changes reach the queue; for "wal": the slot's state ('reserved', 'extended',
+            # 'unreserved', 'lost'; None: no slot yet) and the WAL it holds back, in bytes
+            "capture": queue.capture, "wal_status": wal_status, "slot_lag_bytes": lag,
+            "capture_error": self.capture_error,
         }])
         # proper dtypes even when a value is missing: tz-aware timestamps, timedelta ages
         frame["oldest_pending_age"] = pd.Series([frame["oldest_pending_age"][0]], dtype="timedelta64[ns]")
@@ -964,7 +1047,9 @@ class Vectorizer(_Connections):
         if full:
             return frame.show_columns(None)
         compact = ["name", "pending", "failed", "embedded_rows", "coverage_pct", "oldest_pending_age",
-                   "last_success"] + (["uncovered_partitions"] if uncovered else [])
+                   "last_success"] + (["uncovered_partitions"] if uncovered else []) + (
+                   ["capture", "wal_status", "slot_lag_bytes"] if queue.capture == "wal" else []) + (
+                   ["capture_error"] if self.capture_error else [])
         return frame.show_columns(compact, "status(full=True) displays them all")
 
     @boundary("reading the queue of {self.name!r}")
@@ -1114,6 +1199,7 @@ class Vectorizer(_Connections):
             queue.drop(conn, then=None if keep_destination else lambda: conn.execute(q.drop_table(self.destination)))
         except psycopg.Error as exc:
             raise translate(exc, f"dropping vectorizer {self.name!r}") from exc
+        self._capture(self.db)  # the slot goes with the last WAL vectorizer
         self.close()
         self._queue = None
 

@@ -1,0 +1,539 @@
+"""WAL capture: changes reach the queues through logical decoding, not triggers.
+
+One slot and one publication per database, whatever the number of ``capture="wal"``
+vectorizers (every slot decodes all of the database's WAL and pins it). The capture loop
+peeks the slot's changes (pgoutput, streaming on), takes the keys of each committed
+transaction, routes them by relation to every vectorizer on that table, and writes them
+into the vectorizers' inboxes (one row of key arrays per vectorizer and batch, as a
+statement's trigger does) in one transaction with its progress row
+(``pgvz.wal_progress``). Only after that commit does it advance the slot. At a restart
+the progress row wins: transactions that end at or before it are skipped, so a crash
+between the commit and the advance queues nothing twice, and one before the commit
+queues nothing at all and leaves the slot where it was.
+
+Exactly one process captures at a time (a transaction-level advisory lock; any number of
+workers drain). Nothing here runs in the application's transactions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import struct
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from . import sql as q
+from .db import first
+from .errors import CaptureUnavailable, ConfigConflict
+
+log = logging.getLogger("pgvz_nb.capture")
+
+Rel = q.Rel
+
+#: Changes asked of one peek (checked by the server at transaction ends and stream stops).
+PEEK_CHANGES = 100_000
+#: Keys in one inbox row: well under PostgreSQL's 1 GB array limit for any sane key.
+KEYS_PER_INBOX_ROW = 200_000
+#: How long creating the slot may wait for the transactions running now to end.
+SLOT_CREATE_TIMEOUT = "30s"
+
+
+def slot_name(dbname: str) -> str:
+    """The database's slot: slots are cluster-wide, so it names the database (hashed: a
+    slot name takes only [a-z0-9_])."""
+    return "pgvz_nb_" + hashlib.sha1(dbname.encode()).hexdigest()[:16]
+
+
+# --- pgoutput ----------------------------------------------------------------------------
+
+
+@dataclass
+class Relation:
+    oid: int
+    schema: str
+    table: str
+    columns: list[str]
+
+
+@dataclass
+class Txn:
+    """The keys one transaction changed, by relation oid; ``truncated``: relations emptied."""
+
+    keys: dict[int, list[tuple]] = field(default_factory=lambda: defaultdict(list))
+    truncated: set[int] = field(default_factory=set)
+    unroutable: set[int] = field(default_factory=set)  # a key column came as 'unchanged TOAST'
+
+    def absorb(self, other: Txn) -> None:
+        for rel, keys in other.keys.items():
+            self.keys[rel].extend(keys)
+        self.truncated |= other.truncated
+        self.unroutable |= other.unroutable
+
+
+class Decoder:
+    """pgoutput protocol 2 (streaming) messages, reduced to the keys each committed
+    transaction changed. ``key_columns(relation)`` gives the positions of the key columns
+    to read for a relation, or None to skip it (no vectorizer on it)."""
+
+    def __init__(self, key_columns: Any):
+        self.key_columns = key_columns
+        self.relations: dict[int, Relation] = {}
+        self._positions: dict[int, list[int] | None] = {}
+        self.current: Txn | None = None
+        self.streams: dict[int, dict[int, Txn]] = {}  # top xid -> subxid -> keys
+        self.stream_xid: int | None = None
+        self.committed: list[tuple[int, Txn]] = []  # (end lsn, keys), in commit order
+
+    def feed(self, data: bytes) -> None:
+        kind = data[:1]
+        pos = 1
+        if kind == b"B":
+            self.current = Txn()
+            return
+        if kind == b"C":
+            _flags, _commit, end, _ts = struct.unpack_from("!bqqq", data, pos)
+            if self.current is not None:
+                self.committed.append((end, self.current))
+            self.current = None
+            return
+        if kind == b"S":
+            (self.stream_xid,) = struct.unpack_from("!I", data, pos)
+            self.streams.setdefault(self.stream_xid, {})
+            return
+        if kind == b"E":
+            self.stream_xid = None
+            return
+        if kind == b"c":
+            xid, _flags, _commit, end, _ts = struct.unpack_from("!Ibqqq", data, pos)
+            txn = Txn()
+            for part in self.streams.pop(xid, {}).values():
+                txn.absorb(part)
+            self.committed.append((end, txn))
+            return
+        if kind == b"A":
+            xid, subxid = struct.unpack_from("!II", data, pos)
+            if xid == subxid:
+                self.streams.pop(xid, None)
+            else:
+                self.streams.get(xid, {}).pop(subxid, None)
+            return
+        if kind not in (b"R", b"I", b"U", b"D", b"T"):
+            return  # origin, type, logical message, ...: no keys in them
+        target = self.current
+        if self.stream_xid is not None:
+            (sub,) = struct.unpack_from("!I", data, pos)
+            pos += 4
+            target = self.streams[self.stream_xid].setdefault(sub, Txn())
+        if kind == b"R":
+            self._relation(data, pos)
+            return
+        if target is None:
+            return
+        if kind == b"T":
+            nrels, _options = struct.unpack_from("!Ib", data, pos)
+            pos += 5
+            for _ in range(nrels):
+                (rel,) = struct.unpack_from("!I", data, pos)
+                pos += 4
+                target.truncated.add(rel)
+            return
+        (rel,) = struct.unpack_from("!I", data, pos)
+        pos += 4
+        positions = self._positions.get(rel)
+        if positions is None:
+            return
+        while pos < len(data):
+            tag = data[pos:pos + 1]
+            pos += 1  # 'N' new tuple, 'K' old key, 'O' old row
+            values, pos = _tuple(data, pos)
+            key = tuple(values[i] for i in positions)
+            if any(v is None for v in key):
+                if tag == b"N":  # an unchanged TOASTed key column: not in the record
+                    target.unroutable.add(rel)
+                continue
+            target.keys[rel].append(key)
+
+    def _relation(self, data: bytes, pos: int) -> None:
+        (oid,) = struct.unpack_from("!I", data, pos)
+        pos += 4
+        schema, pos = _cstring(data, pos)
+        table, pos = _cstring(data, pos)
+        pos += 1  # replica identity setting
+        (ncols,) = struct.unpack_from("!h", data, pos)
+        pos += 2
+        columns = []
+        for _ in range(ncols):
+            pos += 1  # flags
+            name, pos = _cstring(data, pos)
+            pos += 8  # type oid, typmod
+            columns.append(name)
+        relation = Relation(oid, schema, table, columns)
+        self.relations[oid] = relation
+        self._positions[oid] = self.key_columns(relation)
+
+
+def _cstring(data: bytes, pos: int) -> tuple[str, int]:
+    end = data.index(b"\0", pos)
+    return data[pos:end].decode(), end + 1
+
+
+def _tuple(data: bytes, pos: int) -> tuple[list[str | None], int]:
+    (ncols,) = struct.unpack_from("!h", data, pos)
+    pos += 2
+    values: list[str | None] = []
+    for _ in range(ncols):
+        kind = data[pos:pos + 1]
+        pos += 1
+        if kind in (b"t", b"b"):
+            (length,) = struct.unpack_from("!i", data, pos)
+            pos += 4
+            values.append(data[pos:pos + length].decode())
+            pos += length
+        else:  # 'n' null, 'u' unchanged TOAST
+            values.append(None)
+    return values, pos
+
+
+def array_literal(values: Iterable[str]) -> str:
+    """A PostgreSQL array literal of text forms, each element quoted."""
+    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+
+
+# --- the slot and the publication --------------------------------------------------------
+
+
+def check_ready(conn: psycopg.Connection) -> None:
+    """Raise CaptureUnavailable, naming the fix, unless this server and role can capture."""
+    level, replication, create = first(conn.execute(q.wal_readiness()))
+    if level != "logical":
+        raise CaptureUnavailable(
+            f"capture='wal' needs wal_level = logical, and this server runs with wal_level = {level}; "
+            "set it (ALTER SYSTEM SET wal_level = logical, then restart the server; on a managed "
+            "service: RDS's rds.logical_replication = 1, Cloud SQL's cloudsql.logical_decoding flag), "
+            "or keep capture='triggers'")
+    if not replication:
+        raise CaptureUnavailable(
+            "capture='wal' reads the WAL through a replication slot, which needs the REPLICATION "
+            "attribute (ALTER ROLE ... REPLICATION; on RDS: GRANT rds_replication TO ...); this role "
+            "has neither it nor SUPERUSER. Keep capture='triggers', or create the vectorizer as a "
+            "role that has it")
+    if not create and not first(conn.execute(q.publication_exists(), [q.PUBLICATION]))[0]:
+        raise CaptureUnavailable(
+            f"capture='wal' needs the publication {q.PUBLICATION}, and this role may not create one "
+            "(CREATE on the database); create the first WAL vectorizer as the database owner")
+
+
+def check_identity(conn: psycopg.Connection, source: Rel, keys: list[str]) -> None:
+    """A table in a publication that publishes UPDATE and DELETE must have a replica
+    identity, or PostgreSQL fails the application's UPDATEs and DELETEs; and the identity is
+    what a DELETE's record holds of the old row, so it must be the vectorizer's key."""
+    row = conn.execute(q.replica_identity(), {"schema": source[0], "table": source[1]}).fetchone()
+    ident, columns = (row or ("d", None))
+    if ident == "f":
+        return
+    if ident == "n" or columns is None or sorted(columns) != sorted(keys):
+        what = {"n": "REPLICA IDENTITY NOTHING", "d": "no primary key", "i": "a replica identity index"}[ident]
+        raise ConfigConflict(
+            f"capture='wal' learns a deleted row's key from its replica identity, and "
+            f"{'.'.join(source)} has {what}{f' on {columns}' if columns else ''}, not the key {keys}; "
+            "adding it to a publication would make the application's UPDATEs and DELETEs fail. "
+            "Key the vectorizer on the primary key, or keep capture='triggers'")
+
+
+def ensure(conn: psycopg.Connection, source: Rel) -> str:
+    """The publication (with ``source`` in it) and the slot, in the caller's transaction for
+    the publication; the slot is made first, in a statement of its own on an autocommit
+    connection (the caller's: it must hold no transaction), so that it exists before the
+    table joins the publication and the backfill's snapshot is taken. Returns the slot."""
+    slot = slot_name(conn.info.dbname)
+    if not first(conn.execute(q.publication_exists(), [q.PUBLICATION]))[0]:
+        conn.execute(q.create_publication())
+    if not first(conn.execute(q.publication_has_table(), {"pub": q.PUBLICATION, "schema": source[0],
+                                                          "table": source[1]}))[0]:
+        conn.execute(q.publication_add_table(source))
+    return slot
+
+
+def prepare(db: Any, source: Rel) -> str:
+    """Before a WAL vectorizer's install: the catalog (for the progress table), a server
+    and role that can capture, and the slot, made before the table joins the publication
+    and before the backfill's snapshot, so that no change falls between the two."""
+    from .queue import Queue, locked
+
+    with db.connect() as conn:
+        check_ready(conn)
+        conn.rollback()
+        locked(conn, lambda: Queue.ensure_catalog(conn), target=source,
+               doing=f"preparing the WAL capture of {'.'.join(source)}")
+    return ensure_slot(db)
+
+
+def ensure_slot(db: Any) -> str:
+    """Create the database's slot if missing (its own autocommit connection); returns it."""
+    with db.connect(autocommit=True) as conn:
+        slot = slot_name(conn.info.dbname)
+        conn.execute(q.create_wal_progress())
+        if conn.execute(q.slot_info(), [slot]).fetchone() is None:
+            conn.execute(q.set_session(), ["statement_timeout", SLOT_CREATE_TIMEOUT])
+            try:
+                lsn = first(conn.execute(q.create_slot(), [slot]))[0]
+            except psycopg.errors.DuplicateObject:
+                return slot  # another process made it meanwhile
+            except psycopg.errors.QueryCanceled as exc:
+                raise CaptureUnavailable(
+                    f"creating the replication slot waited {SLOT_CREATE_TIMEOUT} for the transactions "
+                    "running now to end (a new slot must see every transaction start): end the long "
+                    "transaction (pg_stat_activity shows it), then create() again") from exc
+            # a new slot starts here: an older progress row (of a slot lost or dropped) is moot
+            conn.execute(q.wal_progress_delete(), [slot])
+            conn.execute(q.wal_progress_set(), {"slot": slot, "lsn": lsn})
+        return slot
+
+
+def forget(conn: psycopg.Connection, source: Rel, *, still_used: bool) -> None:
+    """A WAL vectorizer went or switched to triggers (in the caller's transaction): its table
+    leaves the publication unless another WAL vectorizer uses it. The publication itself
+    stays, empty (decoding looks it up by name: dropping it would stop the slot), and the
+    slot goes once the capture has read up to here with no WAL vectorizer left."""
+    if not still_used and first(conn.execute(q.publication_has_table(), {
+            "pub": q.PUBLICATION, "schema": source[0], "table": source[1]}))[0]:
+        conn.execute(q.publication_drop_table(source))
+
+
+def drop_slot(db: Any) -> None:
+    with db.connect(autocommit=True) as conn:
+        slot = slot_name(conn.info.dbname)
+        try:
+            conn.execute(q.drop_slot(), [slot])
+        except psycopg.errors.ObjectInUse:
+            log.warning("slot %s is in use (a capture running); it goes at the next drop()", slot)
+            return
+        if first(conn.execute(q.catalog_exists(), [".".join(q.WAL_PROGRESS)]))[0]:
+            conn.execute(q.wal_progress_delete(), [slot])
+
+
+# --- the capture loop --------------------------------------------------------------------
+
+
+@dataclass
+class CaptureResult:
+    """What one capture call did."""
+
+    transactions: int = 0
+    keys: int = 0
+    truncates: int = 0
+    busy: bool = False  # another process holds the capture
+    lost: bool = False  # the slot was lost (or missing): made again, vectorizers reconciled
+    lsn: str | None = None  # progress after the call
+
+
+@dataclass
+class Target:
+    """A vectorizer the capture feeds: its source, key columns, inbox, and for TRUNCATE the
+    statement that queues its destination's keys (None for a callback vectorizer)."""
+
+    name: str
+    source: Rel
+    keys: list[str]
+    inbox: Rel
+    queue_all: Any  # queues every key of the source: a change whose key the record lacks
+    on_truncate: Any = None
+
+
+def targets(conn: psycopg.Connection) -> list[Target]:
+    """Every vectorizer in the catalog: keys are routed to all vectorizers on a relation,
+    WAL or not. While one switches from WAL to triggers the keys the slot still holds for
+    it must reach it; a trigger vectorizer on the same table gets them twice, harmlessly."""
+    from .queue import Queue
+
+    out = []
+    for v in Queue.list_all(conn):
+        pipe = v.config.get("pipeline") or {}
+        on_truncate = None
+        if pipe.get("destination"):
+            on_truncate = q.reconcile_gone(v.queue, tuple(pipe["destination"]), v.source, v.keys,
+                                           pipe["dest_keys"])
+        out.append(Target(v.name, v.source, v.keys, v.inbox, q.backfill(v.queue, v.source, v.keys),
+                          on_truncate))
+    return out
+
+
+def wal_vectorizers(conn: psycopg.Connection) -> list[Any]:
+    from .queue import Queue
+
+    return [v for v in Queue.list_all(conn) if v.config.get("capture") == "wal"]
+
+
+def capture(db: Any, conn: psycopg.Connection, *, rounds: int = 100) -> CaptureResult:
+    """Queue the keys of every transaction committed since the last call and before this one
+    began, on ``conn`` (no transaction open on it). Returns at once (``busy``) while another process captures.
+    Does nothing where there is neither a slot nor a WAL vectorizer; with a slot and no WAL
+    vectorizer left (the last one dropped or switched to triggers), reads it to the end,
+    then drops it."""
+    total = CaptureResult()
+    slot = slot_name(conn.info.dbname)
+    with conn.transaction():
+        wal = wal_vectorizers(conn)
+        info = conn.execute(q.slot_info(), [slot]).fetchone()
+        upto = first(conn.execute(q.wal_server_state()))[0]  # what is committed now: no further
+    if info is None or info[0] == "lost":
+        if not wal:
+            if info is not None:
+                drop_slot(db)
+            return total
+        return _recreate(db, conn, slot, wal, lost=info is not None)
+    for _ in range(rounds):
+        done = _capture_round(conn, slot, upto)
+        if done.busy:
+            total.busy = True
+            break
+        total.transactions += done.transactions
+        total.keys += done.keys
+        total.truncates += done.truncates
+        total.lsn = done.lsn or total.lsn
+        if done.transactions == 0:
+            if not wal:
+                drop_slot(db)
+            break
+    return total
+
+
+def _recreate(db: Any, conn: psycopg.Connection, slot: str, wal: list[Any], lost: bool) -> CaptureResult:
+    """The slot went (past max_slot_wal_keep_size while no worker read it, or dropped by
+    hand): the changes since its last progress are not in the WAL any more. A new slot, then
+    every WAL vectorizer reconciled in a snapshot taken after the new slot exists, which sees
+    every change the new slot will not: all its source keys queued (rows whose text did not
+    change cost no model call) and the destination's keys that left the source."""
+    with conn.transaction():
+        if not first(conn.execute(q.try_capture_lock()))[0]:
+            return CaptureResult(busy=True)
+    log.warning("replication slot %s is %s: making a new one and queueing every row of %d "
+                "vectorizer(s)", slot, "lost" if lost else "missing", len(wal))
+    if lost:
+        drop_slot(db)
+    ensure_slot(db)
+    names = {v.name for v in wal}
+    with conn.transaction():
+        for t in targets(conn):
+            if t.name in names:
+                conn.execute(t.queue_all)
+                if t.on_truncate is not None:
+                    conn.execute(t.on_truncate)
+    return CaptureResult(lost=True)
+
+
+def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureResult:
+    result = CaptureResult()
+    with conn.transaction():
+        if not first(conn.execute(q.try_capture_lock()))[0]:
+            return CaptureResult(busy=True)
+        row = conn.execute(q.wal_progress_get(), [slot]).fetchone()
+        progress = _lsn(row[0]) if row else 0
+        routes: dict[Rel, list[Target]] = defaultdict(list)
+        for t in targets(conn):
+            routes[t.source].append(t)
+
+        def key_columns(rel: Relation) -> list[int] | None:
+            found = routes.get((rel.schema, rel.table))
+            if not found:
+                return None
+            try:
+                return [rel.columns.index(k) for k in found[0].keys]
+            except ValueError:
+                log.warning("table %s.%s no longer has the key columns %s of vectorizer %s: its "
+                            "changes are not queued; drop and create the vectorizer again",
+                            rel.schema, rel.table, found[0].keys, found[0].name)
+                return None
+
+        decoder = Decoder(key_columns)
+        try:
+            with conn.cursor(name="pgvz_peek") as cur:
+                cur.itersize = 10_000
+                cur.execute(q.peek_changes(), {"slot": slot, "upto": upto, "limit": PEEK_CHANGES})
+                for _at, data in cur:
+                    decoder.feed(bytes(data))
+        except psycopg.errors.ObjectInUse:
+            return CaptureResult(busy=True)  # a peek of another session (a manual one, say)
+        per_target: dict[int, tuple[Target, list[tuple]]] = {}
+        truncated: list[Target] = []
+        unknown: list[Target] = []  # an UPDATE whose key the record lacks: every key queued
+        last = progress
+        for end, txn in decoder.committed:
+            if end <= progress:
+                continue  # queued before a crash between the commit and the slot's advance
+            last = max(last, end)
+            result.transactions += 1
+            for rel, keys in txn.keys.items():
+                relation = decoder.relations.get(rel)
+                if relation is None:
+                    continue
+                for t in routes.get((relation.schema, relation.table), []):
+                    per_target.setdefault(id(t), (t, []))[1].extend(keys)
+                result.keys += len(keys)
+            for rel in txn.truncated:
+                truncated.extend(t for t in _routes_of(conn, decoder, routes, rel) if t not in truncated)
+                result.truncates += 1
+            for rel in txn.unroutable:
+                unknown.extend(t for t in _routes_of(conn, decoder, routes, rel) if t not in unknown)
+        for t, keys in per_target.values():
+            _write_keys(conn, t, keys)
+        for t in truncated:
+            if t.on_truncate is None:
+                log.warning("vectorizer %s: a TRUNCATE of %s came through the WAL, and a callback "
+                            "vectorizer has no destination to find the removed keys in",
+                            t.name, ".".join(t.source))
+                continue
+            conn.execute(t.on_truncate)
+        for t in unknown:
+            log.warning("vectorizer %s: an UPDATE of %s came with its key as an unchanged TOASTed "
+                        "value: every row of the table is queued (unchanged rows cost no model call)",
+                        t.name, ".".join(t.source))
+            conn.execute(t.queue_all)
+        if last > progress:
+            conn.execute(q.wal_progress_set(), {"slot": slot, "lsn": _lsn_text(last)})
+    if last > progress:
+        result.lsn = _lsn_text(last)
+        try:
+            with conn.transaction():
+                conn.execute(q.advance_slot(), [slot, result.lsn])
+        except psycopg.errors.ObjectInUse:
+            pass  # someone peeking: the next round advances it (progress already holds)
+    return result
+
+
+def _routes_of(conn: psycopg.Connection, decoder: Decoder, routes: dict[Rel, list[Target]],
+               rel: int) -> list[Target]:
+    """The vectorizers a relation's change goes to: by its name, else by its partition root."""
+    relation = decoder.relations.get(rel)
+    hit = routes.get((relation.schema, relation.table)) if relation else None
+    if not hit:
+        root = conn.execute(q.relation_root(), [rel, rel]).fetchone()
+        hit = routes.get((root[0], root[1])) if root else None
+    return hit or []
+
+
+def _write_keys(conn: psycopg.Connection, t: Target, keys: list[tuple]) -> None:
+    with conn.cursor().copy(q.copy_inbox(t.inbox, t.keys)) as copy:
+        for start in range(0, len(keys), KEYS_PER_INBOX_ROW):
+            part = keys[start:start + KEYS_PER_INBOX_ROW]
+            copy.write_row([array_literal(k[i] for k in part) for i in range(len(t.keys))])
+
+
+def _lsn(text: str) -> int:
+    hi, lo = str(text).split("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def _lsn_text(value: int) -> str:
+    return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
+
+
+def slot_status(conn: psycopg.Connection) -> tuple[str | None, int | None]:
+    """(wal_status, bytes of WAL the slot holds back) of this database's slot, or (None, None)."""
+    row = conn.execute(q.slot_info(), [slot_name(conn.info.dbname)]).fetchone()
+    return (row[0], row[1]) if row else (None, None)

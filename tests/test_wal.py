@@ -1,0 +1,281 @@
+"""capture="wal": changes reach the queue through logical decoding, with nothing on the
+application's write path. Each test checks the database's state: the queue, the
+destination, the slot, the publication, the catalog."""
+
+from __future__ import annotations
+
+import threading
+
+import psycopg
+import pytest
+from psycopg import sql
+
+import pgvz_nb as pgvz
+from pgvz_nb import capture
+from pgvz_nb.embedders import HashingEmbedder
+
+
+class Counting(HashingEmbedder):
+    """Counts the texts it embeds: the model calls an UPDATE costs."""
+
+    def __init__(self) -> None:
+        super().__init__(32)
+        self.texts = 0
+
+    def embed_documents(self, texts):
+        self.texts += len(texts)
+        return super().embed_documents(texts)
+
+
+def make_table(conn, schema: str, rows: int = 5, name: str = "docs") -> None:
+    t = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, views int DEFAULT 0)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) SELECT g, 'text number ' || g FROM generate_series(1, %s) g")
+                 .format(t), [rows])
+
+
+def wal_vectorizer(db, schema: str, name: str = "docs", **kw) -> pgvz.Vectorizer:
+    kw.setdefault("embedder", Counting())
+    return pgvz.Vectorizer(db, f"{schema}.{name}", chunk_column="body", capture="wal", **kw).create()
+
+
+def dest_state(conn, schema: str, name: str = "docs") -> dict[int, str]:
+    rows = conn.execute(sql.SQL("SELECT {}, contents FROM {} ORDER BY 1").format(
+        sql.Identifier(f"{name}_id"), sql.Identifier(schema, f"{name}_embedding"))).fetchall()
+    return {k: c for k, c in rows}
+
+
+def source_state(conn, schema: str, name: str = "docs") -> dict[int, str]:
+    rows = conn.execute(sql.SQL("SELECT id, body FROM {} WHERE body <> '' ORDER BY 1").format(
+        sql.Identifier(schema, name))).fetchall()
+    return {k: c for k, c in rows}
+
+
+def triggers_on(conn, schema: str, name: str = "docs") -> list[str]:
+    return [r[0] for r in conn.execute(
+        "SELECT tgname FROM pg_trigger WHERE tgrelid = to_regclass(%s) AND NOT tgisinternal",
+        [f"{schema}.{name}"]).fetchall()]
+
+
+def slot_row(conn):
+    return conn.execute("SELECT slot_name, wal_status FROM pg_replication_slots WHERE slot_name = %s",
+                        [capture.slot_name(conn.info.dbname)]).fetchone()
+
+
+@pytest.fixture
+def wal_cleanup(db):
+    yield
+    with db.connect(autocommit=True) as c:  # a test that failed half-way leaves no slot pinning WAL
+        c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                  "WHERE slot_name = %s AND NOT active", [capture.slot_name(c.info.dbname)])
+
+
+def test_inserts_updates_deletes_reach_the_destination_with_no_trigger(db, conn, schema, wal_cleanup):
+    make_table(conn, schema)
+    v = wal_vectorizer(db, schema)
+    assert triggers_on(conn, schema) == [], "nothing on the application's write path"
+    assert slot_row(conn) is not None
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    t = sql.Identifier(schema, "docs")
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (6, 'a new row about giraffes')").format(t))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed text' WHERE id = 2").format(t))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 3").format(t))
+    conn.execute(sql.SQL("UPDATE {} SET id = 30 WHERE id = 4").format(t))  # a key change: old and new
+    report = v.sync(progress=False)
+    assert report.processed >= 5
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    st = v.status(full=True)
+    assert st["capture"][0] == "wal" and st["wal_status"][0] in ("reserved", "extended")
+    assert st["pending"][0] == 0 and st["slot_lag_bytes"][0] is not None
+    v.drop()
+    assert slot_row(conn) is None, "the slot goes with the last WAL vectorizer"
+    assert conn.execute("SELECT count(*) FROM pg_publication_tables WHERE pubname = 'pgvz_nb' "
+                        "AND schemaname = %s", [schema]).fetchone()[0] == 0
+
+
+def test_an_update_of_a_column_the_embedding_does_not_read_costs_no_model_call(db, conn, schema, wal_cleanup):
+    make_table(conn, schema)
+    model = Counting()
+    v = wal_vectorizer(db, schema, embedder=model)
+    v.sync(progress=False)
+    before = model.texts
+    conn.execute(sql.SQL("UPDATE {} SET views = views + 1").format(sql.Identifier(schema, "docs")))
+    v.sync(progress=False)
+    assert model.texts == before, "every UPDATE reaches the queue; the chunk hashes spare the model"
+    assert v.status()["pending"][0] == 0
+    v.drop()
+
+
+def test_an_aborted_transaction_leaves_nothing_queued_and_a_large_one_is_streamed(db, conn, schema, wal_cleanup):
+    make_table(conn, schema, rows=0)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    t = sql.Identifier(schema, "docs")
+    with db.connect() as other:
+        other.execute(sql.SQL("INSERT INTO {} (id, body) SELECT g, 'x' || g FROM generate_series(1, 50) g").format(t))
+        other.rollback()
+    # a transaction larger than logical_decoding_work_mem arrives in streamed chunks
+    with db.connect() as big:
+        big.execute(sql.SQL("INSERT INTO {} (id, body) SELECT g, 'row ' || g FROM generate_series(1000, 31000) g")
+                    .format(t))
+        big.commit()
+    with db.connect(autocommit=True) as c:
+        c.execute("SET logical_decoding_work_mem = '64kB'")
+        done = capture.capture(db, c)
+    assert done.keys == 30001 and done.transactions >= 1
+    queued = conn.execute("SELECT coalesce(sum(cardinality(id)), 0) FROM {}".replace(
+        "{}", sql.Identifier(*v._queue.inbox).as_string(conn))).fetchone()[0]
+    assert queued == 30001, "no key of the rolled-back transaction, every key of the large one"
+    v.drop()
+
+
+def test_a_crash_between_the_queue_commit_and_the_slot_advance_queues_nothing_twice(db, conn, schema, wal_cleanup,
+                                                                                      monkeypatch):
+    make_table(conn, schema, rows=0)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (1, 'one'), (2, 'two')").format(
+        sql.Identifier(schema, "docs")))
+    slot = capture.slot_name(conn.info.dbname)
+    confirmed = conn.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                             [slot]).fetchone()[0]
+    real = capture.q.advance_slot
+
+    def crash():
+        raise KeyboardInterrupt("killed between the commit and the advance")
+
+    monkeypatch.setattr(capture.q, "advance_slot", crash)
+    with db.connect(autocommit=True) as c, pytest.raises(KeyboardInterrupt):
+        capture.capture(db, c)
+    monkeypatch.setattr(capture.q, "advance_slot", real)
+    assert conn.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                        [slot]).fetchone()[0] == confirmed, "the slot was not advanced"
+    inbox = sql.Identifier(*v._queue.inbox)
+    assert conn.execute(sql.SQL("SELECT coalesce(sum(cardinality(id)), 0) FROM {}").format(inbox)).fetchone()[0] == 2
+    with db.connect(autocommit=True) as c:
+        again = capture.capture(db, c)
+    assert again.keys == 0, "the progress row wins over the slot"
+    assert conn.execute(sql.SQL("SELECT coalesce(sum(cardinality(id)), 0) FROM {}").format(inbox)).fetchone()[0] == 2
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == {1: "one", 2: "two"}
+    v.drop()
+
+
+def test_switching_capture_both_ways_with_writes_going_on_loses_nothing(db, conn, schema, wal_cleanup):
+    make_table(conn, schema, rows=20)
+    v = pgvz.Vectorizer(db, f"{schema}.docs", chunk_column="body", embedder=Counting()).create()
+    assert v.status(full=True)["capture"][0] == "triggers" and len(triggers_on(conn, schema)) == 4
+    stop = threading.Event()
+    written = []
+
+    def writer():
+        i = 100
+        with db.connect(autocommit=True) as w:
+            while not stop.is_set():
+                w.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (%s, %s)").format(
+                    sql.Identifier(schema, "docs")), [i, f"written while switching {i}"])
+                w.execute(sql.SQL("UPDATE {} SET body = body || '!' WHERE id = %s").format(
+                    sql.Identifier(schema, "docs")), [i - 50 if i > 120 else 1])
+                written.append(i)
+                i += 1
+                stop.wait(0.005)  # an application's pace, not a flood: each sync() ends
+
+    v.sync(progress=False)
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:  # both switches while the application writes (sync() drains after: under a steady
+        # stream of writes it would go on as long as they do)
+        while len(written) < 20:
+            stop.wait(0.01)
+        w = pgvz.Vectorizer(db, f"{schema}.docs", chunk_column="body", embedder=Counting(), capture="wal").create()
+        assert triggers_on(conn, schema) == [] and w.status(full=True)["capture"][0] == "wal"
+        at_switch = len(written)
+        while len(written) < at_switch + 20:
+            stop.wait(0.01)
+        back = pgvz.Vectorizer(db, f"{schema}.docs", chunk_column="body", embedder=Counting(),
+                               capture="triggers").create()
+        assert len(triggers_on(conn, schema)) == 4
+        at_switch = len(written)
+        while len(written) < at_switch + 20:
+            stop.wait(0.01)
+    finally:
+        stop.set()
+        thread.join()
+    back.sync(progress=False)
+    assert slot_row(conn) is None, "no WAL vectorizer left: the slot went once read to the end"
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    back.drop()
+
+
+def test_a_lost_slot_is_made_again_and_the_vectorizer_reconciled(db, conn, schema, wal_cleanup):
+    make_table(conn, schema, rows=5)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    with db.connect(autocommit=True) as c:
+        c.execute("SELECT pg_drop_replication_slot(%s)", [capture.slot_name(c.info.dbname)])
+    t = sql.Identifier(schema, "docs")
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed with no slot' WHERE id = 1").format(t))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(t))
+    v.sync(progress=False)
+    assert slot_row(conn) is not None
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (9, 'after the new slot')").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    v.drop()
+
+
+def test_truncate_partitions_and_prepared_transactions(db, conn, schema, wal_cleanup):
+    t = sql.Identifier(schema, "parts")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)").format(t))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (0) TO (100)").format(
+        sql.Identifier(schema, "parts_a"), t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'first'), (2, 'second')").format(t))
+    v = wal_vectorizer(db, schema, name="parts")
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {1: "first", 2: "second"}
+    # a partition made later: no pgvz_nb code runs, its writes are decoded as the root's
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (100) TO (200)").format(
+        sql.Identifier(schema, "parts_b"), t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (150, 'in the new partition')").format(
+        sql.Identifier(schema, "parts_b")))
+    with db.connect() as tpc:
+        tpc.execute(sql.SQL("INSERT INTO {} VALUES (3, 'prepared')").format(t))
+        tpc.execute("PREPARE TRANSACTION 'pgvz_wal_test'")
+    conn.execute("COMMIT PREPARED 'pgvz_wal_test'")
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {1: "first", 2: "second", 3: "prepared", 150: "in the new partition"}
+    conn.execute(sql.SQL("TRUNCATE {}").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (4, 'after the truncate')").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {4: "after the truncate"}
+    v.drop()
+
+
+def test_refusals_say_what_to_do(db, conn, schema, wal_cleanup):
+    conn.execute(sql.SQL("CREATE TABLE {} (code text NOT NULL UNIQUE, body text)").format(
+        sql.Identifier(schema, "nopk")))
+    with pytest.raises(pgvz.errors.ConfigConflict, match="(?s)replica identity.*UPDATEs and DELETEs fail"):
+        pgvz.Vectorize(db, "nopk", schema_name=schema, id_column_name="code", capture="wal").register()
+    assert conn.execute("SELECT count(*) FROM pgvz.vectorizers WHERE source_table = 'nopk'").fetchone()[0] == 0
+    assert slot_row(conn) is None, "a refused install leaves no slot pinning WAL"
+    # nothing half-made: the application's UPDATE still works (the table joined no publication)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES ('a', 'b')").format(sql.Identifier(schema, "nopk")))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'c'").format(sql.Identifier(schema, "nopk")))
+    with pytest.raises(pgvz.PgvzError, match="capture='triggers' or capture='wal'"):
+        pgvz.Vectorizer(db, f"{schema}.nopk", chunk_column="body", capture="logical")
+    role = f"{schema}_norepl"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        conn.execute(sql.SQL("GRANT ALL ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(role)))
+        make_table(conn, schema, name="theirs")
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(sql.Identifier(schema, "theirs"),
+                                                                  sql.Identifier(role)))
+        dsn = psycopg.conninfo.make_conninfo(db.dsn, user=role)
+        with pytest.raises(pgvz.errors.CaptureUnavailable, match="REPLICATION"):
+            pgvz.Vectorizer(pgvz.connect(dsn), f"{schema}.theirs", chunk_column="body", capture="wal",
+                            embedder=Counting()).create()
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
