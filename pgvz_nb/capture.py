@@ -237,7 +237,8 @@ def check_identity(conn: psycopg.Connection, source: Rel, keys: list[str]) -> No
     if ident == "f":
         return
     if ident == "n" or columns is None or sorted(columns) != sorted(keys):
-        what = {"n": "REPLICA IDENTITY NOTHING", "d": "no primary key", "i": "a replica identity index"}[ident]
+        what = {"n": "REPLICA IDENTITY NOTHING", "d": "no primary key (a DEFERRABLE one does not count)",
+                "i": "a replica identity index"}[ident]
         raise ConfigConflict(
             f"capture='wal' learns a deleted row's key from its replica identity, and "
             f"{'.'.join(source)} has {what}{f' on {columns}' if columns else ''}, not the key {keys}; "
@@ -251,8 +252,11 @@ def ensure(conn: psycopg.Connection, source: Rel) -> str:
     connection (the caller's: it must hold no transaction), so that it exists before the
     table joins the publication and the backfill's snapshot is taken. Returns the slot."""
     slot = slot_name(conn.info.dbname)
-    if not first(conn.execute(q.publication_exists(), [q.PUBLICATION]))[0]:
+    via_root = conn.execute(q.publication_via_root(), [q.PUBLICATION]).fetchone()
+    if via_root is None:
         conn.execute(q.create_publication())
+    elif via_root[0]:
+        conn.execute(q.publication_leaves())
     if not first(conn.execute(q.publication_has_table(), {"pub": q.PUBLICATION, "schema": source[0],
                                                           "table": source[1]}))[0]:
         conn.execute(q.publication_add_table(source))
@@ -356,7 +360,7 @@ def targets(conn: psycopg.Connection) -> list[Target]:
         pipe = v.config.get("pipeline") or {}
         on_truncate = None
         if pipe.get("destination"):
-            on_truncate = q.reconcile_gone(v.queue, tuple(pipe["destination"]), v.source, v.keys,
+            on_truncate = q.truncated_keys(v.queue, tuple(pipe["destination"]), v.source, v.keys,
                                            pipe["dest_keys"])
         out.append(Target(v.name, v.source, v.keys, v.inbox, q.backfill(v.queue, v.source, v.keys),
                           on_truncate))
@@ -437,9 +441,21 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
         routes: dict[Rel, list[Target]] = defaultdict(list)
         for t in targets(conn):
             routes[t.source].append(t)
+        routed: dict[int, list[Target]] = {}
+
+        def route(rel: int, relation: Relation | None) -> list[Target]:
+            """The vectorizers a relation's changes go to: by its name, else (a partition, or
+            an inheritance child) by its tree's root, as the catalog names it now."""
+            if rel not in routed:
+                hit = routes.get((relation.schema, relation.table)) if relation else None
+                if not hit:
+                    root = conn.execute(q.relation_root(), [rel, rel]).fetchone()
+                    hit = routes.get((root[0], root[1])) if root else None
+                routed[rel] = hit or []
+            return routed[rel]
 
         def key_columns(rel: Relation) -> list[int] | None:
-            found = routes.get((rel.schema, rel.table))
+            found = route(rel.oid, rel)
             if not found:
                 return None
             try:
@@ -469,17 +485,14 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
             last = max(last, end)
             result.transactions += 1
             for rel, keys in txn.keys.items():
-                relation = decoder.relations.get(rel)
-                if relation is None:
-                    continue
-                for t in routes.get((relation.schema, relation.table), []):
+                for t in route(rel, decoder.relations.get(rel)):
                     per_target.setdefault(id(t), (t, []))[1].extend(keys)
                 result.keys += len(keys)
             for rel in txn.truncated:
-                truncated.extend(t for t in _routes_of(conn, decoder, routes, rel) if t not in truncated)
+                truncated.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in truncated)
                 result.truncates += 1
             for rel in txn.unroutable:
-                unknown.extend(t for t in _routes_of(conn, decoder, routes, rel) if t not in unknown)
+                unknown.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in unknown)
         for t, keys in per_target.values():
             _write_keys(conn, t, keys)
         for t in truncated:
@@ -504,17 +517,6 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
         except psycopg.errors.ObjectInUse:
             pass  # someone peeking: the next round advances it (progress already holds)
     return result
-
-
-def _routes_of(conn: psycopg.Connection, decoder: Decoder, routes: dict[Rel, list[Target]],
-               rel: int) -> list[Target]:
-    """The vectorizers a relation's change goes to: by its name, else by its partition root."""
-    relation = decoder.relations.get(rel)
-    hit = routes.get((relation.schema, relation.table)) if relation else None
-    if not hit:
-        root = conn.execute(q.relation_root(), [rel, rel]).fetchone()
-        hit = routes.get((root[0], root[1])) if root else None
-    return hit or []
 
 
 def _write_keys(conn: psycopg.Connection, t: Target, keys: list[tuple]) -> None:

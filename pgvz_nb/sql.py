@@ -1326,6 +1326,21 @@ def reconcile_gone(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest
              queued=_match_as_text("q", keys, "d", dest_keys))
 
 
+def truncated_keys(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest_keys: Sequence[str]) -> sql.Composed:
+    """A TRUNCATE came through the WAL, which names no key: queue every destination key and
+    every queued key that has no source row now. Queued keys too, and with no "not queued
+    already" filter: a worker may hold one of them in a claim, its source row read before
+    the TRUNCATE, and would write its chunks back after; a second queue row outlives that
+    claim and removes them."""
+    return sql.SQL(
+        "INSERT INTO {queue} ({k}) SELECT DISTINCT {dk} FROM {dest} AS d "
+        "WHERE NOT EXISTS (SELECT 1 FROM {source} AS s WHERE {in_source}) "
+        "UNION SELECT {qk} FROM {queue} AS q WHERE NOT EXISTS (SELECT 1 FROM {source} AS s WHERE {q_in_source})"
+    ).format(queue=ident(queue), k=_cols(keys), dk=_cols(dest_keys, "d"), dest=ident(dest),
+             source=ident(source), in_source=_match_as_text("s", keys, "d", dest_keys),
+             qk=_cols(keys, "q"), q_in_source=_match_as_text("s", keys, "q", keys))
+
+
 def reconcile_missing(queue: Rel, dest: Rel, source: Rel, keys: Sequence[str], dest_keys: Sequence[str],
                       where: sql.Composable | None) -> sql.Composed:
     """Queue each source key (passing the filter) that has no destination row and is not
@@ -1475,14 +1490,15 @@ def wal_readiness() -> sql.Composed:
 def replica_identity() -> sql.Composed:
     """(relreplident, the columns of the replica identity index or of the primary key) of
     table %(schema)s.%(table)s: what an UPDATE's and a DELETE's WAL record says about the
-    old row, and so which keys logical decoding can give for it."""
+    old row, and so which keys logical decoding can give for it. A DEFERRABLE primary key
+    is no replica identity (PostgreSQL uses only an immediate one)."""
     return sql.SQL(
         """SELECT c.relreplident,
        (SELECT array_agg(a.attname::text ORDER BY k.i)
         FROM pg_index x CROSS JOIN LATERAL unnest(x.indkey) WITH ORDINALITY AS k(attnum, i)
         JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum = k.attnum
         WHERE x.indrelid = c.oid AND CASE WHEN c.relreplident = 'i' THEN x.indisreplident
-                                          ELSE x.indisprimary END)
+                                          ELSE x.indisprimary AND x.indimmediate END)
 FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
 WHERE n.nspname = %(schema)s AND c.relname = %(table)s"""
     ).format()
@@ -1503,19 +1519,36 @@ def publication_exists() -> sql.Composed:
 
 
 def create_publication() -> sql.Composed:
-    """Empty at first; tables are added one by one. publish_via_partition_root: a write to a
-    partition is decoded as the partitioned table's, the vectorizer's source."""
+    """Empty at first; tables are added one by one. Not publish_via_partition_root: with it,
+    PostgreSQL sends no TRUNCATE of a single partition at all (pgoutput skips a partition
+    whose changes it publishes as the root's), and that partition's rows would keep their
+    embeddings. Without it a partition's changes come under the partition's name, current
+    and future partitions included, and the capture routes them to the tree's root."""
     return sql.SQL(
         "CREATE PUBLICATION {} WITH (publish = 'insert, update, delete, truncate', "
-        "publish_via_partition_root = true)"
+        "publish_via_partition_root = false)"
     ).format(Name(PUBLICATION))
 
 
 def publication_has_table() -> sql.Composed:
+    """Whether %(schema)s.%(table)s itself is in publication %(pub)s (pg_publication_tables
+    lists a partitioned table's leaves instead)."""
     return sql.SQL(
-        "SELECT EXISTS (SELECT 1 FROM pg_publication_tables WHERE pubname = %(pub)s "
-        "AND schemaname = %(schema)s AND tablename = %(table)s)"
+        "SELECT EXISTS (SELECT 1 FROM pg_publication_rel pr JOIN pg_publication p ON p.oid = pr.prpubid "
+        "JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE p.pubname = %(pub)s AND n.nspname = %(schema)s AND c.relname = %(table)s)"
     ).format()
+
+
+def publication_via_root() -> sql.Composed:
+    """publish_via_partition_root of publication %s (no row: none)."""
+    return sql.SQL("SELECT pubviaroot FROM pg_publication WHERE pubname = %s").format()
+
+
+def publication_leaves() -> sql.Composed:
+    """See create_publication: a publication made with publish_via_partition_root (by a
+    build of pgvz_nb that did) is set back."""
+    return sql.SQL("ALTER PUBLICATION {} SET (publish_via_partition_root = false)").format(Name(PUBLICATION))
 
 
 def publication_add_table(source: Rel) -> sql.Composed:

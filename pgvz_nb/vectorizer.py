@@ -24,7 +24,16 @@ import psycopg
 
 from . import sql as q
 from .db import Database, as_database, column_names, first
-from .errors import CallbackFailed, ConfigConflict, DimensionMismatch, NotFound, PgvzError, boundary, translate
+from .errors import (
+    CallbackFailed,
+    ConfigConflict,
+    DimensionMismatch,
+    NotFound,
+    PgvzError,
+    boundary,
+    connection_lost,
+    translate,
+)
 from .queue import (
     ClaimedRow,
     ProcessResult,
@@ -159,6 +168,9 @@ class _Connections:
             self.capture_error = None
             return result
         except psycopg.Error as exc:
+            translated = translate(exc, "capturing the WAL")
+            if connection_lost(translated):
+                raise translated from exc  # the worker's reconnect, as for any lost connection
             text = f"{type(exc).__name__}: {str(exc).strip()}"
             if text != self.capture_error:
                 _log.warning("the WAL capture failed (%s); what is queued is still drained", text)
@@ -728,6 +740,8 @@ class Vectorizer(_Connections):
 
         doing = f"creating vectorizer {self.name!r} on {'.'.join(self.source)}"
         try:
+            check_name(self.source[0], "schema")  # before any query names them
+            check_name(self.source[1], "table")
             if mode is None:  # as stored, or triggers for a new one
                 with self.db.connect() as conn:
                     found = Queue.find(conn, self.name)

@@ -25,16 +25,20 @@ CATEGORIES = ["Pets", "Food", "Travel", "Databases"]
 PARTITIONS = 3
 
 
-def make_source(db: pgvz.Database, schema: str, rows: int = 50, seed: int = 1, partitioned: bool = False) -> str:
+def make_source(db: pgvz.Database, schema: str, rows: int = 50, seed: int = 1, partitioned: bool = False,
+                capture: str = "triggers") -> str:
     """docs(id, body, category, visible, views) and a hashing-embedder vectorizer on it
-    (``partitioned``: hash-partitioned on id into docs_p0, docs_p1, docs_p2)."""
+    (``partitioned``: hash-partitioned on id into docs_p0, docs_p1, docs_p2; ``capture``:
+    how its changes reach the queue; for "wal" the key is not DEFERRABLE, which would be
+    no replica identity)."""
     rng = random.Random(seed)
     t = sql.Identifier(schema, "docs")
     with db.connect() as conn:
         conn.execute(sql.SQL(
-            "CREATE TABLE {} (id int PRIMARY KEY DEFERRABLE, body text, category text, "
+            "CREATE TABLE {} (id int PRIMARY KEY{}, body text, category text, "
             "visible bool NOT NULL DEFAULT true, views int NOT NULL DEFAULT 0){}").format(
-                t, sql.SQL(" PARTITION BY HASH (id)" if partitioned else "")))
+                t, sql.SQL(" DEFERRABLE" if capture == "triggers" else ""),
+                sql.SQL(" PARTITION BY HASH (id)" if partitioned else "")))
         for i in range(PARTITIONS if partitioned else 0):
             conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES WITH (MODULUS {}, REMAINDER {})").format(
                 sql.Identifier(schema, f"docs_p{i}"), t, sql.Literal(PARTITIONS), sql.Literal(i)))
@@ -46,7 +50,7 @@ def make_source(db: pgvz.Database, schema: str, rows: int = 50, seed: int = 1, p
     v = pgvz.Vectorizer(db, f"{schema}.docs", template="{category}: {chunk}", chunk_column="body",
                         chunk_size=120, chunk_overlap=20, metadata=["category"], where="visible",
                         embedder=HashingEmbedder(32), name=f"{schema}.docs", batch_size=16,
-                        retry_backoff=0.2).create()
+                        retry_backoff=0.2, capture=capture).create()
     v.close()
     return v.name
 

