@@ -81,6 +81,29 @@ def test_search_latency(out, vectors):
         assert 0 <= case["recall_at_10"] <= 1 and case["p50_ms"] > 0
 
 
+def test_wal_capture_compares_both_modes_and_the_floor(out):
+    stdout = run("wal_capture.py", "--quick", out=out)
+    r = result(out, "wal_capture")
+    assert r["settings"]["wal_level"] == "logical"
+    v = r["variants"]
+    assert set(v) == {"none", "empty_stmt_trigger", "triggers", "wal"}
+    for kind in ("copy", "insert", "autocommit"):
+        assert v["none"][f"{kind}_ratio"] == 1.0
+        assert all(v[x][f"{kind}_ratio"] > 0 and v[x][f"{kind}_rows_per_s"] > 0 for x in v)
+        cpu = r["cpu_us_per_row"][kind]
+        assert cpu["triggers_writer"] > 0 and cpu["wal_total"] > cpu["wal_writer"] > 0
+    for shape in ("blog", "narrow"):
+        assert r["throughput"][shape]["rows"] == 2000 and r["throughput"][shape]["keys_per_s"] > 0
+    lat = r["latency"]
+    assert lat["capture_loop"]["n"] == 20  # the script checks every key was queued
+    assert all(case["p99_ms"] >= case["p50_ms"] for case in lat.values())
+    # the NOTIFY case is one: the embedded server allows 2PC, so triggers notify only when told
+    assert lat["worker_triggers_notify"]["wakeups"] > 0 and lat["worker_wal"]["wakeups"] == 0
+    for heading in ("1. Write overhead", "2. Capture throughput", "3. Commit-to-queued latency",
+                    "4. CPU per written row"):
+        assert heading in stdout
+
+
 def test_report_lists_every_goal(out):
     """Runs last in this module: the table over everything above."""
     proc = subprocess.run([sys.executable, "benchmarks/report.py", "--out", str(out), "--markdown"],
