@@ -35,8 +35,8 @@ log = logging.getLogger("pgvz_nb.capture")
 
 Rel = q.Rel
 
-#: Changes asked of one peek (checked by the server at transaction ends and stream stops).
-PEEK_CHANGES = 100_000
+#: Decoded messages fetched from the server-side cursor at a time.
+FETCH_ROWS = 20_000
 #: Keys in one inbox row: well under PostgreSQL's 1 GB array limit for any sane key.
 KEYS_PER_INBOX_ROW = 200_000
 #: How long creating the slot may wait for the transactions running now to end.
@@ -90,51 +90,54 @@ class Decoder:
         self.committed: list[tuple[int, Txn]] = []  # (end lsn, keys), in commit order
 
     def feed(self, data: bytes) -> None:
-        kind = data[:1]
+        kind = data[0]
+        if kind in _ROW_CHANGES and self.stream_xid is None:  # the hot path: a row change
+            self._row(data, 1, self.current)
+            return
         pos = 1
-        if kind == b"B":
+        if kind == 66:  # B: begin
             self.current = Txn()
             return
-        if kind == b"C":
+        if kind == 67:  # C: commit
             _flags, _commit, end, _ts = struct.unpack_from("!bqqq", data, pos)
             if self.current is not None:
                 self.committed.append((end, self.current))
             self.current = None
             return
-        if kind == b"S":
+        if kind == 83:  # S: stream start
             (self.stream_xid,) = struct.unpack_from("!I", data, pos)
             self.streams.setdefault(self.stream_xid, {})
             return
-        if kind == b"E":
+        if kind == 69:  # E: stream stop
             self.stream_xid = None
             return
-        if kind == b"c":
+        if kind == 99:  # c: stream commit
             xid, _flags, _commit, end, _ts = struct.unpack_from("!Ibqqq", data, pos)
             txn = Txn()
             for part in self.streams.pop(xid, {}).values():
                 txn.absorb(part)
             self.committed.append((end, txn))
             return
-        if kind == b"A":
+        if kind == 65:  # A: stream abort, of the transaction or of a subtransaction
             xid, subxid = struct.unpack_from("!II", data, pos)
             if xid == subxid:
                 self.streams.pop(xid, None)
             else:
                 self.streams.get(xid, {}).pop(subxid, None)
             return
-        if kind not in (b"R", b"I", b"U", b"D", b"T"):
+        if kind not in (82, 84) and kind not in _ROW_CHANGES:
             return  # origin, type, logical message, ...: no keys in them
         target = self.current
-        if self.stream_xid is not None:
+        if self.stream_xid is not None:  # in a stream, each message names its (sub)transaction
             (sub,) = struct.unpack_from("!I", data, pos)
             pos += 4
             target = self.streams[self.stream_xid].setdefault(sub, Txn())
-        if kind == b"R":
+        if kind == 82:  # R: relation
             self._relation(data, pos)
             return
         if target is None:
             return
-        if kind == b"T":
+        if kind == 84:  # T: truncate
             nrels, _options = struct.unpack_from("!Ib", data, pos)
             pos += 5
             for _ in range(nrels):
@@ -142,21 +145,36 @@ class Decoder:
                 pos += 4
                 target.truncated.add(rel)
             return
-        (rel,) = struct.unpack_from("!I", data, pos)
-        pos += 4
+        self._row(data, pos, target)
+
+    def _row(self, data: bytes, pos: int, target: Txn | None) -> None:
+        """An insert (one tuple), a delete (the old key or row) or an update (the old key or
+        row, when the key changed or the identity is FULL, then the new row)."""
+        (rel,) = _UINT32.unpack_from(data, pos)
         positions = self._positions.get(rel)
-        if positions is None:
+        if positions is None or target is None:
             return
-        while pos < len(data):
-            tag = data[pos:pos + 1]
+        pos += 4
+        keys = target.keys[rel]
+        if positions == _FIRST and data[pos] == 78 and data[pos + 3] == 116:
+            # an insert, or an update with the key unchanged, keyed on its first column (most
+            # tables): 'N', the column count, 't', the length, the value
+            (length,) = _INT32.unpack_from(data, pos + 4)
+            keys.append((data[pos + 8:pos + 8 + length].decode(),))
+            return
+        end = len(data)
+        while pos < end:
+            tag = data[pos]
             pos += 1  # 'N' new tuple, 'K' old key, 'O' old row
-            values, pos = _tuple(data, pos)
-            key = tuple(values[i] for i in positions)
-            if any(v is None for v in key):
-                if tag == b"N":  # an unchanged TOASTed key column: not in the record
+            last = data[0] != 85 or tag == 78  # the message's last tuple: read no further than the key
+            key, pos = _key_of(data, pos, positions, last)
+            if None in key:
+                if tag == 78:  # 'N' with an unchanged TOASTed key column: not in the record
                     target.unroutable.add(rel)
                 continue
-            target.keys[rel].append(key)
+            keys.append(key)
+            if last:
+                return
 
     def _relation(self, data: bytes, pos: int) -> None:
         (oid,) = struct.unpack_from("!I", data, pos)
@@ -182,21 +200,33 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _tuple(data: bytes, pos: int) -> tuple[list[str | None], int]:
-    (ncols,) = struct.unpack_from("!h", data, pos)
+def _key_of(data: bytes, pos: int, positions: list[int], last: bool) -> tuple[tuple[str | None, ...], int]:
+    """The values at ``positions`` of the TupleData at ``pos`` (None: null, or an unchanged
+    TOASTed value), and where it ends; only those columns are decoded, and with ``last``
+    (no tuple follows) no column after them is even walked: the position returned is then
+    where reading stopped."""
+    (ncols,) = _INT16.unpack_from(data, pos)
     pos += 2
-    values: list[str | None] = []
-    for _ in range(ncols):
-        kind = data[pos:pos + 1]
+    wanted = dict.fromkeys(positions)
+    stop = max(positions) + 1 if last else ncols
+    for i in range(min(stop, ncols)):
+        kind = data[pos]
         pos += 1
-        if kind in (b"t", b"b"):
-            (length,) = struct.unpack_from("!i", data, pos)
+        if kind == 116 or kind == 98:  # 't' text, 'b' binary
+            (length,) = _INT32.unpack_from(data, pos)
             pos += 4
-            values.append(data[pos:pos + length].decode())
+            if i in wanted:
+                wanted[i] = data[pos:pos + length].decode()
             pos += length
-        else:  # 'n' null, 'u' unchanged TOAST
-            values.append(None)
-    return values, pos
+        # 'n' null, 'u' unchanged TOAST: no value follows
+    return tuple(wanted[i] for i in positions), pos
+
+
+_ROW_CHANGES = frozenset(b"IUD")
+_FIRST = [0]
+_UINT32 = struct.Struct("!I")
+_INT16 = struct.Struct("!h")
+_INT32 = struct.Struct("!i")
 
 
 def array_literal(values: Iterable[str]) -> str:
@@ -373,9 +403,10 @@ def wal_vectorizers(conn: psycopg.Connection) -> list[Any]:
     return [v for v in Queue.list_all(conn) if v.config.get("capture") == "wal"]
 
 
-def capture(db: Any, conn: psycopg.Connection, *, rounds: int = 100) -> CaptureResult:
+def capture(db: Any, conn: psycopg.Connection) -> CaptureResult:
     """Queue the keys of every transaction committed since the last call and before this one
-    began, on ``conn`` (no transaction open on it). Returns at once (``busy``) while another process captures.
+    began, on ``conn`` (no transaction open on it). Returns at once (``busy``) while another
+    process captures.
     Does nothing where there is neither a slot nor a WAL vectorizer; with a slot and no WAL
     vectorizer left (the last one dropped or switched to triggers), reads it to the end,
     then drops it."""
@@ -384,26 +415,18 @@ def capture(db: Any, conn: psycopg.Connection, *, rounds: int = 100) -> CaptureR
     with conn.transaction():
         wal = wal_vectorizers(conn)
         info = conn.execute(q.slot_info(), [slot]).fetchone()
-        upto = first(conn.execute(q.wal_server_state()))[0]  # what is committed now: no further
     if info is None or info[0] == "lost":
         if not wal:
             if info is not None:
                 drop_slot(db)
             return total
         return _recreate(db, conn, slot, wal, lost=info is not None)
-    for _ in range(rounds):
-        done = _capture_round(conn, slot, upto)
-        if done.busy:
-            total.busy = True
-            break
-        total.transactions += done.transactions
-        total.keys += done.keys
-        total.truncates += done.truncates
-        total.lsn = done.lsn or total.lsn
-        if done.transactions == 0:
-            if not wal:
-                drop_slot(db)
-            break
+    with conn.transaction():  # what is committed now, flushed: no further
+        upto = first(conn.execute(q.flush_wal() if conn.info.server_version >= 170000
+                                  else q.wal_server_state()))[0]
+    total = _capture_round(conn, slot, upto)
+    if not wal and not total.busy:
+        drop_slot(db)  # read to the end: nothing in it is anyone's any more
     return total
 
 
@@ -468,11 +491,11 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
 
         decoder = Decoder(key_columns)
         try:
-            with conn.cursor(name="pgvz_peek") as cur:
-                cur.itersize = 10_000
-                cur.execute(q.peek_changes(), {"slot": slot, "upto": upto, "limit": PEEK_CHANGES})
-                for _at, data in cur:
-                    decoder.feed(bytes(data))
+            with conn.cursor(name="pgvz_peek", binary=True) as cur:  # bytea as it is, no hex
+                cur.execute(q.peek_changes(), {"slot": slot, "upto": upto})
+                while rows := cur.fetchmany(FETCH_ROWS):
+                    for (data,) in rows:
+                        decoder.feed(data)
         except psycopg.errors.ObjectInUse:
             return CaptureResult(busy=True)  # a peek of another session (a manual one, say)
         per_target: dict[int, tuple[Target, list[tuple]]] = {}
@@ -507,6 +530,11 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
                         "value: every row of the table is queued (unchanged rows cost no model call)",
                         t.name, ".".join(t.source))
             conn.execute(t.queue_all)
+        # the whole range up to ``upto`` is read: the progress goes there even when nothing
+        # in it was ours (writes to other tables only), or the slot would hold all that WAL
+        # back and every capture read it again; a transaction running across ``upto``
+        # commits after it and so comes whole later
+        last = max(last, _lsn(upto))
         if last > progress:
             conn.execute(q.wal_progress_set(), {"slot": slot, "lsn": _lsn_text(last)})
     if last > progress:

@@ -1609,11 +1609,12 @@ def peek_changes() -> sql.Composed:
     """The slot's changes committed before %(upto)s, without consuming them (never
     pg_logical_slot_get_*: it consumes before the keys are queued). pgoutput protocol 2
     with streaming: a large transaction arrives in chunks while in progress instead of
-    being spilled to disk at every peek; %(limit)s bounds the changes of one call (checked
-    at transaction ends)."""
+    being spilled to disk at every peek. No limit on the changes: PostgreSQL checks one
+    only after a whole streamed chunk (64 MB), so a limit could end every peek inside the
+    same large transaction, before its commit, and the capture would never get past it."""
     return sql.SQL(
-        "SELECT lsn::text, data FROM pg_logical_slot_peek_binary_changes(%(slot)s, %(upto)s::pg_lsn, "
-        "%(limit)s, 'proto_version', '2', 'publication_names', {pub}, 'streaming', 'on')"
+        "SELECT data FROM pg_logical_slot_peek_binary_changes(%(slot)s, %(upto)s::pg_lsn, "
+        "NULL, 'proto_version', '2', 'publication_names', {pub}, 'streaming', 'on')"
     ).format(pub=sql.Literal(PUBLICATION))
 
 
@@ -1638,6 +1639,15 @@ def copy_inbox(inbox: Rel, keys: Sequence[str]) -> sql.Composed:
 
 def wal_server_state() -> sql.Composed:
     return sql.SQL("SELECT pg_current_wal_lsn()::text").format()
+
+
+def flush_wal() -> sql.Composed:
+    """Flush the WAL up to now and return that position (PostgreSQL 17+): logical decoding
+    reads flushed WAL only, and a transaction committed with synchronous_commit = off (a
+    subscription's apply worker, or an application's) may be visible before its commit
+    record is flushed; so the capture would miss a change the caller can already see. A
+    non-transactional logical message with flush, which pgoutput does not send on."""
+    return sql.SQL("SELECT pg_logical_emit_message(false, 'pgvz_nb', '', true)::text").format()
 
 
 # --- notebook panels --------------------------------------------------------------------

@@ -1,5 +1,5 @@
 """The README's notebook install as a new user gets it: `pip install "pgvz_nb[lab]"` into a
-fresh venv, then all seven tutorials top to bottom in that venv's own kernel, on a fresh
+fresh venv, then all eight tutorials top to bottom in that venv's own kernel, on a fresh
 embedded data directory.
 
 The install is not editable and is made from a copy of what the package ships (pyproject,

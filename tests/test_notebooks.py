@@ -15,10 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_seven_tutorials():
+def test_there_are_eight_tutorials():
     assert [p.stem for p in NOTEBOOKS] == ["01-quickstart", "02-callback-api", "03-monitoring-and-failures",
                                            "04-search-explorer", "05-export-and-schedule", "06-scaling-out",
-                                           "07-panels-on-your-table"]
+                                           "07-panels-on-your-table", "08-wal-capture"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])

@@ -333,3 +333,24 @@ def wait_for(check, timeout: float = 30.0) -> None:
     while not check():
         assert time.monotonic() < deadline, "the subscriber did not catch up"
         time.sleep(0.1)
+
+
+def test_the_slot_moves_on_when_only_other_tables_are_written(db, conn, schema, wal_cleanup):
+    """pgoutput sends nothing for tables outside the publication: the capture still moves
+    its progress and the slot to what it read, or the slot would hold that WAL back and
+    every capture decode it again."""
+    make_table(conn, schema, rows=2)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("CREATE TABLE {} (id serial PRIMARY KEY, body text)").format(sql.Identifier(schema, "other")))
+    conn.execute(sql.SQL("INSERT INTO {} (body) SELECT repeat('x', 300) FROM generate_series(1, 20000)").format(
+        sql.Identifier(schema, "other")))
+    written_to = conn.execute("SELECT pg_current_wal_lsn()").fetchone()[0]
+    v.sync(progress=False)
+    slot = capture.slot_name(conn.info.dbname)
+    assert conn.execute("SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                        [written_to, slot]).fetchone()[0]
+    assert conn.execute("SELECT lsn >= %s::pg_lsn FROM pgvz.wal_progress WHERE slot = %s",
+                        [written_to, slot]).fetchone()[0]
+    assert v.status(full=True)["slot_lag_bytes"][0] < 1_000_000, "the 6 MB written elsewhere are not held back"
+    v.drop()
