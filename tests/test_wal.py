@@ -354,3 +354,24 @@ def test_the_slot_moves_on_when_only_other_tables_are_written(db, conn, schema, 
                         [written_to, slot]).fetchone()[0]
     assert v.status(full=True)["slot_lag_bytes"][0] < 1_000_000, "the 6 MB written elsewhere are not held back"
     v.drop()
+
+
+def test_ddl_that_would_make_the_application_fail_is_refused_with_a_hint(db, conn, schema, wal_cleanup):
+    """Dropping the key of a table in a publication would make PostgreSQL refuse every later
+    UPDATE and DELETE on it: refused, saying what to do; other DDL goes through untouched."""
+    make_table(conn, schema, rows=3)
+    v = wal_vectorizer(db, schema)
+    t = sql.Identifier(schema, "docs")
+    for ddl in ("ALTER TABLE {} DROP CONSTRAINT docs_pkey", "ALTER TABLE {} REPLICA IDENTITY NOTHING"):
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="replica identity") as err:
+            conn.execute(sql.SQL(ddl).format(t))
+        assert "capture='triggers'" in err.value.diag.message_hint
+        conn.rollback()
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(t))  # no pgvz_nb code in the way
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(t))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'after the DDL' WHERE id = 1").format(t))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 2").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    v.drop()
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT docs_pkey").format(t))  # no WAL vectorizer: free

@@ -1,4 +1,4 @@
--- pgvz_nb function pgvz.follow_ddl, version 2
+-- pgvz_nb function pgvz.follow_ddl, version 3
 --
 -- Run by event trigger pgvz_follow_ddl at the end of every CREATE TABLE, ALTER TABLE and
 -- ALTER SCHEMA. For each vectorizer whose source (or a partition, child, or table running
@@ -11,7 +11,9 @@
 -- queue, inbox, failed and destination tables (an int key made bigint, say); put the
 -- triggers on partitions and children that lack them and queue their rows (a table attached
 -- with rows); queue the keys of tables detached since, dropping the triggers from them
--- (their rows left the source).
+-- (their rows left the source). A vectorizer with capture = 'wal' has no triggers to follow:
+-- its table is only kept from losing the replica identity its key gives (without one,
+-- PostgreSQL would refuse every UPDATE and DELETE of a table in a publication).
 --
 -- SECURITY DEFINER (see sql.create_event_function): it runs as the superuser who installed
 -- it, so the guards hold for every role, the table's owner without access to schema pgvz
@@ -107,6 +109,22 @@ BEGIN
   BEGIN
     src := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = v.source_schema AND c.relname = v.source_table);
+    IF v.config->>'capture' = 'wal' THEN
+      IF src = ANY (objs) AND NOT EXISTS (
+          SELECT 1 FROM pg_class c WHERE c.oid = src AND (c.relreplident = 'f' OR EXISTS (
+            SELECT 1 FROM pg_index x WHERE x.indrelid = src
+              AND CASE c.relreplident WHEN 'i' THEN x.indisreplident
+                                      WHEN 'd' THEN x.indisprimary AND x.indimmediate ELSE false END
+              AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
+                   WHERE a.attrelid = src AND a.attnum = ANY (x.indkey))
+                = (SELECT array_agg(k ORDER BY k) FROM jsonb_array_elements_text(v.config->'keys') AS k)))) THEN
+        RAISE EXCEPTION 'pgvz_nb: %.% is followed through the WAL by vectorizer %, whose key % must stay its replica identity: without one PostgreSQL refuses every UPDATE and DELETE of a table in a publication',
+          v.source_schema, v.source_table, v.name, v.config->'keys'
+          USING ERRCODE = 'dependent_objects_still_exist',
+                HINT = 'switch the vectorizer to capture=''triggers'' first (create() again with capture="triggers"), or drop it; then alter the table';
+      END IF;
+      CONTINUE;
+    END IF;
     fn := (SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
            WHERE n.nspname = v.config->'function'->>0 AND p.proname = v.config->'function'->>1
              AND p.pronargs = 0);
