@@ -379,22 +379,62 @@ class Target:
     on_truncate: Any = None
 
 
-def targets(conn: psycopg.Connection) -> list[Target]:
-    """Every vectorizer in the catalog: keys are routed to all vectorizers on a relation,
-    WAL or not. While one switches from WAL to triggers the keys the slot still holds for
-    it must reach it; a trigger vectorizer on the same table gets them twice, harmlessly."""
+def targets(conn: psycopg.Connection) -> dict[int, list[Target]]:
+    """Every vectorizer in the catalog, by its source's oid: keys are routed to all
+    vectorizers on a relation, WAL or not. While one switches from WAL to triggers the keys
+    the slot still holds for it must reach it; a trigger vectorizer on the same table gets
+    them twice, harmlessly. A WAL vectorizer's source renamed or moved since (no trigger
+    follows it) is found by the oid create() recorded, and the catalog follows it here, in
+    the capture's transaction: a rename never meets pgvz_nb code in the application's."""
     from .queue import Queue
 
-    out = []
+    out: dict[int, list[Target]] = defaultdict(list)
     for v in Queue.list_all(conn):
+        recorded = v.config.get("source_oid")
+        now = conn.execute(q.relation_by_oid(), [recorded]).fetchone() if recorded else None
+        if now is None:
+            now = conn.execute(q.relation_by_name(), list(v.source)).fetchone()
+        if now is None:
+            continue  # dropped: nothing of it comes any more
+        oid, schema, table = now
         pipe = v.config.get("pipeline") or {}
-        on_truncate = None
-        if pipe.get("destination"):
-            on_truncate = q.truncated_keys(v.queue, tuple(pipe["destination"]), v.source, v.keys,
-                                           pipe["dest_keys"])
-        out.append(Target(v.name, v.source, v.keys, v.inbox, q.backfill(v.queue, v.source, v.keys),
-                          on_truncate))
+        target = Target(v.name, (schema, table), v.keys, v.inbox, q.backfill(v.queue, (schema, table), v.keys),
+                        q.truncated_keys(v.queue, tuple(pipe["destination"]), (schema, table), v.keys,
+                                         pipe["dest_keys"]) if pipe.get("destination") else None)
+        if v.capture == "wal" and (schema, table) != v.source:
+            log.warning("vectorizer %s: its table %s is now %s.%s; the catalog follows it",
+                        v.name, ".".join(v.source), schema, table)
+            conn.execute(q.catalog_set_source(), [schema, table, v.id])
+        elif v.capture == "wal" and recorded and oid != recorded and not _take_on(conn, v, target, oid):
+            continue
+        out[oid].append(target)
     return out
+
+
+def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> bool:
+    """The WAL vectorizer's table was dropped and one of that name created since (no trigger
+    saw it): the new one joins the publication and its rows are to be queued, the keys of
+    the old one's that are gone queued now, as the triggers' event trigger does for them. In a
+    savepoint: a capture role that may not (it does not own the table) leaves it, with a
+    warning, and the other vectorizers go on."""
+    try:
+        with conn.transaction():
+            check_identity(conn, t.source, t.keys)
+            ensure(conn, t.source)
+            if t.on_truncate is not None:
+                conn.execute(t.on_truncate)
+            # its rows are queued by the next claim (Queue.complete_backfill), in a transaction
+            # after this one commits: a snapshot taken here would miss writes committed
+            # before the table's place in the publication is
+            v.set_extra(conn, source_oid=oid, backfill=[list(t.source)])
+        log.warning("vectorizer %s: %s was dropped and created again; it follows the new table",
+                    v.name, ".".join(t.source))
+        return True
+    except (psycopg.Error, ConfigConflict) as exc:
+        log.warning("vectorizer %s: %s was dropped and created again, and the capture could not "
+                    "take the new one on (%s); create() it again as the table's owner", v.name,
+                    ".".join(t.source), exc)
+        return False
 
 
 def wal_vectorizers(conn: psycopg.Connection) -> list[Any]:
@@ -446,7 +486,7 @@ def _recreate(db: Any, conn: psycopg.Connection, slot: str, wal: list[Any], lost
     ensure_slot(db)
     names = {v.name for v in wal}
     with conn.transaction():
-        for t in targets(conn):
+        for t in (t for ts in targets(conn).values() for t in ts):
             if t.name in names:
                 conn.execute(t.queue_all)
                 if t.on_truncate is not None:
@@ -461,19 +501,17 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
             return CaptureResult(busy=True)
         row = conn.execute(q.wal_progress_get(), [slot]).fetchone()
         progress = _lsn(row[0]) if row else 0
-        routes: dict[Rel, list[Target]] = defaultdict(list)
-        for t in targets(conn):
-            routes[t.source].append(t)
+        routes = targets(conn)
         routed: dict[int, list[Target]] = {}
 
         def route(rel: int, relation: Relation | None) -> list[Target]:
-            """The vectorizers a relation's changes go to: by its name, else (a partition, or
-            an inheritance child) by its tree's root, as the catalog names it now."""
+            """The vectorizers a relation's changes go to: by its oid, else (a partition, or
+            an inheritance child) by its tree's top."""
             if rel not in routed:
-                hit = routes.get((relation.schema, relation.table)) if relation else None
+                hit = routes.get(rel)
                 if not hit:
-                    root = conn.execute(q.relation_root(), [rel, rel]).fetchone()
-                    hit = routes.get((root[0], root[1])) if root else None
+                    top = first(conn.execute(q.relation_root(), [rel]))[0]
+                    hit = routes.get(top)
                 routed[rel] = hit or []
             return routed[rel]
 

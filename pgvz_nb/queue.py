@@ -473,6 +473,8 @@ class Queue:
             "owner": me,
             "source_owner": source_owner,
             "capture": capture,
+            # the source's oid now: a WAL vectorizer follows a rename by it (capture.targets)
+            "source_oid": first(conn.execute(q.relation_oid(), list(source)))[0],
             **(extra or {}),
         }
         new_config = {**config, "backfill": [list(source)]}
@@ -556,6 +558,7 @@ class Queue:
         if to == "wal":
             self._join_publication(conn)
             self._remove_triggers(conn)
+            self.set_extra(conn, source_oid=first(conn.execute(q.relation_oid(), list(self.source)))[0])
         else:
             self._install_triggers(conn)
             self._leave_publication(conn)

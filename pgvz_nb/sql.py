@@ -1624,10 +1624,44 @@ def advance_slot() -> sql.Composed:
 
 
 def relation_root() -> sql.Composed:
-    """(schema, table) of the partition tree's root of relation oid %s (itself if none)."""
+    """The oid of the top of relation oid %s's tree: its partition root, or the topmost
+    parent of an inheritance child (itself if it has none)."""
     return sql.SQL(
-        "SELECT n.nspname, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.oid = (SELECT coalesce(pg_partition_root(%s::oid), %s::oid))"
+        """WITH RECURSIVE up(oid, depth) AS (
+    SELECT %s::oid, 0
+    UNION ALL
+    SELECT i.inhparent, up.depth + 1 FROM up JOIN pg_inherits i ON i.inhrelid = up.oid WHERE up.depth < 100
+)
+SELECT oid::bigint FROM up ORDER BY depth DESC LIMIT 1"""
+    ).format()
+
+
+def relation_by_oid() -> sql.Composed:
+    """(oid, schema, name) of table oid %s, if it exists."""
+    return sql.SQL(
+        "SELECT c.oid::bigint, n.nspname::text, c.relname::text FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = %s::oid AND c.relkind IN ('r', 'p')"
+    ).format()
+
+
+def relation_by_name() -> sql.Composed:
+    """(oid, schema, name) of table %s.%s, if it exists."""
+    return sql.SQL(
+        "SELECT c.oid::bigint, n.nspname::text, c.relname::text FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
+        "AND c.relkind IN ('r', 'p')"
+    ).format()
+
+
+def catalog_set_source() -> sql.Composed:
+    """Follow a renamed or moved source in the catalog: (schema, table, id)."""
+    return sql.SQL("UPDATE {} SET source_schema = %s, source_table = %s WHERE id = %s").format(ident(CATALOG))
+
+
+def relation_oid() -> sql.Composed:
+    return sql.SQL(
+        "SELECT c.oid::bigint FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s"
     ).format()
 
 

@@ -4,6 +4,9 @@ destination, the slot, the publication, the catalog."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 import threading
 
 import psycopg
@@ -130,8 +133,18 @@ def test_an_aborted_transaction_leaves_nothing_queued_and_a_large_one_is_streame
     v.drop()
 
 
-def test_a_crash_between_the_queue_commit_and_the_slot_advance_queues_nothing_twice(db, conn, schema, wal_cleanup,
-                                                                                      monkeypatch):
+KILLED_BEFORE_THE_ADVANCE = """
+import os, signal, sys
+import pgvz_nb as pgvz
+from pgvz_nb import capture
+capture.q.advance_slot = lambda: os.kill(os.getpid(), signal.SIGKILL)
+db = pgvz.connect(sys.argv[1])
+with db.connect(autocommit=True) as c:
+    capture.capture(db, c)
+"""
+
+
+def test_a_crash_between_the_queue_commit_and_the_slot_advance_queues_nothing_twice(db, conn, schema, wal_cleanup):
     make_table(conn, schema, rows=0)
     v = wal_vectorizer(db, schema)
     v.sync(progress=False)
@@ -140,15 +153,9 @@ def test_a_crash_between_the_queue_commit_and_the_slot_advance_queues_nothing_tw
     slot = capture.slot_name(conn.info.dbname)
     confirmed = conn.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
                              [slot]).fetchone()[0]
-    real = capture.q.advance_slot
-
-    def crash():
-        raise KeyboardInterrupt("killed between the commit and the advance")
-
-    monkeypatch.setattr(capture.q, "advance_slot", crash)
-    with db.connect(autocommit=True) as c, pytest.raises(KeyboardInterrupt):
-        capture.capture(db, c)
-    monkeypatch.setattr(capture.q, "advance_slot", real)
+    # a capture process SIGKILLed right after its commit (keys and progress), before the advance
+    killed = subprocess.run([sys.executable, "-c", KILLED_BEFORE_THE_ADVANCE, db.dsn], capture_output=True, text=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
     assert conn.execute("SELECT confirmed_flush_lsn FROM pg_replication_slots WHERE slot_name = %s",
                         [slot]).fetchone()[0] == confirmed, "the slot was not advanced"
     inbox = sql.Identifier(*v._queue.inbox)
@@ -256,7 +263,7 @@ def test_truncate_partitions_and_prepared_transactions(db, conn, schema, wal_cle
 def test_refusals_say_what_to_do(db, conn, schema, wal_cleanup):
     conn.execute(sql.SQL("CREATE TABLE {} (code text NOT NULL UNIQUE, body text)").format(
         sql.Identifier(schema, "nopk")))
-    with pytest.raises(pgvz.errors.ConfigConflict, match="(?s)replica identity.*UPDATEs and DELETEs fail"):
+    with pytest.raises(pgvz.errors.ConfigConflict, match=r"(?s)replica identity.*UPDATEs and DELETEs fail"):
         pgvz.Vectorize(db, "nopk", schema_name=schema, id_column_name="code", capture="wal").register()
     assert conn.execute("SELECT count(*) FROM pgvz.vectorizers WHERE source_table = 'nopk'").fetchone()[0] == 0
     assert slot_row(conn) is None, "a refused install leaves no slot pinning WAL"
@@ -375,3 +382,33 @@ def test_ddl_that_would_make_the_application_fail_is_refused_with_a_hint(db, con
     assert dest_state(conn, schema) == source_state(conn, schema)
     v.drop()
     conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT docs_pkey").format(t))  # no WAL vectorizer: free
+
+
+def test_a_renamed_table_and_one_dropped_and_created_again_are_followed(db, conn, schema, wal_cleanup):
+    """No trigger or event-trigger code follows a WAL vectorizer's table: the capture does,
+    by the oid create() recorded (a rename), or by taking on the new table of that name."""
+    make_table(conn, schema, rows=3)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO renamed").format(sql.Identifier(schema, "docs")))
+    renamed = sql.Identifier(schema, "renamed")
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (4, 'written after the rename')").format(renamed))
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 1").format(renamed))
+    with db.connect(autocommit=True) as c:
+        capture.capture(db, c)
+    assert conn.execute("SELECT source_table FROM pgvz.vectorizers WHERE name = %s", [v.name]).fetchone()[0] == "renamed"
+    w = pgvz.Vectorizer.open(db, v.name, embedder=Counting())
+    w.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema, "renamed") == {
+        2: "text number 2", 3: "text number 3", 4: "written after the rename"}
+    # dropped and created again under the same name: taken on, its rows queued, the old ones' gone
+    conn.execute(sql.SQL("DROP TABLE {}").format(renamed))
+    make_table(conn, schema, rows=2, name="renamed")
+    conn.execute(sql.SQL("UPDATE {} SET body = 'the new table' WHERE id = 1").format(renamed))
+    w.sync(progress=False)
+    w.sync(progress=False)  # the first took the table on; its rows are queued at the next claim
+    assert dest_state(conn, schema) == source_state(conn, schema, "renamed") == {1: "the new table", 2: "text number 2"}
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (7, 'and followed')").format(renamed))
+    w.sync(progress=False)
+    assert dest_state(conn, schema)[7] == "and followed"
+    w.drop()
