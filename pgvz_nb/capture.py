@@ -91,8 +91,16 @@ class Decoder:
 
     def feed(self, data: bytes) -> None:
         kind = data[0]
-        if kind in _ROW_CHANGES and self.stream_xid is None:  # the hot path: a row change
-            self._row(data, 1, self.current)
+        if kind in _ROW_CHANGES:  # the hot path: a row change
+            if self.stream_xid is None:
+                self._row(data, 1, self.current)
+                return
+            (sub,) = _UINT32.unpack_from(data, 1)  # in a stream: the (sub)transaction's xid
+            subs = self.streams[self.stream_xid]
+            target = subs.get(sub)
+            if target is None:
+                target = subs[sub] = Txn()
+            self._row(data, 5, target)
             return
         pos = 1
         if kind == 66:  # B: begin
@@ -276,11 +284,11 @@ def check_identity(conn: psycopg.Connection, source: Rel, keys: list[str]) -> No
             "Key the vectorizer on the primary key, or keep capture='triggers'")
 
 
-def ensure(conn: psycopg.Connection, source: Rel) -> str:
-    """The publication (with ``source`` in it) and the slot, in the caller's transaction for
-    the publication; the slot is made first, in a statement of its own on an autocommit
-    connection (the caller's: it must hold no transaction), so that it exists before the
-    table joins the publication and the backfill's snapshot is taken. Returns the slot."""
+def ensure(conn: psycopg.Connection, source: Rel, keys: list[str]) -> str:
+    """The publication, with ``source`` in it, in the caller's transaction (the slot was
+    made before, by ``prepare``). Whole rows, though the capture reads only the key: with a
+    column list PostgreSQL refuses every UPDATE once the replica identity leaves it (an
+    application's ALTER TABLE ... REPLICA IDENTITY FULL would break its own writes)."""
     slot = slot_name(conn.info.dbname)
     via_root = conn.execute(q.publication_via_root(), [q.PUBLICATION]).fetchone()
     if via_root is None:
@@ -420,7 +428,7 @@ def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> bool:
     try:
         with conn.transaction():
             check_identity(conn, t.source, t.keys)
-            ensure(conn, t.source)
+            ensure(conn, t.source, t.keys)
             if t.on_truncate is not None:
                 conn.execute(t.on_truncate)
             # its rows are queued by the next claim (Queue.complete_backfill), in a transaction

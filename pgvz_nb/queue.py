@@ -530,7 +530,7 @@ class Queue:
         from . import capture
 
         capture.check_identity(conn, self.source, self.keys)
-        capture.ensure(conn, self.source)
+        capture.ensure(conn, self.source, self.keys)
 
     def _remove_triggers(self, conn: psycopg.Connection) -> None:
         if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:

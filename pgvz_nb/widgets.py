@@ -523,7 +523,16 @@ class SyncPanel(_Fallback, W.VBox):
         super().close()
 
     def _show_status(self, st) -> None:
-        self.status_html.value = _table_html(st, _STATUS_COLUMNS)
+        wal = st["capture"][0] == "wal"
+        error = (self._runner.capture_error if self._runner is not None else None) or st["capture_error"][0]
+        self.status_html.value = _table_html(st, _STATUS_COLUMNS + (["wal_status", "slot_lag_bytes"] if wal else []))
+        if wal and (st["wal_status"][0] in (None, "unreserved", "lost") or error):
+            # a slot that is gone, about to be, or that this role cannot read: changes stop arriving
+            self.status_html.value += (
+                "<p style='color:#b00'>The WAL capture is stalled: "
+                + html.escape(error or f"the slot is {st['wal_status'][0] or 'missing'}")
+                + ". A worker whose role has REPLICATION captures; a lost slot is made again at the "
+                "next sync, and every row queued (unchanged ones cost no model call).</p>")
         if st["uncovered_partitions"][0]:
             self.status_html.value += (
                 "<p style='color:#b00'>Writes aimed directly at these partitions are not queued: "

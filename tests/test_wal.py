@@ -412,3 +412,66 @@ def test_a_renamed_table_and_one_dropped_and_created_again_are_followed(db, conn
     w.sync(progress=False)
     assert dest_state(conn, schema)[7] == "and followed"
     w.drop()
+
+
+def test_the_sync_panel_shows_the_slot_and_a_stalled_capture(db, conn, schema, wal_cleanup):
+    from pgvz_nb.widgets import SyncPanel
+
+    make_table(conn, schema, rows=3)
+    v = wal_vectorizer(db, schema)
+    panel = SyncPanel(v, refresh=0)
+    panel.sync_all(wait=True)
+    assert "slot_lag_bytes" in panel.status_html.value and "reserved" in panel.status_html.value
+    assert "stalled" not in panel.status_html.value
+    with db.connect(autocommit=True) as c:
+        c.execute("SELECT pg_drop_replication_slot(%s)", [capture.slot_name(c.info.dbname)])
+    panel.update()
+    assert "The WAL capture is stalled" in panel.status_html.value and "missing" in panel.status_html.value
+    conn.execute(sql.SQL("UPDATE {} SET body = 'while the slot was gone' WHERE id = 1").format(
+        sql.Identifier(schema, "docs")))
+    panel.sync_all(wait=True)  # the slot is made again, every row queued
+    assert "stalled" not in panel.status_html.value
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    panel.close()
+    v.drop()
+
+
+def test_an_exported_script_captures_too(db, conn, schema, wal_cleanup, tmp_path):
+    make_table(conn, schema, rows=3)
+    v = wal_vectorizer(db, schema, embedder=HashingEmbedder(32))
+    path = tmp_path / "sync_docs.py"
+    v.export_script(str(path))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (8, 'seen by the script')").format(
+        sql.Identifier(schema, "docs")))
+    run = subprocess.run([sys.executable, str(path), "--once"], capture_output=True, text=True,
+                         env={**__import__("os").environ, "PGVZ_DSN": db.dsn}, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    assert conn.execute("SELECT config->>'capture' FROM pgvz.vectorizers WHERE name = %s",
+                        [v.name]).fetchone()[0] == "wal", "the script's create() kept the capture"
+    v.drop()
+
+
+def test_a_callback_vectorizer_switches_to_wal_and_back(db, conn, schema, wal_cleanup):
+    make_table(conn, schema, rows=3)
+    seen: list = []
+
+    def record(rows, vec):
+        seen.extend(sorted(r["locked_id"] for r in rows))
+
+    pgvz.Vectorize(db, "docs", schema_name=schema).register()
+    w = pgvz.Vectorize(db, "docs", schema_name=schema, capture="wal")
+    w.register()
+    assert triggers_on(conn, schema) == []
+    while w.process(record) > 0:
+        pass
+    seen.clear()
+    conn.execute(sql.SQL("UPDATE {} SET body = 'callback via the WAL' WHERE id = 2").format(
+        sql.Identifier(schema, "docs")))
+    while w.process(record) > 0:
+        pass
+    assert seen == [2]
+    back = pgvz.Vectorize(db, "docs", schema_name=schema, capture="triggers")
+    back.register()
+    assert len(triggers_on(conn, schema)) == 4 and slot_row(conn) is None
+    back.unregister()
