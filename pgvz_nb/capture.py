@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from . import sql as q
 from .db import first
@@ -270,6 +271,12 @@ def check_identity(conn: psycopg.Connection, source: Rel, keys: list[str]) -> No
     """A table in a publication that publishes UPDATE and DELETE must have a replica
     identity, or PostgreSQL fails the application's UPDATEs and DELETEs; and the identity is
     what a DELETE's record holds of the old row, so it must be the vectorizer's key."""
+    if first(conn.execute(q.inheritance_children(), list(source)))[0]:
+        raise ConfigConflict(
+            f"{'.'.join(source)} has inheritance children: a publication takes them in, and PostgreSQL "
+            "would refuse the application's UPDATEs and DELETEs on any without a replica identity, "
+            "while children made later would not be published at all; keep capture='triggers' for "
+            "it (they cover every child), or make it a partitioned table")
     row = conn.execute(q.replica_identity(), {"schema": source[0], "table": source[1]}).fetchone()
     ident, columns = (row or ("d", None))
     if ident == "f":
@@ -297,6 +304,7 @@ def ensure(conn: psycopg.Connection, source: Rel, keys: list[str]) -> str:
         conn.execute(q.publication_leaves())
     if not first(conn.execute(q.publication_has_table(), {"pub": q.PUBLICATION, "schema": source[0],
                                                           "table": source[1]}))[0]:
+        conn.execute(q.lock_out_writers(source))
         conn.execute(q.publication_add_table(source))
     return slot
 
@@ -413,10 +421,30 @@ def targets(conn: psycopg.Connection) -> dict[int, list[Target]]:
             log.warning("vectorizer %s: its table %s is now %s.%s; the catalog follows it",
                         v.name, ".".join(v.source), schema, table)
             conn.execute(q.catalog_set_source(), [schema, table, v.id])
-        elif v.capture == "wal" and recorded and oid != recorded and not _take_on(conn, v, target, oid):
-            continue
+        elif v.capture == "wal" and recorded and oid != recorded:
+            continue  # a new table under the name: not ours until take_on_recreated() says so
         out[oid].append(target)
     return out
+
+
+def take_on_recreated(conn: psycopg.Connection) -> None:
+    """Before a capture round, each in a short transaction of its own (``_take_on``): WAL
+    vectorizers whose table was dropped and created again under its name."""
+    with conn.transaction():
+        found = []
+        for v in wal_vectorizers(conn):
+            recorded = v.config.get("source_oid")
+            if not recorded or conn.execute(q.relation_by_oid(), [recorded]).fetchone() is not None:
+                continue
+            now = conn.execute(q.relation_by_name(), list(v.source)).fetchone()
+            if now is not None:
+                pipe = v.config.get("pipeline") or {}
+                found.append((v, now[0], Target(
+                    v.name, v.source, v.keys, v.inbox, q.backfill(v.queue, v.source, v.keys),
+                    q.truncated_keys(v.queue, tuple(pipe["destination"]), v.source, v.keys, pipe["dest_keys"])
+                    if pipe.get("destination") else None)))
+    for v, oid, t in found:
+        _take_on(conn, v, t, oid)
 
 
 def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> bool:
@@ -425,8 +453,11 @@ def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> bool:
     the old one's that are gone queued now, as the triggers' event trigger does for them. In a
     savepoint: a capture role that may not (it does not own the table) leaves it, with a
     warning, and the other vectorizers go on."""
+    from .queue import LOCK_TIMEOUT
+
     try:
         with conn.transaction():
+            conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])  # never queue the writers for long
             check_identity(conn, t.source, t.keys)
             ensure(conn, t.source, t.keys)
             if t.on_truncate is not None:
@@ -469,6 +500,7 @@ def capture(db: Any, conn: psycopg.Connection) -> CaptureResult:
                 drop_slot(db)
             return total
         return _recreate(db, conn, slot, wal, lost=info is not None)
+    take_on_recreated(conn)
     with conn.transaction():  # what is committed now, flushed: no further
         upto = first(conn.execute(q.flush_wal() if conn.info.server_version >= 170000
                                   else q.wal_server_state()))[0]
@@ -511,29 +543,37 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
         progress = _lsn(row[0]) if row else 0
         routes = targets(conn)
         routed: dict[int, list[Target]] = {}
+        pick: dict[int, dict[int, list[int]]] = {}  # relation -> target -> its key's places in the tuple read
 
         def route(rel: int, relation: Relation | None) -> list[Target]:
-            """The vectorizers a relation's changes go to: by its oid, else (a partition, or
-            an inheritance child) by its tree's top."""
+            """The vectorizers a relation's changes go to: its own, and (a partition, or an
+            inheritance child) those of its tree's top."""
             if rel not in routed:
-                hit = routes.get(rel)
-                if not hit:
-                    top = first(conn.execute(q.relation_root(), [rel]))[0]
-                    hit = routes.get(top)
-                routed[rel] = hit or []
+                hit = list(routes.get(rel, []))
+                top = first(conn.execute(q.relation_root(), [rel]))[0]
+                if top != rel:
+                    hit += routes.get(top, [])
+                routed[rel] = hit
             return routed[rel]
 
         def key_columns(rel: Relation) -> list[int] | None:
-            found = route(rel.oid, rel)
+            """The columns to read of ``rel``'s rows: every key of every vectorizer on it (two
+            vectorizers on one table may be keyed differently, a callback one on a unique
+            column, say); each vectorizer then takes its own from them."""
+            found = []
+            for t in route(rel.oid, rel):
+                if all(k in rel.columns for k in t.keys):
+                    found.append(t)
+                else:
+                    log.warning("table %s.%s no longer has the key columns %s of vectorizer %s: its "
+                                "changes are not queued; drop and create the vectorizer again",
+                                rel.schema, rel.table, t.keys, t.name)
+            routed[rel.oid] = found
             if not found:
                 return None
-            try:
-                return [rel.columns.index(k) for k in found[0].keys]
-            except ValueError:
-                log.warning("table %s.%s no longer has the key columns %s of vectorizer %s: its "
-                            "changes are not queued; drop and create the vectorizer again",
-                            rel.schema, rel.table, found[0].keys, found[0].name)
-                return None
+            names = list(dict.fromkeys(k for t in found for k in t.keys))
+            pick[rel.oid] = {id(t): [names.index(k) for k in t.keys] for t in found}
+            return [rel.columns.index(k) for k in names]
 
         decoder = Decoder(key_columns)
         try:
@@ -554,8 +594,12 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
             last = max(last, end)
             result.transactions += 1
             for rel, keys in txn.keys.items():
+                if not keys:
+                    continue
                 for t in route(rel, decoder.relations.get(rel)):
-                    per_target.setdefault(id(t), (t, []))[1].extend(keys)
+                    places = pick[rel][id(t)]
+                    mine = keys if places == list(range(len(keys[0]))) else [tuple(k[i] for i in places) for k in keys]
+                    per_target.setdefault(id(t), (t, []))[1].extend(mine)
                 result.keys += len(keys)
             for rel in txn.truncated:
                 truncated.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in truncated)
@@ -563,19 +607,19 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
             for rel in txn.unroutable:
                 unknown.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in unknown)
         for t, keys in per_target.values():
-            _write_keys(conn, t, keys)
+            _isolated(conn, t, lambda t=t, keys=keys: _write_keys(conn, t, keys))
         for t in truncated:
             if t.on_truncate is None:
                 log.warning("vectorizer %s: a TRUNCATE of %s came through the WAL, and a callback "
                             "vectorizer has no destination to find the removed keys in",
                             t.name, ".".join(t.source))
                 continue
-            conn.execute(t.on_truncate)
+            _isolated(conn, t, lambda t=t: conn.execute(t.on_truncate))
         for t in unknown:
             log.warning("vectorizer %s: an UPDATE of %s came with its key as an unchanged TOASTed "
                         "value: every row of the table is queued (unchanged rows cost no model call)",
                         t.name, ".".join(t.source))
-            conn.execute(t.queue_all)
+            _isolated(conn, t, lambda t=t: conn.execute(t.queue_all))
         # the whole range up to ``upto`` is read: the progress goes there even when nothing
         # in it was ours (writes to other tables only), or the slot would hold all that WAL
         # back and every capture read it again; a transaction running across ``upto``
@@ -588,9 +632,28 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
         try:
             with conn.transaction():
                 conn.execute(q.advance_slot(), [slot, result.lsn])
-        except psycopg.errors.ObjectInUse:
-            pass  # someone peeking: the next round advances it (progress already holds)
+        except (psycopg.errors.ObjectInUse, psycopg.errors.ObjectNotInPrerequisiteState):
+            # someone peeking, or another capture advanced it further meanwhile: the progress
+            # row already holds, and the next round advances it
+            pass
     return result
+
+
+def _isolated(conn: psycopg.Connection, t: Target, write: Any) -> None:
+    """One vectorizer's share of a round, in a savepoint: should it fail (a key the queue's
+    column type cannot hold, its key retyped with no trigger to follow it; a role that may
+    not write its inbox), the other vectorizers' keys and the progress still commit, and this
+    one's rows are all queued again by its next claim instead (its catalog's backfill list,
+    see Queue.complete_backfill): its sync then fails visibly until its tables are fixed,
+    and nothing is lost meanwhile."""
+    try:
+        with conn.transaction():
+            write()
+    except psycopg.Error as exc:
+        log.warning("vectorizer %s: the capture could not queue its keys (%s: %s); every row of %s "
+                    "is queued again at its next sync", t.name, type(exc).__name__, str(exc).strip(),
+                    ".".join(t.source))
+        conn.execute(q.catalog_add_backfill(), [Jsonb([list(t.source)]), t.name])
 
 
 def _write_keys(conn: psycopg.Connection, t: Target, keys: list[tuple]) -> None:

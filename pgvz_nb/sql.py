@@ -1448,12 +1448,14 @@ ORDER BY f.score DESC, distance LIMIT %(k)s
 
 def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel | None) -> sql.Composed:
     """What a worker role needs, and nothing more: read the catalog and the source, work
-    the queue tables (FOR UPDATE needs UPDATE), and replace rows in the destination."""
+    the queue tables (FOR UPDATE needs UPDATE), and replace rows in the destination; and
+    record the WAL capture's progress (REPLICATION itself is a role attribute, not a grant)."""
     r = Name(role)
     parts = [
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(CATALOG[0]), r),
         sql.SQL("GRANT SELECT, UPDATE (last_success) ON {} TO {}").format(ident(CATALOG), r),
         sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ident(IN_FLIGHT), r),
+        sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ident(WAL_PROGRESS), r),
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(source[0]), r),
         sql.SQL("GRANT SELECT ON {} TO {}").format(ident(source), r),
     ]
@@ -1552,8 +1554,25 @@ def publication_leaves() -> sql.Composed:
 
 
 def publication_add_table(source: Rel) -> sql.Composed:
-    """ShareUpdateExclusiveLock on the table: its writers go on."""
+    """The caller holds SHARE on the table (``lock_out_writers``)."""
     return sql.SQL("ALTER PUBLICATION {} ADD TABLE {}").format(Name(PUBLICATION), ident(source))
+
+
+def lock_out_writers(source: Rel) -> sql.Composed:
+    """SHARE: waits for the transactions writing the table to end (within the caller's
+    lock_timeout, see queue.locked) and holds new writers off until commit. A table joins
+    the publication under it, as triggers are created under SHARE ROW EXCLUSIVE: a
+    transaction that wrote before the table was published and committed after the
+    backfill's snapshot would be in neither."""
+    return sql.SQL("LOCK TABLE {} IN SHARE MODE").format(ident(source))
+
+
+def inheritance_children() -> sql.Composed:
+    """Inheritance children (not partitions) of %s.%s."""
+    return sql.SQL(
+        "SELECT count(*) FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent JOIN pg_namespace n "
+        "ON n.oid = p.relnamespace WHERE n.nspname = %s AND p.relname = %s AND p.relkind = 'r'"
+    ).format()
 
 
 def publication_drop_table(source: Rel) -> sql.Composed:
@@ -1651,6 +1670,14 @@ def relation_by_name() -> sql.Composed:
         "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s "
         "AND c.relkind IN ('r', 'p')"
     ).format()
+
+
+def catalog_add_backfill() -> sql.Composed:
+    """Add tables (%s, a jsonb list of [schema, table]) to the rows vectorizer %s has to queue."""
+    return sql.SQL(
+        "UPDATE {} SET config = jsonb_set(config, '{{backfill}}', coalesce(config->'backfill', '[]') || %s) "
+        "WHERE name = %s"
+    ).format(ident(CATALOG))
 
 
 def catalog_set_source() -> sql.Composed:

@@ -952,8 +952,14 @@ class Vectorizer(_Connections):
         from .errors import EmbeddingUnavailable, Stopped
 
         queue, pipe, conn = self._ready()
-        pipe.stop = stop
         self._capture(self.db)  # so that the bar counts what the WAL holds too
+        if queue.capture == "wal":  # the capture follows a renamed or moved table in the catalog
+            with conn.transaction():
+                fresh = Queue.find(conn, self.name)
+            if fresh is not None and fresh.source != queue.source:
+                self._queue, self.source, self._pipeline = fresh, fresh.source, None
+                queue, pipe, conn = self._ready()
+        pipe.stop = stop
         with conn.transaction():
             if conn.execute(q.find_relation(), list(self.source)).fetchone() is None:
                 raise NotFound(

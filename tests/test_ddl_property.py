@@ -35,12 +35,13 @@ from pathlib import Path
 import pytest
 from psycopg import sql
 
-from .ddl_workload import OWNER, SUPER, WRITER, Report, run_sequence
+from .ddl_workload import OWNER, SHAPES, SUPER, WAL_SHAPES, WRITER, Report, run_sequence
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 CI_SEEDS = (2, 3, 4, 6, 9, 10, 11)  # on the code before issue 13, these find each defect it lists that the
 # default server can show (3, 4 and 5; 6 needs max_prepared_transactions > 0) and two it does not list
 CI_STEPS = 40
+WAL_CI_SEEDS = (2, 3, 4)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +78,13 @@ def owner_may_use_pgvz(db, roles) -> bool:
                          [roles[OWNER]]).fetchone()[0]
 
 
-def run(db, roles, seeds, steps) -> Report:
+def run(db, roles, seeds, steps, shapes=SHAPES) -> Report:
     report = Report()
     two_phase = two_phase_available(db)
     t0 = time.perf_counter()
     for seed in seeds:
-        run_sequence(db, roles, seed, steps, report, two_phase=two_phase, trace=bool(os.environ.get("PGVZ_DDL_TRACE")))
+        run_sequence(db, roles, seed, steps, report, two_phase=two_phase, trace=bool(os.environ.get("PGVZ_DDL_TRACE")),
+                     shapes=shapes)
     counts = {"seeds": list(seeds), "steps_per_sequence": steps, "seconds": round(time.perf_counter() - t0, 1),
               "two_phase": two_phase, **report.as_json()}
     ARTIFACTS.mkdir(exist_ok=True)
@@ -120,6 +122,20 @@ def test_random_ddl_and_dml_never_fail_because_of_pgvz_and_every_vectorizer_conv
     else:
         seeds = CI_SEEDS
     check(run(db, roles, seeds, steps), db, roles)
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "issue 17, open: the capture follows a table only as far as it sees it between two captures "
+    "(a table dropped, created again and moved before any capture loses its vectorizer), and "
+    "ATTACH / DETACH PARTITION move rows with no row change in the WAL; the application's "
+    "statements never failed because of pgvz_nb in these seeds"))
+def test_random_ddl_and_dml_under_wal_capture(db, roles):
+    """The same property for vectorizers with capture="wal": no trigger on their tables, and
+    the capture (not the application's DDL) follows what the DDL did. Every failure it finds
+    is printed; the first-rule half (no statement fails because of pgvz_nb) held in every
+    seed run so far, the convergence half does not yet (see the xfail's reason)."""
+    steps = int(os.environ.get("PGVZ_DDL_STEPS", CI_STEPS))
+    check(run(db, roles, WAL_CI_SEEDS, steps, WAL_SHAPES), db, roles)
 
 
 @pytest.mark.slow

@@ -475,3 +475,67 @@ def test_a_callback_vectorizer_switches_to_wal_and_back(db, conn, schema, wal_cl
     back.register()
     assert len(triggers_on(conn, schema)) == 4 and slot_row(conn) is None
     back.unregister()
+
+
+def test_review_findings_inheritance_open_transactions_mixed_keys_partitions_worker_role(db, conn, schema, wal_cleanup):
+    """From an adversarial review: each of these lost changes or made the application's
+    statements fail."""
+    s = lambda name: sql.Identifier(schema, name)  # noqa: E731
+    # inheritance children: a publication takes them in, and they have no replica identity
+    make_table(conn, schema, rows=1, name="parent")
+    conn.execute(sql.SQL("CREATE TABLE {} () INHERITS ({})").format(s("kid"), s("parent")))
+    with pytest.raises(pgvz.errors.ConfigConflict, match="inheritance children"):
+        wal_vectorizer(db, schema, name="parent")
+    conn.execute(sql.SQL("UPDATE {} SET body = 'still writable' WHERE id = 1").format(s("kid")))
+    # a transaction open while create() runs: create() waits for it (SHARE), nothing falls between
+    make_table(conn, schema, rows=1)
+    app = db.connect()
+    app.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (2, 'open during create')").format(s("docs")))
+    made: list = []
+    thread = threading.Thread(target=lambda: made.append(wal_vectorizer(db, schema)))
+    thread.start()
+    thread.join(1.0)
+    assert thread.is_alive(), "create() waits for the writer instead of racing it"
+    app.commit()
+    app.close()
+    thread.join(60)
+    v = made[0]
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema) == {1: "text number 1", 2: "open during create"}
+    # another vectorizer on the same table keyed on another column (a callback one, triggers)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN slug text UNIQUE").format(s("docs")))
+    conn.execute(sql.SQL("UPDATE {} SET slug = 'slug-' || id").format(s("docs")))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN slug SET NOT NULL").format(s("docs")))
+    cb = pgvz.Vectorize(db, "docs", schema_name=schema, id_column_name="slug")
+    cb.register()
+    conn.execute(sql.SQL("INSERT INTO {} (id, body, slug) VALUES (3, 'three', 'slug-3')").format(s("docs")))
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    assert v.capture_error is None
+    cb.unregister()
+    v.drop()
+    # a vectorizer on a partition does not hide it from the root's WAL vectorizer
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)").format(s("tree")))
+    conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM (0) TO (100)").format(s("tree_a"), s("tree")))
+    root = wal_vectorizer(db, schema, name="tree")
+    part = pgvz.Vectorizer(db, f"{schema}.tree_a", chunk_column="body", embedder=Counting()).create()
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'in the partition')").format(s("tree")))
+    root.sync(progress=False)
+    assert dest_state(conn, schema, "tree") == {1: "in the partition"}
+    part.drop()
+    # a worker role granted by grant_worker() (plus REPLICATION) captures
+    role = f"{schema}_w"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role)))
+    try:
+        root.grant_worker(role)
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (2, 'for the worker')").format(s("tree")))
+        worker = pgvz.Vectorizer.open(pgvz.connect(psycopg.conninfo.make_conninfo(db.dsn, user=role)), root.name,
+                                      embedder=Counting())
+        worker.sync(progress=False)
+        assert worker.capture_error is None
+        assert dest_state(conn, schema, "tree") == {1: "in the partition", 2: "for the worker"}
+        worker.close()
+        root.drop()
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
