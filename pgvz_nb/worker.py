@@ -11,6 +11,7 @@ SIGTERM / SIGINT finish the current batch and exit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import threading
@@ -96,11 +97,19 @@ class Worker:
             self._listener.close()
             self._listener = None
 
-    def _wait(self) -> None:
-        """Sleep until a NOTIFY for one of our vectorizers, ``poll`` seconds, or a stop."""
+    def _listen(self) -> psycopg.Connection:
+        """LISTEN before each round, not after it: a NOTIFY sent while the round runs (a
+        change committed after its last claim) is then kept for ``_wait``, where one sent
+        before a LISTEN made after the round would be lost, and the worker would sleep a
+        whole ``poll`` with a change waiting."""
         if self._listener is None:
             self._listener = self.db.connect(autocommit=True)
             self._listener.execute(q.listen())
+        return self._listener
+
+    def _wait(self) -> None:
+        """Sleep until a NOTIFY for one of our vectorizers, ``poll`` seconds, or a stop."""
+        listener = self._listen()
         ids = {str(v._queue.id) for v in self._open.values() if v._queue is not None}
         deadline = time.monotonic() + self.poll
         while not self.stop_event.is_set():
@@ -108,7 +117,7 @@ class Worker:
             if left <= 0:
                 return
             # short slices, so that a stop request is seen quickly
-            for note in self._listener.notifies(timeout=min(left, 0.5)):
+            for note in listener.notifies(timeout=min(left, 0.5)):
                 if not ids or note.payload in ids:
                     self.wakeups += 1
                     return
@@ -154,6 +163,9 @@ class Worker:
         lost_since: float | None = None
         while not self.stop_event.is_set():
             try:
+                if not once:
+                    with contextlib.suppress(psycopg.Error):  # a lost connection: the round says so
+                        self._listen()
                 self.run_once()
                 backoff, lost_since = 0.5, None
                 if once:
