@@ -823,7 +823,7 @@ FOREIGN_CODE_FUNCTION: Rel = ("pgvz", "foreign_code")
 UNSAFE_TABLES_FUNCTION: Rel = ("pgvz", "unsafe_tables")
 
 #: the version each file in plpgsql/ must state on its first line (bump it with the body)
-PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 3, DROP_FUNCTION: 2, GUARD_DROPS_FUNCTION: 2,
+PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 3, DROP_FUNCTION: 3, GUARD_DROPS_FUNCTION: 2,
                     FOREIGN_CODE_FUNCTION: 1, UNSAFE_TABLES_FUNCTION: 1}
 
 

@@ -374,6 +374,13 @@ def test_ddl_that_would_make_the_application_fail_is_refused_with_a_hint(db, con
             conn.execute(sql.SQL(ddl).format(t))
         assert "capture='triggers'" in err.value.diag.message_hint
         conn.rollback()
+    # a REPLICA IDENTITY USING INDEX index dropped: the same, refused at sql_drop
+    conn.execute(sql.SQL("CREATE UNIQUE INDEX docs_id_idx ON {} (id)").format(t))
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX docs_id_idx").format(t))
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="replica identity") as err:
+        conn.execute(sql.SQL("DROP INDEX {}").format(sql.Identifier(schema, "docs_id_idx")))
+    assert "REPLICA IDENTITY DEFAULT" in err.value.diag.message_hint
+    conn.execute(sql.SQL("UPDATE {} SET body = 'the index stayed' WHERE id = 3").format(t))
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN note text").format(t))  # no pgvz_nb code in the way
     conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY FULL").format(t))
     conn.execute(sql.SQL("UPDATE {} SET body = 'after the DDL' WHERE id = 1").format(t))

@@ -1,4 +1,4 @@
--- pgvz_nb function pgvz.forget_dropped_partitions, version 2
+-- pgvz_nb function pgvz.forget_dropped_partitions, version 3
 --
 -- Run by event trigger pgvz_forget_dropped_partitions when objects are dropped (sql_drop).
 -- If the dropped ones include a pipeline vectorizer's trigger on a table other than its
@@ -6,7 +6,9 @@
 -- read their keys), queue every destination key that no longer has a source row, so its
 -- embeddings go: an anti-join over the destination, in the dropping transaction, seconds for
 -- millions of chunks. Refuses to drop a partition or child of a callback vectorizer's source
--- (noted by pgvz.before_ddl); anything else that goes wrong becomes a WARNING.
+-- (noted by pgvz.before_ddl); anything else that goes wrong becomes a WARNING. Refuses to drop
+-- the REPLICA IDENTITY USING INDEX index of a capture = 'wal' vectorizer's table: PostgreSQL
+-- would then refuse every UPDATE and DELETE of that published table.
 DECLARE
   dropped text[];
   v record;
@@ -17,6 +19,18 @@ DECLARE
 BEGIN
   -- nothing to do when turned off in this session, or when the catalog was dropped by hand
   IF current_setting('pgvz.partition_event_trigger', true) = 'off' OR to_regclass('pgvz.vectorizers') IS NULL THEN RETURN; END IF;
+  IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS o WHERE o.object_type = 'index') THEN
+    FOR v IN SELECT c.name, c.source_schema, c.source_table FROM pgvz.vectorizers AS c
+             JOIN pg_namespace n ON n.nspname = c.source_schema
+             JOIN pg_class k ON k.relnamespace = n.oid AND k.relname = c.source_table
+             WHERE c.config->>'capture' = 'wal' AND k.relreplident = 'i'
+               AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = k.oid AND x.indisreplident) LOOP
+      RAISE EXCEPTION 'pgvz_nb: %.% is followed through the WAL by vectorizer %, and this drops the index that is its replica identity: without one PostgreSQL refuses every UPDATE and DELETE of a table in a publication',
+        v.source_schema, v.source_table, v.name
+        USING ERRCODE = 'dependent_objects_still_exist',
+              HINT = 'give the table another replica identity first (ALTER TABLE ... REPLICA IDENTITY DEFAULT, its key being the primary key), or switch the vectorizer to capture=''triggers'' first';
+    END LOOP;
+  END IF;
   -- a partition or child of a callback vectorizer's source, dropped while the source stays:
   -- its rows are gone before any trigger could read their keys, and a callback queue has no
   -- destination to find them in, so the consumer would never hear of them
