@@ -413,10 +413,7 @@ def targets(conn: psycopg.Connection) -> dict[int, list[Target]]:
         if now is None:
             continue  # dropped: nothing of it comes any more
         oid, schema, table = now
-        pipe = v.config.get("pipeline") or {}
-        target = Target(v.name, (schema, table), v.keys, v.inbox, q.backfill(v.queue, (schema, table), v.keys),
-                        q.truncated_keys(v.queue, tuple(pipe["destination"]), (schema, table), v.keys,
-                                         pipe["dest_keys"]) if pipe.get("destination") else None)
+        target = _target(v, (schema, table))
         if v.capture == "wal" and (schema, table) != v.source:
             log.warning("vectorizer %s: its table %s is now %s.%s; the catalog follows it",
                         v.name, ".".join(v.source), schema, table)
@@ -425,6 +422,14 @@ def targets(conn: psycopg.Connection) -> dict[int, list[Target]]:
             continue  # a new table under the name: not ours until take_on_recreated() says so
         out[oid].append(target)
     return out
+
+
+def _target(v: Any, source: Rel) -> Target:
+    """Vectorizer ``v`` (a Queue) as the capture feeds it, its table being ``source`` now."""
+    pipe = v.config.get("pipeline") or {}
+    on_truncate = (q.truncated_keys(v.queue, tuple(pipe["destination"]), source, v.keys, pipe["dest_keys"])
+                   if pipe.get("destination") else None)
+    return Target(v.name, source, v.keys, v.inbox, q.backfill(v.queue, source, v.keys), on_truncate)
 
 
 def take_on_recreated(conn: psycopg.Connection) -> None:
@@ -438,16 +443,12 @@ def take_on_recreated(conn: psycopg.Connection) -> None:
                 continue
             now = conn.execute(q.relation_by_name(), list(v.source)).fetchone()
             if now is not None:
-                pipe = v.config.get("pipeline") or {}
-                found.append((v, now[0], Target(
-                    v.name, v.source, v.keys, v.inbox, q.backfill(v.queue, v.source, v.keys),
-                    q.truncated_keys(v.queue, tuple(pipe["destination"]), v.source, v.keys, pipe["dest_keys"])
-                    if pipe.get("destination") else None)))
+                found.append((v, now[0], _target(v, v.source)))
     for v, oid, t in found:
         _take_on(conn, v, t, oid)
 
 
-def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> bool:
+def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> None:
     """The WAL vectorizer's table was dropped and one of that name created since (no trigger
     saw it): the new one joins the publication and its rows are to be queued, the keys of
     the old one's that are gone queued now, as the triggers' event trigger does for them. In a
@@ -468,12 +469,10 @@ def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> bool:
             v.set_extra(conn, source_oid=oid, backfill=[list(t.source)])
         log.warning("vectorizer %s: %s was dropped and created again; it follows the new table",
                     v.name, ".".join(t.source))
-        return True
     except (psycopg.Error, ConfigConflict) as exc:
         log.warning("vectorizer %s: %s was dropped and created again, and the capture could not "
                     "take the new one on (%s); create() it again as the table's owner", v.name,
                     ".".join(t.source), exc)
-        return False
 
 
 def wal_vectorizers(conn: psycopg.Connection) -> list[Any]:
