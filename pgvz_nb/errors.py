@@ -24,6 +24,7 @@ __all__ = [
     "NotATable",
     "NotFound",
     "PgvzError",
+    "Reconfigured",
     "RowError",
     "RowSecurityActive",
     "Stopped",
@@ -112,6 +113,14 @@ class Stopped(PgvzError):
     pgvz_not_the_rows = True
 
 
+class Reconfigured(PgvzError):
+    """The vectorizer this handle was opened as changed under it (a migration's cutover or
+    rollback moved its destination, or gave its name to the other model): the batch went
+    back whole, and the handle opens the vectorizer again before going on."""
+
+    pgvz_not_the_rows = True
+
+
 class RowSecurityActive(PgvzError):
     """Row-level security hides source rows from the syncing role: syncing would take them
     for deleted rows and drop their embeddings, so it refuses."""
@@ -165,6 +174,8 @@ def blame(exc: BaseException) -> str:
         if getattr(e, "pgvz_permanent", False):
             return "row"
         state = getattr(e, "sqlstate", None)
+        if state == "0A000" and "cached plan must not change result type" in str(e):
+            return "server"  # a prepared statement's table was renamed over (a cutover): not the rows'
         if state:
             return "server" if state[:2] in SERVER_CLASSES else "row"
         if isinstance(e, (psycopg.OperationalError, psycopg.InterfaceError)):

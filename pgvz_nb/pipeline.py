@@ -163,6 +163,14 @@ class PipelineConfig:
     max_chunks: int = 500  # per source row; more is a RowError (a 1 MB text, say)
     transient_budget: float = 120.0  # seconds sync waits out an unavailable model service, between claims
 
+    def model_id(self) -> str:
+        """What made a vector: the embedder's identity and the recipe of the text it was
+        given (template and chunking), e.g. ``pgvz_nb.default:all-MiniLM-L6-v2#3f2a9c1b``.
+        Each destination row records it (the ``model`` column)."""
+        recipe = json.dumps([self.template, self.chunk_column, self.chunk_size, self.chunk_overlap,
+                             self.embedder.get("dimensions")])
+        return f"{self.embedder['identity']}#{hashlib.sha256(recipe.encode()).hexdigest()[:8]}"
+
     def source_columns(self) -> list[str]:
         """The source columns the pipeline reads (and so the triggers watch)."""
         cols = [c for c in template_fields(self.template) if c != "chunk"]
@@ -214,6 +222,7 @@ class Pipeline:
         self.embedder = embedder
         self.dest: q.Rel = tuple(config.destination)  # type: ignore[assignment]
         self.identity = config.embedder["identity"]
+        self.model_id = config.model_id()
         self._splitter = None
         if config.chunk_column:
             from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -275,9 +284,12 @@ class Pipeline:
         keys_json = self._keys_json([r.key for r in rows])
         existing: dict[tuple, list[tuple]] = {}
         nk = len(self.config.dest_keys)
+        # not prepared (here and below): after a migration's cutover the name may be another
+        # table, and a prepared statement whose result type changed (vector(384) to vector(768))
+        # fails instead of being planned again; the write's check then sends the batch back
         for rec in reader.execute(
             q.destination_rows(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
-            {"keys": keys_json},
+            {"keys": keys_json}, prepare=False,
         ):
             existing.setdefault(tuple(rec[:nk]), []).append(rec[nk:])  # (id, seq, hash, metadata)
 
@@ -312,7 +324,8 @@ class Pipeline:
         reuse_ids = [by_hash[h] for h in needed if h in by_hash]
         vectors: dict[str, np.ndarray] = {}
         if reuse_ids:
-            stored: dict[Any, Any] = dict(reader.execute(q.destination_embeddings_of(self.dest), [reuse_ids]).fetchall())
+            stored: dict[Any, Any] = dict(reader.execute(q.destination_embeddings_of(self.dest), [reuse_ids],
+                                                            prepare=False).fetchall())
             for h in needed:
                 if h in by_hash and by_hash[h] in stored:
                     vec = stored[by_hash[h]]
@@ -334,6 +347,16 @@ class Pipeline:
         stats.unchanged += sum(1 for k in changed for c in wanted[k] if c.hash not in texts)
 
         changed_json = self._keys_json(changed)
+        # where this vectorizer writes now, its catalog row held until the commit: a
+        # migration's cutover renames the destinations, and a handle opened before it must
+        # not write its model's vectors into the table that took the name
+        moved = conn.execute(q.catalog_destination_of(), [self.queue.id]).fetchone()
+        if moved is None or moved[0] is None or tuple(moved[0]) != self.dest:
+            from .errors import Reconfigured
+
+            raise Reconfigured(
+                f"vectorizer {self.queue.name!r} no longer writes {'.'.join(self.dest)} (a migration "
+                "was cut over or rolled back); the batch went back to the queue")
         # the lock first (no other role can add a trigger while it is held), then the check:
         # code someone else put on the destination must not run with this role's privileges
         conn.execute(q.lock_for_writing(self.dest))
@@ -456,15 +479,17 @@ class Pipeline:
         # looked up at every batch (~0.2 ms): the key's type can change under a running worker
         # (int made bigint, a table created again with a text key), and binary COPY needs it exact
         types = dict(conn.execute(q.column_types(), list(self.dest)).fetchall())
+        has_model = "model" in types  # not in a destination made before it, until create() adds it
         copy_types = [types[c] for c in ("id", "metadata", "contents", "embedding", *self.config.dest_keys,
-                                         "chunk_seq", "chunk_hash")]
+                                         "chunk_seq", "chunk_hash", *(["model"] if has_model else []))]
         if copy_types != self._copy_types:
             self._copy_types = copy_types
             self._vector_dumper = _vector_bytes_dumper(copy_types[3])
         cur = conn.cursor()
         cur.adapters.register_dumper(_VectorBytes, self._vector_dumper)
         encoded = {h: _vector_bytes(v) for h, v in vectors.items()}
-        with cur.copy(q.destination_copy(self.dest, self.config.dest_keys)) as copy:
+        model = (self.model_id,) if has_model else ()
+        with cur.copy(q.destination_copy(self.dest, self.config.dest_keys, model=has_model)) as copy:
             copy.set_types(self._copy_types)
             for key, chunks in items:
                 spare = {h: list(ids) for h, ids in ids_for_reuse.get(key, {}).items()}
@@ -477,4 +502,4 @@ class Pipeline:
                             break
                     if id_ is None:
                         id_ = uuid_from_time(c.time) if c.time is not None else uuid.uuid4()
-                    copy.write_row((id_, Jsonb(c.metadata), c.text, encoded[c.hash], *key, c.seq, c.hash))
+                    copy.write_row((id_, Jsonb(c.metadata), c.text, encoded[c.hash], *key, c.seq, c.hash, *model))

@@ -38,7 +38,9 @@ def search_rows(
                                               start=start, end=end, hybrid=hybrid, vectors=vectors)
     if filtered:
         prepare_search(conn)
-    return conn.execute(stmt, params).fetchall()
+    # with the stored vectors, not prepared: after a migration's cutover to another size the
+    # name is a table of another vector(n), and a prepared statement would fail for good
+    return conn.execute(stmt, params, prepare=False if vectors else None).fetchall()
 
 
 def search_statement(rel: q.Rel, query_embedding: Sequence[float], query_text: str | None, k: int, *,

@@ -1212,15 +1212,16 @@ def collection_copy(table: Rel) -> sql.Composed:
 
 # --- the built-in pipeline's destination ----------------------------------------------
 
-DEST_FIXED = ("id", "metadata", "contents", "embedding", "chunk_seq", "chunk_hash")
+DEST_FIXED = ("id", "metadata", "contents", "embedding", "chunk_seq", "chunk_hash", "model")
 
 
 def create_destination(
     dest: Rel, source: Rel, src_keys: Sequence[str], dest_keys: Sequence[str], dimensions: int
 ) -> sql.Composed:
     """The collection layout (id uuid, metadata jsonb, contents text, embedding vector(n))
-    plus the source key (typed as in the source, via CREATE TABLE AS) and the chunk's
-    position and hash. The key index serves the per-key delete of the worker."""
+    plus the source key (typed as in the source, via CREATE TABLE AS), the chunk's
+    position and hash, and the model (with the template and chunking) that made the vector.
+    The key index serves the per-key delete of the worker."""
     keys = sql.SQL(", ").join(
         sql.SQL("s.{} AS {}").format(Name(k), Name(d))
         for k, d in zip(src_keys, dest_keys)
@@ -1228,7 +1229,8 @@ def create_destination(
     return sql.SQL(
         "CREATE TABLE {dest} AS SELECT NULL::uuid AS id, NULL::jsonb AS metadata, "
         "NULL::text AS contents, NULL::vector({n}) AS embedding, {keys}, "
-        "NULL::integer AS chunk_seq, NULL::text AS chunk_hash FROM {source} AS s WITH NO DATA; "
+        "NULL::integer AS chunk_seq, NULL::text AS chunk_hash, NULL::text AS model "
+        "FROM {source} AS s WITH NO DATA; "
         "ALTER TABLE {dest} ADD PRIMARY KEY (id), "
         "ALTER COLUMN metadata SET NOT NULL, ALTER COLUMN metadata SET DEFAULT '{{}}', "
         "ALTER COLUMN embedding SET NOT NULL, ALTER COLUMN chunk_seq SET NOT NULL, "
@@ -1286,13 +1288,31 @@ def destination_embeddings_of(dest: Rel) -> sql.Composed:
     return sql.SQL("SELECT id, embedding FROM {} WHERE id = ANY(%s)").format(ident(dest))
 
 
-def destination_copy(dest: Rel, dest_keys: Sequence[str]) -> sql.Composed:
-    """COPY takes no parameters, so its names are plain identifiers (no ``%`` doubling)."""
+def destination_copy(dest: Rel, dest_keys: Sequence[str], *, model: bool = True) -> sql.Composed:
+    """COPY takes no parameters, so its names are plain identifiers (no ``%`` doubling).
+    ``model``: the destination has the model column (one made before it has not, until the
+    next create() adds it)."""
     keys = sql.SQL(", ").join(sql.Identifier(k) for k in dest_keys)
     return sql.SQL(
-        "COPY {} (id, metadata, contents, embedding, {}, chunk_seq, chunk_hash) "
+        "COPY {} (id, metadata, contents, embedding, {}, chunk_seq, chunk_hash{}) "
         "FROM STDIN WITH (FORMAT BINARY)"
-    ).format(sql.Identifier(*dest), keys)
+    ).format(sql.Identifier(*dest), keys, sql.SQL(", model" if model else ""))
+
+
+def add_model_column(dest: Rel, model: str | None) -> sql.Composed:
+    """The model column on a destination made before it existed: its vectors get the model
+    they were made with (the stored one) as PostgreSQL's stored default for existing rows,
+    without a rewrite of the table; the default is dropped after, so that a writer that does
+    not say its model leaves NULL rather than a wrong one."""
+    return sql.SQL(
+        "ALTER TABLE {d} ADD COLUMN model text DEFAULT {m}; ALTER TABLE {d} ALTER COLUMN model DROP DEFAULT"
+    ).format(d=ident(dest), m=sql.Literal(model))
+
+
+def destination_models(dest: Rel) -> sql.Composed:
+    """(model, chunks) of a destination, most first: more than one row means it mixes models."""
+    return sql.SQL("SELECT model, count(*) FROM {} GROUP BY model ORDER BY count(*) DESC, model").format(
+        ident(dest))
 
 
 def count_rows(rel: Rel) -> sql.Composed:
@@ -1466,6 +1486,110 @@ def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel 
         parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(dest[0]), r))
         parts.append(sql.SQL("GRANT SELECT, INSERT, DELETE ON {} TO {}").format(ident(dest), r))
     return sql.SQL("; ").join(parts)
+
+
+# --- migration (a shadow destination, cut over by renaming) ----------------------------
+
+
+def catalog_destination_of() -> sql.Composed:
+    """The destination vectorizer %s writes now, its catalog row held FOR KEY SHARE to the end
+    of the writer's transaction: a cutover (which takes the row FOR UPDATE before renaming
+    the tables) waits for this batch, or this batch sees where the cutover moved it. The
+    weakest row lock that conflicts with FOR UPDATE; a worker role may take it (its grant
+    of UPDATE (last_success))."""
+    return sql.SQL(
+        "SELECT config->'pipeline'->'destination' FROM {} WHERE id = %s FOR KEY SHARE"
+    ).format(ident(CATALOG))
+
+
+def catalog_id_of() -> sql.Composed:
+    """The id of the catalog row called %s now (a search checks it after reading the
+    destination by name, in the same transaction: see Vectorizer.search)."""
+    return sql.SQL("SELECT id FROM {} WHERE name = %s").format(ident(CATALOG))
+
+
+def catalog_lock_rows() -> sql.Composed:
+    """The catalog rows of ids %s, FOR UPDATE, in id order (two cutovers cannot deadlock)."""
+    return sql.SQL("SELECT id FROM {} WHERE id = ANY(%s) ORDER BY id FOR UPDATE").format(ident(CATALOG))
+
+
+def catalog_rename() -> sql.Composed:
+    return sql.SQL("UPDATE {} SET name = %s WHERE id = %s").format(ident(CATALOG))
+
+
+def catalog_get_by_id() -> sql.Composed:
+    return sql.SQL(
+        "SELECT id, name, source_schema, source_table, queue_schema, queue_table, config, created_at "
+        "FROM {} WHERE id = %s"
+    ).format(ident(CATALOG))
+
+
+def lock_exclusive(rels: Sequence[Rel]) -> sql.Composed:
+    """ACCESS EXCLUSIVE on the tables a cutover renames, in the order given: readers of the
+    destination wait for the commit (milliseconds), then read the table that has its name."""
+    return sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(
+        sql.SQL(", ").join(ident(r) for r in rels))
+
+
+def rename_table(rel: Rel, new: str) -> sql.Composed:
+    return sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(rel), Name(new))
+
+
+def index_name(rel: Rel, suffix: str) -> str:
+    """The name of pgvz_nb's index ``suffix`` ("_hnsw", "_time", "_fts") on ``rel``."""
+    return cut(rel[1], 50) + suffix
+
+
+INDEX_KINDS = ("_hnsw", "_time", "_fts")
+
+
+def rename_index(schema: str, old: str, new: str) -> sql.Composed:
+    return sql.SQL("ALTER INDEX {} RENAME TO {}").format(Name(schema, old), Name(new))
+
+
+def table_grants() -> sql.Composed:
+    """(role name, NULL for PUBLIC; privilege) of every grant on table %s.%s to others than
+    its owner: given to the shadow too, so that whoever reads the destination reads it after
+    the cutover."""
+    return sql.SQL(
+        "SELECT CASE WHEN a.grantee = 0 THEN NULL ELSE pg_get_userbyid(a.grantee) END, a.privilege_type "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "CROSS JOIN LATERAL aclexplode(c.relacl) AS a "
+        "WHERE n.nspname = %s AND c.relname = %s AND a.grantee <> c.relowner ORDER BY 1, 2"
+    ).format()
+
+
+#: what table_grants may return, so a privilege name is never taken from a query into SQL text
+TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE", "TRUNCATE", "REFERENCES", "TRIGGER", "MAINTAIN")
+
+
+def grant_on(privilege: str, rel: Rel, role: str | None) -> sql.Composed:
+    if privilege not in TABLE_PRIVILEGES:
+        raise ValueError(f"not a table privilege: {privilege!r}")
+    return sql.SQL("GRANT {} ON {} TO {}").format(
+        sql.SQL(privilege), ident(rel), sql.SQL("PUBLIC") if role is None else Name(role))
+
+
+def dependent_views() -> sql.Composed:
+    """Views (and materialized views) reading table %s.%s: they name it by oid, so after a
+    cutover they would go on showing the old vectors. A cutover refuses while there are any."""
+    return sql.SQL(
+        "SELECT DISTINCT vn.nspname || '.' || v.relname FROM pg_depend d "
+        "JOIN pg_rewrite r ON r.oid = d.objid JOIN pg_class v ON v.oid = r.ev_class "
+        "JOIN pg_namespace vn ON vn.oid = v.relnamespace "
+        "JOIN pg_class t ON t.oid = d.refobjid JOIN pg_namespace tn ON tn.oid = t.relnamespace "
+        "WHERE d.classid = 'pg_rewrite'::regclass AND d.refclassid = 'pg_class'::regclass "
+        "AND tn.nspname = %s AND t.relname = %s AND v.oid <> t.oid ORDER BY 1"
+    ).format()
+
+
+def source_scan(source: Rel, keys: Sequence[str], columns: Sequence[str],
+                where: sql.Composable | None) -> sql.Composed:
+    """Key and read columns of every source row passing ``where``, for an estimate (read
+    through a server-side cursor)."""
+    cols = sql.SQL(", ").join([*(Name(k) for k in keys), *(Name(c) for c in columns)])
+    return sql.SQL("SELECT {} FROM {}{}").format(
+        cols, ident(source), sql.SQL(" WHERE ({}) IS TRUE").format(where) if where is not None else sql.SQL(""))
 
 
 # --- WAL capture (logical decoding) ---------------------------------------------------

@@ -30,6 +30,7 @@ from .errors import (
     DimensionMismatch,
     NotFound,
     PgvzError,
+    Reconfigured,
     boundary,
     connection_lost,
     translate,
@@ -832,9 +833,10 @@ class Vectorizer(_Connections):
         if old["embedder"]["dimensions"] != new["embedder"]["dimensions"]:
             raise DimensionMismatch(
                 f"{'.'.join(old['destination'])} holds vectors of {old['embedder']['dimensions']} "
-                f"dimensions; this embedder makes {new['embedder']['dimensions']}; "
-                "to re-embed everything with it, create(replace=True) (drops and rebuilds the "
-                "destination), or give it its own destination= and name="
+                f"dimensions; this embedder makes {new['embedder']['dimensions']}; to change "
+                f"the model without downtime, Vectorizer.open(db, {self.name!r}).migrate(embedder=...) "
+                "(builds the new vectors beside the old, then cutover()); or create(replace=True) "
+                "(drops the destination and re-embeds: search is empty meanwhile)"
             )
         # how it runs (batch size, patience with the model's service) may change freely;
         # what it produces may not
@@ -843,7 +845,10 @@ class Vectorizer(_Connections):
             raise ConfigConflict(
                 f"vectorizer {self.name!r} exists with other settings ({', '.join(diff)} differ: "
                 f"stored {[old.get(k) for k in diff]}, asked {[new[k] for k in diff]}); "
-                "use Vectorizer.open(db, name) to use it as it is, or create(replace=True) to rebuild it"
+                "use Vectorizer.open(db, name) to use it as it is; to change what it embeds "
+                f"without downtime, Vectorizer.open(db, {self.name!r}).migrate(embedder=..., "
+                "template=..., chunk_size=...) builds the new vectors beside the old ones and "
+                "cutover() switches; create(replace=True) rebuilds it in place"
             )
 
     def _prepare_destination(self, conn: psycopg.Connection, existing: Queue | None,
@@ -881,6 +886,26 @@ class Vectorizer(_Connections):
                 f"{[c for c in [*cfg.dest_keys, 'chunk_hash'] if c not in types]}); choose another "
                 "destination=, or drop that table"
             )
+        from .pipeline import PipelineConfig
+
+        if "model" not in types:  # made before destinations recorded their model
+            stored = existing.config.get("pipeline") if existing is not None else None
+            if stored:
+                conn.execute(q.add_model_column(dest, PipelineConfig.from_json(stored).model_id()))
+            else:  # a table left by a dropped vectorizer: what made its vectors is unknown
+                conn.execute(q.add_model_column(dest, None))
+        elif existing is None:
+            others = [m for m, _ in conn.execute(q.destination_models(dest)).fetchall()
+                      if m is not None and m != cfg.model_id()]
+            if others:
+                raise ConfigConflict(
+                    f"{'.'.join(dest)} holds vectors made by {others[0]!r}, and this vectorizer "
+                    f"embeds with {cfg.model_id()!r}: writing into it would mix two models in one "
+                    "table (search would compare vectors of both) until every row was re-embedded; "
+                    "to change the model of a vectorizer, Vectorizer.open(db, name).migrate("
+                    "embedder=...) builds the new vectors beside the old ones; else give this one "
+                    "its own destination=, or drop that table"
+                )
 
     # --- running ------------------------------------------------------------------------
 
@@ -897,7 +922,7 @@ class Vectorizer(_Connections):
         return self._queue, self._pipeline, self._conn
 
     def process(self, batch_size: int | None = None, *,
-                conn: psycopg.Connection | None = None) -> tuple[ProcessResult, Any]:
+                conn: psycopg.Connection | None = None, _followed: bool = False) -> tuple[ProcessResult, Any]:
         """One claim-embed-write round; returns (result, stats). ``conn``: another connection
         to run it on (sync's second lane), else the vectorizer's own."""
         from .pipeline import SyncStats
@@ -922,9 +947,64 @@ class Vectorizer(_Connections):
             if result.succeeded:
                 with conn.transaction():
                     conn.execute(q.catalog_mark_success(), [queue.id])
+        except Reconfigured:
+            # a migration was cut over (or rolled back) since this handle was opened: the
+            # batch went back whole; go on as the vectorizer now called by this name
+            if _followed:
+                raise
+            self._follow()
+            return self.process(batch_size, conn=conn, _followed=True)
         except psycopg.Error as exc:
             raise translate(exc, f"syncing {self.name!r}") from exc
         return result, total
+
+    def _follow(self, conn: psycopg.Connection | None = None) -> bool:
+        """Take on the catalog row now called ``self.name`` when it is not the one this
+        handle was opened with, or its pipeline changed: a migration's cutover or rollback
+        gives the name to the other model's vectorizer. True when something changed. ``conn``:
+        a connection to read the catalog on (else one of its own). The
+        model is rebuilt from the catalog (a custom one cannot be: Reconfigured says what to
+        do)."""
+        from .embedders import embedder_dimensions, embedder_from_config, embedder_identity
+
+        try:
+            if conn is not None:  # the handle's own, idle (not while lanes share it)
+                with conn.transaction():
+                    fresh = Queue.find(conn, self.name)
+            else:
+                with self.db.connect() as own:
+                    fresh = Queue.find(own, self.name)
+        except psycopg.Error as exc:
+            raise translate(exc, f"opening {self.name!r} again") from exc
+        if fresh is None:
+            raise NotFound(f"vectorizer {self.name!r} is gone (dropped); nothing to sync or search")
+        old = self._queue
+        if old is not None and fresh.id == old.id and fresh.config.get("pipeline") == old.config.get("pipeline"):
+            self._queue = fresh  # a migration's markers may have changed
+            return False
+        stored = fresh.config["pipeline"]["embedder"]
+        if (embedder_identity(self.embedder), embedder_dimensions(self.embedder)) == (
+                stored["identity"], stored["dimensions"]):
+            embedder = self.embedder
+        else:
+            try:
+                embedder = embedder_from_config(stored)
+            except PgvzError as exc:
+                raise Reconfigured(
+                    f"vectorizer {self.name!r} now embeds with {stored['identity']!r} (a migration "
+                    "was cut over or rolled back), a model pgvz_nb cannot rebuild by itself; open it "
+                    f"again with Vectorizer.open(db, {self.name!r}, embedder=<that model>)") from exc
+        now = Vectorizer.open(self.db, self.name, embedder=embedder)
+        now.close()
+        self._take_state(now)
+        return True
+
+    def _take_state(self, other: Vectorizer) -> None:
+        """What this handle embeds and writes, taken from ``other`` (its connections stay)."""
+        self.source, self.capture, self.embedder = other.source, other.capture, other.embedder
+        self.config, self._queue = other.config, other._queue
+        self._max_attempts, self._backoff = other._max_attempts, other._backoff
+        self._pipeline = None
 
     @boundary("syncing {self.name!r}")
     def sync(self, *, progress: bool = True, max_batches: int | None = None,
@@ -951,6 +1031,7 @@ class Vectorizer(_Connections):
         """
         from .errors import EmbeddingUnavailable, Stopped
 
+        self._follow(self._ready()[2])  # a migration's cutover since: the name may mean the other model
         queue, pipe, conn = self._ready()
         self._capture(self.db)  # so that the bar counts what the WAL holds too
         if queue.capture == "wal":  # the capture follows a renamed or moved table in the catalog
@@ -1023,7 +1104,7 @@ class Vectorizer(_Connections):
 
         Its display shows the columns that matter (name, pending, failed, embedded rows,
         coverage, oldest pending age, last success; uncovered partitions when there are
-        some; the capture and its slot for a WAL vectorizer); the frame holds all 19 columns, and
+        some; the capture and its slot for a WAL vectorizer); the frame holds all 22 columns, and
         ``full=True`` displays them all."""
         import pandas as pd
 
@@ -1041,6 +1122,9 @@ class Vectorizer(_Connections):
                 last_success = first(conn.execute(q.catalog_last_success(), [queue.id]))[0]
                 uncovered = queue.uncovered(conn)
                 wal_status, lag = capture.slot_status(conn) if queue.capture == "wal" else (None, None)
+                has_model = "model" in dict(conn.execute(q.column_types(), list(self.destination)).fetchall())
+                models = [m for m, _ in conn.execute(q.destination_models(self.destination)).fetchall()
+                          ] if has_model else []
         except psycopg.Error as exc:
             raise translate(exc, f"reading the status of {self.name!r}") from exc
         now = datetime.now(timezone.utc)
@@ -1059,7 +1143,17 @@ class Vectorizer(_Connections):
             # 'unreserved', 'lost'; None: no slot yet) and the WAL it holds back, in bytes
             "capture": queue.capture, "wal_status": wal_status, "slot_lag_bytes": lag,
             "capture_error": self.capture_error,
+            # what makes this vectorizer's vectors, and the models the destination holds
+            # vectors of (more than one: search compares vectors of different models)
+            "model": self.config.model_id(), "models_in_destination": len(models),
+            "migration": self._migration_state(),
         }])
+        if len(models) > 1:
+            warnings.warn(
+                f"{'.'.join(self.destination)} holds vectors of {len(models)} models "
+                f"({', '.join(str(m) for m in models)}): search compares vectors that are not "
+                f"comparable; re-embed with create(replace=True), or build a clean one with "
+                f"migrate(embedder=...)", UserWarning, stacklevel=2)
         # proper dtypes even when a value is missing: tz-aware timestamps, timedelta ages
         frame["oldest_pending_age"] = pd.Series([frame["oldest_pending_age"][0]], dtype="timedelta64[ns]")
         for col in ("next_retry", "last_success"):
@@ -1069,8 +1163,42 @@ class Vectorizer(_Connections):
         compact = ["name", "pending", "failed", "embedded_rows", "coverage_pct", "oldest_pending_age",
                    "last_success"] + (["uncovered_partitions"] if uncovered else []) + (
                    ["capture", "wal_status", "slot_lag_bytes"] if queue.capture == "wal" else []) + (
-                   ["capture_error"] if self.capture_error else [])
+                   ["capture_error"] if self.capture_error else []) + (
+                   ["models_in_destination"] if len(models) > 1 else []) + (
+                   ["migration"] if frame["migration"][0] else [])
         return frame.show_columns(compact, "status(full=True) displays them all")
+
+    def _migration_state(self) -> str | None:
+        queue = self._queue
+        info = queue.config.get("migration") if queue is not None else None
+        if not info or queue is None:
+            return None
+        live = info["live"] == queue.id
+        return f"{info['state']} ({'live; other side' if live else 'not live; live side'}: " \
+               f"{info['other_name'] if live else info['live_name']})"
+
+    # --- migration ------------------------------------------------------------------------
+
+    @boundary("starting a migration of {self.name!r}")
+    def migrate(self, *, embedder: Any = None, template: str | None = None,
+                chunk_column: str | None = None, chunk_size: int | None = None,
+                chunk_overlap: int | None = None, metadata: Sequence[str] | None = None) -> Any:
+        """Build this vectorizer's vectors again with another model (or template, chunking,
+        metadata) beside the live ones, which keep serving: returns a Migration (``m.sync()``,
+        ``m.compare(queries)``, ``m.cutover()``, ``m.rollback()``, ``m.finish()``). What is not
+        given stays as it is. Called again with the same settings, it returns the migration in
+        progress."""
+        from .migration import Migration
+
+        return Migration.start(self, embedder=embedder, template=template, chunk_column=chunk_column,
+                               chunk_size=chunk_size, chunk_overlap=chunk_overlap, metadata=metadata)
+
+    @property
+    def migration(self) -> Any:
+        """The migration in progress (a Migration), or None."""
+        from .migration import Migration
+
+        return Migration.find(self)
 
     @boundary("reading the queue of {self.name!r}")
     def queue(self, limit: int = 1000) -> pd.DataFrame:
@@ -1178,11 +1306,33 @@ class Vectorizer(_Connections):
             raise PgvzError("start/end filter on time, but this vectorizer has no time_column; "
                             "create it with time_column= to get time-based ids")
         prepare_search(conn)  # before the transaction: once for the session
-        with conn.transaction():
-            return search_frame(conn, self.destination, self.embedder.embed_query(query), query, k,
-                                filter=filter, start=start, end=end, hybrid=hybrid,
-                                template=self.config.template, key=self.config.metadata_key,
-                                label=self.source[1], source_values=source_values if fields else None)
+        for _ in range(3):
+            vector = self.embedder.embed_query(query)
+            try:
+                with conn.transaction():
+                    frame = search_frame(conn, self.destination, vector, query, k,
+                                         filter=filter, start=start, end=end, hybrid=hybrid,
+                                         template=self.config.template, key=self.config.metadata_key,
+                                         label=self.source[1], source_values=source_values if fields else None)
+                    # asked after the read, in its transaction: the read's lock on the destination
+                    # keeps a cutover from committing until this transaction ends, so if the name
+                    # still means this vectorizer now, the rows read are of this model's table
+                    now = conn.execute(q.catalog_id_of(), [self.name]).fetchone()
+            except psycopg.Error:
+                # the table that has the name now may hold vectors of another size ("different
+                # vector dimensions"): a cutover came first; anything else is raised
+                with conn.transaction():
+                    now = conn.execute(q.catalog_id_of(), [self.name]).fetchone()
+                if now is not None and now[0] == queue.id:
+                    raise
+                frame = None
+            if frame is not None and now is not None and now[0] == queue.id:
+                return frame
+            self._follow()  # a cutover or rollback came first: search the model that has the name
+            queue, _, conn = self._ready()
+            fields = [f for f in template_fields(self.config.template) if f != "chunk"]
+        raise PgvzError(f"vectorizer {self.name!r} kept changing during the search (three cutovers "
+                        "or rollbacks in a row); search again")
 
     def export_script(self, path: str) -> str:
         """Write a standalone sync script (``--once`` / ``--watch``) for this vectorizer; returns
@@ -1213,8 +1363,16 @@ class Vectorizer(_Connections):
                 conn.execute(q.create_fts_index(self.destination))
 
     def drop(self, *, keep_destination: bool = False) -> None:
-        """Remove triggers, queue, catalog row and (unless kept) the destination table."""
+        """Remove triggers, queue, catalog row and (unless kept) the destination table; and
+        a migration in progress, with the other model's vectorizer and its table (dropping the
+        side of a migration that is not live ends the migration, as ``finish()``)."""
         queue, _, conn = self._ready()
+        found = self.migration
+        if found is not None:
+            found.discard_other()  # this one too, when it is the side that is not live
+            if found.other is self:
+                return
+            queue, _, conn = self._ready()
         try:
             queue.drop(conn, then=None if keep_destination else lambda: conn.execute(q.drop_table(self.destination)))
         except psycopg.Error as exc:

