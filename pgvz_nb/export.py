@@ -50,7 +50,18 @@ def main(argv=None):
     from pgvz_nb.worker import Worker
 
     db = pgvz.connect(dsn)
-    pgvz.Vectorizer.from_config(db, NAME, CONFIG).create()  # no-op when it exists with this config
+    mine = pgvz.Vectorizer.from_config(db, NAME, CONFIG)
+    try:
+        mine.create()  # no-op when it exists with this config
+    except (pgvz.errors.ConfigConflict, pgvz.errors.DimensionMismatch) as exc:
+        try:  # migrated to another model since this script was exported: sync as the database says
+            stored = pgvz.Vectorizer.open(db, NAME).config.model_id()
+        except pgvz.errors.PgvzError:
+            raise exc from None
+        if stored == mine.config.model_id() or isinstance(exc, pgvz.errors.UntrustedObject):
+            raise
+        print(f"{{NAME}} now embeds with {{stored}} (migrated since this script was exported); "
+              "syncing as the database says: export the script again to update it", file=sys.stderr)
     worker = Worker(db, [NAME], poll=args.poll, give_up_after=60.0 if args.once else None)
     worker.install_signal_handlers()
     stats = worker.run(once=args.once)

@@ -64,6 +64,17 @@ def _relevance(distance: float) -> float:
     return max(0.0, 1.0 - distance)
 
 
+class _Moved(Exception):
+    """The store's vectorizer was cut over to another model under a search (see _check_model)."""
+
+
+def _vector_of_old_model(store: PgvzVectorStore) -> PgvzError:
+    return PgvzError(
+        f"vectorizer {store._vectorizer.name!r} was cut over to another model "
+        f"({store._vectorizer.config.model_id()}) since the query vector was made; embed the "
+        "query again with store.embeddings (the store follows the vectorizer)")
+
+
 class PgvzVectorStore(VectorStore):
     """LangChain VectorStore on a pgvector table in the Timescale Vector layout."""
 
@@ -114,8 +125,33 @@ class PgvzVectorStore(VectorStore):
         why = (f"{schema}.{table} is the destination of vectorizer {vectorizer.name!r}: its rows follow "
                f"{'.'.join(vectorizer.source)}, and the next sync would overwrite a write made here; "
                "change the source table (or use a store of your own)")
-        return cls(collection_name=table, schema_name=schema, service_url=vectorizer.db,
-                   embedding=vectorizer.embedder, read_only=why, **kwargs)
+        store = cls(collection_name=table, schema_name=schema, service_url=vectorizer.db,
+                    embedding=vectorizer.embedder, read_only=why, **kwargs)
+        vectorizer._ready()
+        store._vectorizer = vectorizer  # followed through a migration's cutover (see _check_model)
+        return store
+
+    _vectorizer: Any = None
+
+    def _check_model(self, conn: Any) -> Any:
+        """For a store over a vectorizer: after the search read, in its transaction, whether
+        the vectorizer's name still means the model the query was embedded with (a cutover
+        cannot commit while the read's lock is held); if not, the store takes on the model
+        that has the name and _Moved is raised: a query given as text is embedded again."""
+        v = self._vectorizer
+        if v is None:
+            return None
+        return conn.execute(q.catalog_id_of(), [v.name])
+
+    def _moved(self, found: Any) -> None:
+        v = self._vectorizer
+        if v is None or (found is not None and v._queue is not None and found[0] == v._queue.id):
+            return
+        v._follow()
+        self._embedding = v.embedder
+        self._schema, self.collection_name = v.destination
+        self._collection = None
+        raise _Moved()
 
     @property
     def embeddings(self) -> Embeddings:
@@ -288,8 +324,17 @@ class PgvzVectorStore(VectorStore):
         with self._db.connect(vector=True) as conn:
             if self._table(conn, None) is None:
                 return []
-            return search_rows(conn, self.rel, embedding, query, k, filter=filter,
-                               start=start_date, end=end_date, vectors=vectors)
+            try:
+                rows = search_rows(conn, self.rel, embedding, query, k, filter=filter,
+                                   start=start_date, end=end_date, vectors=vectors)
+            except psycopg.Error:
+                if self._vectorizer is None:
+                    raise
+                conn.rollback()  # another vector size behind the name, say: a cutover came first
+                self._moved(self._check_model(conn).fetchone())
+                raise
+            self._moved(None if self._vectorizer is None else self._check_model(conn).fetchone())
+            return rows
 
     async def _asearch(self, embedding: Sequence[float], k: int, filter: dict | None, query: str | None,
                        start_date: datetime | None = None, end_date: datetime | None = None,
@@ -299,14 +344,28 @@ class PgvzVectorStore(VectorStore):
         async with await self._db.aconnect(vector=True) as conn:
             if await self._atable(conn, None) is None:
                 return []
-            async with conn.transaction():
-                if filtered:  # see search.prepare_search; here for this transaction only
-                    try:
-                        async with conn.transaction():
-                            await conn.execute(q.enable_iterative_scans(), {"local": True})
-                    except psycopg.Error:  # pgvector < 0.8: no such setting
-                        pass
-                return await (await conn.execute(stmt, params)).fetchall()
+            try:
+                async with conn.transaction():
+                    if filtered:  # see search.prepare_search; here for this transaction only
+                        try:
+                            async with conn.transaction():
+                                await conn.execute(q.enable_iterative_scans(), {"local": True})
+                        except psycopg.Error:  # pgvector < 0.8: no such setting
+                            pass
+                    # with the vectors, not prepared: see search.search_rows
+                    rows = await (await conn.execute(stmt, params, prepare=False if vectors else None)).fetchall()
+                    found = None  # in the read's transaction: see _check_model
+                    if self._vectorizer is not None:
+                        found = await (await conn.execute(q.catalog_id_of(), [self._vectorizer.name])).fetchone()
+            except psycopg.Error:
+                if self._vectorizer is None:
+                    raise
+                async with conn.transaction():  # another vector size behind the name: a cutover first?
+                    found = await (await conn.execute(q.catalog_id_of(), [self._vectorizer.name])).fetchone()
+                self._moved(found)
+                raise
+            self._moved(found)
+            return rows
 
     @staticmethod
     def _scored(rows: list[tuple]) -> list[tuple[Document, float]]:
@@ -317,14 +376,33 @@ class PgvzVectorStore(VectorStore):
                                      start_date: datetime | None = None, end_date: datetime | None = None,
                                      **kwargs: Any) -> list[tuple[Document, float]]:
         """(Document, cosine distance) pairs, nearest first."""
-        return self._scored(self._search(self._embedding.embed_query(query), k, filter, query,
-                                         start_date, end_date))
+        return self._again(lambda: self._scored(self._search(self._embedding.embed_query(query), k, filter, query,
+                                                             start_date, end_date)))
+
+    def _again(self, search: Any) -> Any:
+        """``search()``, run again (up to twice) when the vectorizer's name moved to another
+        model under it: the query is embedded again with the model that has the name now."""
+        for _ in range(2):
+            try:
+                return search()
+            except _Moved:
+                continue
+        try:
+            return search()
+        except _Moved:
+            raise PgvzError("the vectorizer changed model during the search (cut over and back); "
+                            "search again") from None
 
     async def asimilarity_search_with_score(self, query: str, k: int = 4, filter: dict | None = None,
                                             start_date: datetime | None = None, end_date: datetime | None = None,
                                             **kwargs: Any) -> list[tuple[Document, float]]:
-        return self._scored(await self._asearch(await self._embedding.aembed_query(query), k, filter, query,
-                                                start_date, end_date))
+        for _ in range(3):
+            try:
+                return self._scored(await self._asearch(await self._embedding.aembed_query(query), k, filter,
+                                                        query, start_date, end_date))
+            except _Moved:
+                continue
+        raise PgvzError("the vectorizer changed model during the search (cut over and back); search again")
 
     def similarity_search(self, query: str, k: int = 4, filter: dict | None = None,
                           **kwargs: Any) -> list[Document]:
@@ -336,13 +414,19 @@ class PgvzVectorStore(VectorStore):
 
     def similarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                     **kwargs: Any) -> list[Document]:
-        return [d for d, _ in self._scored(self._search(embedding, k, filter, None, kwargs.get("start_date"),
-                                                        kwargs.get("end_date")))]
+        try:
+            return [d for d, _ in self._scored(self._search(embedding, k, filter, None, kwargs.get("start_date"),
+                                                            kwargs.get("end_date")))]
+        except _Moved:
+            raise _vector_of_old_model(self) from None
 
     async def asimilarity_search_by_vector(self, embedding: list[float], k: int = 4, filter: dict | None = None,
                                            **kwargs: Any) -> list[Document]:
-        return [d for d, _ in self._scored(await self._asearch(embedding, k, filter, None, kwargs.get("start_date"),
-                                                               kwargs.get("end_date")))]
+        try:
+            return [d for d, _ in self._scored(await self._asearch(embedding, k, filter, None,
+                                                                   kwargs.get("start_date"), kwargs.get("end_date")))]
+        except _Moved:
+            raise _vector_of_old_model(self) from None
 
     @staticmethod
     def _mmr(query: Sequence[float], rows: list[tuple], k: int, lambda_mult: float) -> list[Document]:
@@ -358,22 +442,35 @@ class PgvzVectorStore(VectorStore):
                                                 lambda_mult: float = 0.5, filter: dict | None = None,
                                                 **kwargs: Any) -> list[Document]:
         """``k`` of the ``fetch_k`` nearest, chosen for relevance and diversity."""
-        rows = self._search(embedding, max(fetch_k, k), filter, None, kwargs.get("start_date"),
-                            kwargs.get("end_date"), vectors=True)
+        try:
+            rows = self._search(embedding, max(fetch_k, k), filter, None, kwargs.get("start_date"),
+                                kwargs.get("end_date"), vectors=True)
+        except _Moved:
+            raise _vector_of_old_model(self) from None
         return self._mmr(embedding, rows, k, lambda_mult)
 
     def max_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20, lambda_mult: float = 0.5,
                                       filter: dict | None = None, **kwargs: Any) -> list[Document]:
-        return self.max_marginal_relevance_search_by_vector(self._embedding.embed_query(query), k, fetch_k,
-                                                            lambda_mult, filter, **kwargs)
+        def search() -> list[Document]:
+            embedding = self._embedding.embed_query(query)
+            rows = self._search(embedding, max(fetch_k, k), filter, None, kwargs.get("start_date"),
+                                kwargs.get("end_date"), vectors=True)
+            return self._mmr(embedding, rows, k, lambda_mult)
+
+        return self._again(search)
 
     async def amax_marginal_relevance_search(self, query: str, k: int = 4, fetch_k: int = 20,
                                              lambda_mult: float = 0.5, filter: dict | None = None,
                                              **kwargs: Any) -> list[Document]:
-        embedding = await self._embedding.aembed_query(query)
-        rows = await self._asearch(embedding, max(fetch_k, k), filter, None, kwargs.get("start_date"),
-                                   kwargs.get("end_date"), vectors=True)
-        return self._mmr(embedding, rows, k, lambda_mult)
+        for _ in range(3):
+            embedding = await self._embedding.aembed_query(query)
+            try:
+                rows = await self._asearch(embedding, max(fetch_k, k), filter, None, kwargs.get("start_date"),
+                                           kwargs.get("end_date"), vectors=True)
+            except _Moved:
+                continue
+            return self._mmr(embedding, rows, k, lambda_mult)
+        raise PgvzError("the vectorizer changed model during the search (cut over and back); search again")
 
     def _select_relevance_score_fn(self):
         return self.override_relevance_score_fn or _relevance

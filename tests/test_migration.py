@@ -365,3 +365,61 @@ def test_a_destination_made_before_the_model_column_gets_it(db, schema, conn):
     found = models(conn, schema, "docs_embedding")
     assert found["models"] == {v.config.model_id(): conn.execute(sql.SQL("SELECT count(*) FROM {}").format(
         sql.Identifier(schema, "docs_embedding"))).fetchone()[0]}
+
+
+def test_a_langchain_store_over_the_vectorizer_follows_the_cutover(db, schema, conn):
+    import asyncio
+
+    from pgvz_nb.langchain import PgvzVectorStore
+
+    name = make_source(db, schema, rows=10, seed=1)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'a ferry at the station', visible = true WHERE id = 4").format(
+        sql.Identifier(schema, "docs")))
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    store = PgvzVectorStore.from_vectorizer(pgvz.Vectorizer.open(db, name))  # made before the cutover
+    old_vector = store.embeddings.embed_query("ferry station")
+    assert len(old_vector) == 32
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    m.cutover()
+    docs = store.similarity_search("ferry station", k=1)
+    assert "ferry" in docs[0].page_content and len(store.embeddings.embed_query("x")) == 16
+    m.rollback()
+    with pytest.raises(PgvzError, match="embed the query again"):
+        store.similarity_search_by_vector(store.embeddings.embed_query("ferry station"), k=1)  # a 16-d one
+    m.cutover()
+    found = asyncio.run(store.asimilarity_search("ferry station", k=1))
+    assert "ferry" in found[0].page_content and len(store.embeddings.embed_query("x")) == 16
+    mmr = store.max_marginal_relevance_search("ferry station", k=1, fetch_k=3)
+    assert "ferry" in mmr[0].page_content
+
+
+def test_an_exported_script_started_before_the_cutover_writes_the_new_model(db, schema, conn, tmp_path):
+    name = make_source(db, schema, rows=10, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    path = v.export_script(tmp_path / "sync_docs.py")  # the old model's configuration inside
+    proc = subprocess.Popen([sys.executable, str(path), "--watch", "--poll", "0.1"],
+                            env={**os.environ, "PGVZ_DSN": db.dsn}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        m = v.migrate(**new_model())
+        m.sync(progress=False)
+        m.cutover()
+        conn.execute(sql.SQL("UPDATE {} SET body = 'sourdough at night', visible = true WHERE id = 6").format(
+            sql.Identifier(schema, "docs")))
+        deadline = time.time() + 60
+        got: list = []
+        while time.time() < deadline and not got:
+            got = conn.execute(sql.SQL("SELECT model, vector_dims(embedding) FROM {} WHERE docs_id = 6 "
+                                       "AND contents LIKE '%%sourdough at night%%'").format(
+                sql.Identifier(schema, "docs_embedding"))).fetchall()
+            time.sleep(0.1)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert got == [(v.config.model_id(), 16)]  # written by the script, with the new model
+    assert len(models(conn, schema, "docs_embedding")["models"]) == 1
+    check_converged(db, name + "~migration")
