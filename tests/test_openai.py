@@ -39,3 +39,30 @@ def test_vectorizer_with_openai_embeddings_honours_base_url(db, conn, schema, mo
         config = conn.execute("SELECT config::text FROM pgvz.vectorizers WHERE name = %s", [v.name]).fetchone()[0]
         assert "sk-test-key" not in config, "the API key must never be stored"
         v.close(), w.close()
+
+
+def test_a_migration_to_an_openai_model_is_priced_before_any_call(db, schema, monkeypatch):
+    """estimate() says rows, chunks, tokens and, for a model with a known price, the cost,
+    without calling the model; then the real client builds the shadow."""
+    from pgvz_nb.embedders import HashingEmbedder
+
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-key")
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", template="{title}: {chunk}", chunk_column="contents",
+                        embedder=HashingEmbedder(32)).create()
+    v.sync(progress=False)
+    with FakeOpenAI() as server:
+        emb = langchain_openai.OpenAIEmbeddings(model="text-embedding-3-small", base_url=server.base_url,
+                                                check_embedding_ctx_length=False)
+        m = v.migrate(embedder=emb)
+        calls = len(server.requests)  # the size probe, when the client does not say its size
+        est = m.estimate()
+        assert len(server.requests) == calls
+        tokens = int(est["tokens_approx"][0])
+        assert est["rows"][0] > 0 and tokens > 0
+        assert est["cost_usd"][0] == round(tokens / 1e6 * 0.02, 4)
+        m.sync(progress=False)
+        assert len(server.requests) > calls and m.status()["pending"][1] == 0
+        m.cutover()
+        assert "cat" in v.search("Blogs about cats", k=1)["contents"][0].lower()
+        m.finish()
