@@ -481,7 +481,8 @@ def _swap_names(conn: psycopg.Connection, a: q.Rel, b: q.Rel) -> None:
 
 
 def _mirror(live: Vectorizer, shadow: Vectorizer) -> None:
-    """The live destination's indexes (HNSW, time, full text) and grants, on the shadow."""
+    """The live destination's indexes (HNSW, time, full text), and the grants on its tables
+    (destination, queue, inbox, failed), on the shadow's."""
     try:
         with live.db.connect() as conn, conn.transaction():
             for kind, make in (("_hnsw", q.create_hnsw_index), ("_time", q.create_time_index),
@@ -489,8 +490,14 @@ def _mirror(live: Vectorizer, shadow: Vectorizer) -> None:
                 if conn.execute(q.find_relation(), [live.destination[0], q.index_name(live.destination, kind)]
                                 ).fetchone() is not None:
                     conn.execute(make(shadow.destination))
-            for role, privilege in conn.execute(q.table_grants(), list(live.destination)).fetchall():
-                conn.execute(q.grant_on(privilege, shadow.destination, role))
+            # the destination's readers, and a worker role granted for the live vectorizer
+            # (grant_worker): it drains the shadow too
+            lq, sq = _queue(live), _queue(shadow)
+            pairs = [(live.destination, shadow.destination), (lq.queue, sq.queue), (lq.inbox, sq.inbox),
+                     (lq.failed, sq.failed)]
+            for theirs, ours in pairs:
+                for role, privilege in conn.execute(q.table_grants(), list(theirs)).fetchall():
+                    conn.execute(q.grant_on(privilege, ours, role))
     except psycopg.Error as exc:
         raise translate(exc, f"building the indexes of {'.'.join(shadow.destination)}") from exc
 

@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 
+import psycopg
 import pytest
 from psycopg import sql
 
@@ -418,8 +419,46 @@ def test_an_exported_script_started_before_the_cutover_writes_the_new_model(db, 
             time.sleep(0.1)
     finally:
         proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err
     assert got == [(v.config.model_id(), 16)]  # written by the script, with the new model
     assert len(models(conn, schema, "docs_embedding")["models"]) == 1
     check_converged(db, name + "~migration")
+
+
+def test_roles_granted_on_the_live_vectorizer_keep_working_through_the_migration(db, schema, conn):
+    """A worker role (grant_worker) drains the shadow too, and a reader granted SELECT on the
+    destination reads it after the cutover: the grants go to the shadow's tables."""
+    import uuid
+
+    from psycopg.conninfo import make_conninfo
+
+    worker, reader = f"worker_{uuid.uuid4().hex[:6]}", f"reader_{uuid.uuid4().hex[:6]}"
+    for role in (worker, reader):
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
+    try:
+        name = make_source(db, schema, rows=10, seed=1)
+        v = pgvz.Vectorizer.open(db, name)
+        v.grant_worker(worker)
+        conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), sql.Identifier(reader)))
+        conn.execute(sql.SQL("GRANT SELECT ON {} TO {}").format(sql.Identifier(schema, "docs_embedding"),
+                                                                sql.Identifier(reader)))
+        v.migrate(**new_model())
+        as_worker = pgvz.Vectorizer.open(pgvz.Database(make_conninfo(db.dsn, user=worker)), name)
+        m = as_worker.migration
+        report = m.sync(progress=False)
+        assert report.failed == 0 and report.processed > 0
+        pgvz.Vectorizer.open(db, name).migration.cutover()  # the owner switches
+        with psycopg.connect(make_conninfo(db.dsn, user=reader)) as c:
+            dims = c.execute(sql.SQL("SELECT DISTINCT vector_dims(embedding) FROM {}").format(
+                sql.Identifier(schema, "docs_embedding"))).fetchall()
+        assert dims == [(16,)]
+        conn.execute(sql.SQL("UPDATE {} SET body = 'night train' WHERE id = 2").format(sql.Identifier(schema, "docs")))
+        assert m.sync(progress=False).failed == 0  # the worker role, on both sides after the switch
+        check_converged(db, name)
+        check_converged(db, name + "~migration")
+        m.live.close(), m.other.close()
+    finally:
+        for role in (worker, reader):
+            conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
