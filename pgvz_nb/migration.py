@@ -118,7 +118,7 @@ class Migration:
             have = found.other.config.to_json()
             same = all(wanted[k] == have.get(k) for k in ("template", "chunk_column", "chunk_size",
                                                           "chunk_overlap", "metadata"))
-            if same and _identity(shadow) == have["embedder"].get("identity"):
+            if same and _identity(shadow) == (have["embedder"].get("identity"), have["embedder"].get("dimensions")):
                 if embedder is not None:
                     found.other.set_embedder(embedder)
                 return found
@@ -126,7 +126,8 @@ class Migration:
                 f"a migration of {v.name!r} is in progress ({found.state}, to {found._model(found.other)}); "
                 f"finish it first: m = Vectorizer.open(db, {v.name!r}).migration; m.cutover() then "
                 "m.finish(), or m.finish(discard=True) to drop the shadow")
-        if shadow.config.template == cfg.template and _identity(shadow) == cfg.embedder["identity"] and all(
+        if shadow.config.template == cfg.template and _identity(shadow) == (
+                cfg.embedder["identity"], cfg.embedder["dimensions"]) and all(
                 getattr(shadow.config, k) == getattr(cfg, k)
                 for k in ("chunk_column", "chunk_size", "chunk_overlap", "metadata")):
             raise PgvzError(
@@ -432,10 +433,11 @@ def _behind(conn: psycopg.Connection, side: Queue, live: Queue) -> tuple[int, in
     return len({tuple(r[:n]) for r in rows} - theirs), state.failed
 
 
-def _identity(v: Vectorizer) -> str:
-    from .embedders import embedder_identity
+def _identity(v: Vectorizer) -> tuple[str, int]:
+    """What tells two models apart: the embedder's identity and its vector size."""
+    from .embedders import embedder_dimensions, embedder_identity
 
-    return embedder_identity(v.embedder)
+    return embedder_identity(v.embedder), embedder_dimensions(v.embedder)
 
 
 def _queue(v: Vectorizer) -> Queue:

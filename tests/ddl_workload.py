@@ -36,7 +36,8 @@ WATCHED = ("title", "body", "cat")  # what the oracle reads: in place again at t
 WIDTH = 100_000  # ids per range partition
 BIG = 2**32  # bigint keys start past what an int holds
 PAST_INT = 3_000_000_000  # the ids an int key made bigint takes
-PGVZ_SUFFIXES = ("_embedding", "_embedding_work_queue", "_embedding_inbox", "_embedding_failed")
+PGVZ_SUFFIXES = ("_embedding", "_embedding_work_queue", "_embedding_inbox", "_embedding_failed",
+                 "_embedding_migration")
 # A callback vectorizer has no destination to compare with, so the rows of a table dropped
 # under it (the source, a partition, a child) never reach its callback as deletions (the
 # README says so for partitions). True: count those mirror rows as lost changes anyway.
@@ -133,6 +134,7 @@ class Shape:
     layout: str  # plain | range (on id) | list (on tag) | inherits
     where: bool = False
     capture: str = "triggers"  # or "wal": logical decoding, no trigger on the table
+    migrating: bool = False  # a migration to another model in progress the whole time (two vectorizers)
 
 
 SHAPES = (
@@ -143,6 +145,7 @@ SHAPES = (
     Shape("pipeline", "composite", "list", where=True),
     Shape("pipeline", "int", "range"),
     Shape("pipeline", "int", "inherits"),
+    Shape("pipeline", "int", "range", where=True, migrating=True),
     Shape("callback", "int", "plain"),
     Shape("callback", "text", "inherits"),
     Shape("callback", "composite", "range"),
@@ -1054,6 +1057,10 @@ def setup(w: World, shapes: list[Shape]) -> None:
                             where="cat IS DISTINCT FROM 'skip'" if s.shape.where else None,
                             embedder=HashingEmbedder(8), name=s.vname, retry_backoff=0.0, max_attempts=3,
                             capture=s.shape.capture).create().close()
+            if s.shape.migrating:  # its shadow follows the same table through every statement
+                v = pgvz.Vectorizer.open(w.db, s.vname, embedder=HashingEmbedder(8))
+                v.migrate(embedder=HashingEmbedder(SHADOW_DIMS))
+                v.close()
         else:
             s.callback = {"table_name": s.table, "schema_name": schema, "id_column_name": list(s.keys),
                           "retry_backoff": 0.0, "max_attempts": 3}
@@ -1112,11 +1119,12 @@ def mirror_callback(w: World, label: str):
 def drain(w: World, s: Source) -> None:
     """Drain the vectorizer's queue as a worker would; raises what that raises."""
     if s.shape.vkind == "pipeline":
-        v = pgvz.Vectorizer.open(w.db, s.vname, embedder=HashingEmbedder(8))
-        try:
-            v.sync(progress=False, lanes=1)
-        finally:
-            v.close()
+        for name, dims in pipeline_sides(s):
+            v = pgvz.Vectorizer.open(w.db, name, embedder=HashingEmbedder(dims))
+            try:
+                v.sync(progress=False, lanes=1)
+            finally:
+                v.close()
         return
     v = pgvz.Vectorize(w.db, **s.callback)  # its name is its first table's: the catalog says where it is now
     try:
@@ -1125,6 +1133,16 @@ def drain(w: World, s: Source) -> None:
             pass
     finally:
         v.close()
+
+
+#: the vector size of a migrating source's shadow (the live one's: 8)
+SHADOW_DIMS = 4
+
+
+def pipeline_sides(s: Source) -> list[tuple[str, int]]:
+    """(vectorizer name, vector size) of a pipeline source's vectorizers: with a migration in
+    progress, the shadow too."""
+    return [(s.vname, 8)] + ([(s.vname + "~migration", SHADOW_DIMS)] if s.shape.migrating else [])
 
 
 def converge(w: World, s: Source) -> str | None:
@@ -1145,22 +1163,28 @@ def compare(w: World, s: Source) -> str | None:
     rows = w.inspect.execute(sql.SQL("SELECT {}, title, body, cat FROM {}").format(
         idents(s.keys), s.ref.resolve(w.schemas[SRC], SRC))).fetchall()
     if s.shape.vkind == "pipeline":
-        v = pgvz.Vectorizer.open(w.db, s.vname, embedder=HashingEmbedder(8))
-        v.close()
         want = Counter((key_text(tuple(r[:nk])), f"{r[nk] or ''}: {r[nk + 1] or ''}", r[nk + 2]) for r in rows
                        if not (s.shape.where and r[nk + 2] == "skip"))
-        got = Counter((key_text(tuple(r[:nk])), r[nk], r[nk + 1]) for r in w.inspect.execute(
-            sql.SQL("SELECT {}, contents, metadata->>'cat' FROM {}").format(
-                idents(v.config.dest_keys), ident(*v.destination))).fetchall())
-    else:
-        want = Counter((key_text(tuple(r[:nk])), doc_text(dict(zip(WATCHED, r[nk:])))) for r in rows)
-        got = Counter(tuple(r) for r in w.inspect.execute(
-            sql.SQL("SELECT k, doc FROM {} WHERE label = %s").format(ident(*w.mirror)), [s.label]).fetchall())
-        if not CALLBACK_DROPS_REACH_THE_CALLBACK:
-            live = {k for k, _ in want}
-            kept = Counter({r: n for r, n in got.items() if r[0] in s.dropped_keys and r[0] not in live})
-            w.report.dropped_rows_kept += sum(kept.values())
-            got -= kept
+        for name, dims in pipeline_sides(s):
+            v = pgvz.Vectorizer.open(w.db, name, embedder=HashingEmbedder(dims))
+            v.close()
+            got = Counter((key_text(tuple(r[:nk])), r[nk], r[nk + 1]) for r in w.inspect.execute(
+                sql.SQL("SELECT {}, contents, metadata->>'cat' FROM {}").format(
+                    idents(v.config.dest_keys), ident(*v.destination))).fetchall())
+            if want != got:
+                missing, extra = want - got, got - want
+                return (f"{name}: {sum(missing.values())} of the source's {len(rows)} rows missing or stale "
+                        f"(e.g. {sorted(missing)[:2]}), {sum(extra.values())} destination rows it does not "
+                        f"imply (e.g. {sorted(extra)[:2]})")
+        return None
+    want = Counter((key_text(tuple(r[:nk])), doc_text(dict(zip(WATCHED, r[nk:])))) for r in rows)
+    got = Counter(tuple(r) for r in w.inspect.execute(
+        sql.SQL("SELECT k, doc FROM {} WHERE label = %s").format(ident(*w.mirror)), [s.label]).fetchall())
+    if not CALLBACK_DROPS_REACH_THE_CALLBACK:
+        live = {k for k, _ in want}
+        kept = Counter({r: n for r, n in got.items() if r[0] in s.dropped_keys and r[0] not in live})
+        w.report.dropped_rows_kept += sum(kept.values())
+        got -= kept
     if want == got:
         return None
     missing, extra = want - got, got - want
