@@ -110,6 +110,7 @@ class Migration:
             max_attempts=v._max_attempts, retry_backoff=v._backoff, max_chunks=cfg.max_chunks,
             capture=_queue(v).capture,
         )
+        shadow._tag_salt = f"#{time.time_ns()}"  # its own tables (an earlier shadow's names may be taken)
         found = cls.find(v)
         if found is not None:
             if found.live is not v:

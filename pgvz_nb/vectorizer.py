@@ -618,6 +618,9 @@ class Vectorizer(_Connections):
         self._queue: Queue | None = None
         self._pipeline: Pipeline | None = None
         self._conn: psycopg.Connection | None = None
+        #: mixed into the names create() derives for its tables: a migration's shadow gets new
+        #: ones (the names of an earlier shadow may be the live vectorizer's tables since)
+        self._tag_salt = ""
         self._side_connections(self.db)
 
     def __repr__(self) -> str:
@@ -714,19 +717,23 @@ class Vectorizer(_Connections):
             if existing is not None:
                 self._check_same(existing)
             self._prepare_destination(conn, existing, keys)
-            tag = q.name_tag(self.name)
+            tag = q.name_tag(self.name + self._tag_salt)
             base = re.sub(r"[^a-z0-9_]", "_", self.name.lower())[:30]
             watched = list(dict.fromkeys(
                 cfg.source_columns() + (_where_columns(cfg.where, list(columns)) if cfg.where else [])))
+            # an installed one keeps its tables' names: after a migration's cutover they are
+            # the names the other vectorizer's name gave them
+            names: dict[str, Any] = {
+                "queue": existing.queue, "inbox": existing.inbox, "failed": existing.failed,
+                "function": existing.function, "triggers": existing.triggers} if existing is not None else {
+                "queue": ("pgvz", f"q_{base}_{tag}"), "inbox": ("pgvz", f"i_{base}_{tag}"),
+                "failed": ("pgvz", f"f_{base}_{tag}"), "function": ("pgvz", f"t_{base}_{tag}"),
+                "triggers": {ev: f"pgvz_{tag}_{ev}" for ev in ("insert", "update", "delete", "truncate")}}
             queue = Queue.install(
                 conn,
                 name=self.name,
                 source=self.source,
-                queue=("pgvz", f"q_{base}_{tag}"),
-                inbox=("pgvz", f"i_{base}_{tag}"),
-                failed=("pgvz", f"f_{base}_{tag}"),
-                function=("pgvz", f"t_{base}_{tag}"),
-                triggers={ev: f"pgvz_{tag}_{ev}" for ev in ("insert", "update", "delete", "truncate")},
+                **names,
                 keys=keys,
                 watched=watched,
                 policy={"max_attempts": self._max_attempts, "backoff_base": self._backoff},
@@ -1407,5 +1414,7 @@ def vectorizers(db: Database) -> pd.DataFrame:
         "embedder": v.config["pipeline"]["embedder"]["identity"] if "pipeline" in v.config else None,
         "dimensions": v.config["pipeline"]["embedder"]["dimensions"] if "pipeline" in v.config else None,
         "created_at": v.created_at,
+        # a migration in progress (see migrate()): its state, on both of its vectorizers
+        "migration": (v.config.get("migration") or {}).get("state"),
     } for v in rows], columns=["name", "kind", "source", "destination", "embedder", "dimensions",
-                               "created_at"])
+                               "created_at", "migration"])

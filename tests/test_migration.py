@@ -462,3 +462,24 @@ def test_roles_granted_on_the_live_vectorizer_keep_working_through_the_migration
         for role in (worker, reader):
             conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
             conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_create_after_the_cutover_with_the_new_settings_changes_nothing_and_drop_takes_both(db, schema, conn):
+    """A notebook run again after the switch (its create() now with the new model) finds the
+    vectorizer as it is; drop() during a migration drops the shadow with it."""
+    name = make_source(db, schema, rows=10, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    m.cutover()
+    m.finish()
+    again = pgvz.Vectorizer(db, f"{schema}.docs", chunk_column="body", metadata=["category"], where="visible",
+                            name=name, **new_model()).create()
+    assert again._queue.id == v._queue.id and again.config.model_id() == v.config.model_id()
+    assert again.sync(progress=False).embedded == 0
+    m = again.migrate(embedder=HashingEmbedder(32), template="{category}: {chunk}")
+    assert pgvz.vectorizers(db).set_index("name").loc[name, "migration"] == "building"
+    again.drop()
+    left = conn.execute("SELECT count(*) FROM pgvz.vectorizers WHERE source_schema = %s", [schema]).fetchone()[0]
+    assert left == 0
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.docs_embedding_migration"]).fetchone()[0] is None
