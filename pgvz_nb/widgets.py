@@ -460,6 +460,7 @@ class SyncPanel(_Fallback, W.VBox):
         self._counter: _Counted | None = None
         self._base = 0  # rows done by earlier runs of this panel that were stopped (resume)
         self._resume = False
+        self._first_rows = 0  # rows of the smallest claim sync()'s first round can make (see _tick)
         self.thread: threading.Thread | None = None
         self.last_error: BaseException | None = None
         self.last_report: Any = None
@@ -591,6 +592,8 @@ class SyncPanel(_Fallback, W.VBox):
             raise
         self._stop.clear()
         pending = int(st["pending"][0])
+        # rows waiting out a retry delay are pending but no claim takes them now
+        self._first_rows = self._first_claim_rows(int(st["claimable"][0]), runner.config.batch_size)
         if not self._resume:
             self._base = 0
         self.progress.max = max(self._base + pending, 1)
@@ -606,12 +609,12 @@ class SyncPanel(_Fallback, W.VBox):
             self.thread.join()
         return self.thread
 
-    def _first_claim_rows(self, start_pending: int) -> int:
+    @staticmethod
+    def _first_claim_rows(claimable: int, batch_size: int) -> int:
         """The fewest rows a claim of sync()'s first round can hold: the first call to the
         model may be any lane's, and the last lane's claim takes what the others left."""
-        size = self._runner.config.batch_size if self._runner is not None else 1
-        claims = [min(size, start_pending - i * size) for i in range(_LANES)]
-        return min(c for c in claims if c > 0) if start_pending > 0 else 0
+        claims = [min(batch_size, claimable - i * batch_size) for i in range(_LANES)]
+        return min(c for c in claims if c > 0) if claimable > 0 else 0
 
     def _tick(self, start_pending: int, t0: float, mark: tuple[int, int], *, estimate: bool = True) -> None:
         """Move the bar, the rate and the status table to what the database holds now; with
@@ -629,7 +632,7 @@ class SyncPanel(_Fallback, W.VBox):
             if not done and first:
                 # the first claim: nothing written yet to learn chunks per row from (or only
                 # other rows'), so count the first call's share of its own claim's rows
-                estimated = min(texts, first) * self._first_claim_rows(start_pending) // first
+                estimated = min(texts, first) * self._first_rows // first
             else:
                 rows = int(st["embedded_rows"][0])
                 per_row = max(int(st["embedded_chunks"][0]) / rows, 1.0) if rows else 1.0
