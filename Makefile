@@ -12,11 +12,18 @@ $(VENV)/.core: pyproject.toml
 	$(PIP) install -e .
 	touch $@
 
+# Widget state saved in the notebooks: a wheel installs jupyter-config/lab-settings/pgvz_nb.json
+# into JupyterLab's overrides.d (pyproject.toml, data-files), but setuptools' editable installs
+# leave data files out (pypa/setuptools#3399), so the editable venv gets the same file here.
+LAB_SETTING := $(VENV)/share/jupyter/lab/settings/overrides.d/pgvz_nb.json
+$(LAB_SETTING): jupyter-config/lab-settings/pgvz_nb.json $(VENV)/.core
+	mkdir -p $(dir $@) && cp $< $@
+
 # Tests also need: the original timescale_vector, to test against (--no-deps, or it
 # builds psycopg2 from source; psycopg2-binary and asyncpg come with the test extra), and
 # the sentence-transformers reference of the default model (CPU torch first, pinned, so
 # pip takes the local CPU build instead of a multi-GB CUDA one).
-$(VENV)/.test: $(VENV)/.core
+$(VENV)/.test: $(VENV)/.core $(LAB_SETTING)
 	$(PIP) install -e '.[test,lab,browser]'
 	$(PIP) install --no-deps 'timescale-vector==0.0.7'
 	$(PIP) install 'torch==2.13.0'
@@ -30,10 +37,8 @@ $(VENV)/.bench: $(VENV)/.test
 	touch $@
 
 # JupyterLab and what every tutorial imports: the `lab` extra, as `pip install "pgvz_nb[lab]"`
-$(VENV)/.lab: $(VENV)/.core binder/overrides.json
+$(VENV)/.lab: $(VENV)/.core
 	$(PIP) install -e '.[lab]'
-	@# widget state saved in the notebooks (see binder/overrides.json)
-	mkdir -p $(VENV)/share/jupyter/lab/settings && cp binder/overrides.json $(VENV)/share/jupyter/lab/settings/
 	touch $@
 
 demo: $(VENV)/.core
@@ -68,7 +73,7 @@ sys.exit(labs[0].wait())
 endef
 export LAB_LAUNCHER
 
-lab: $(VENV)/.lab
+lab: $(VENV)/.lab $(LAB_SETTING)
 	PORT=$(PORT) $(PY) -c "$$LAB_LAUNCHER" $(VENV)/bin/jupyter $(CURDIR)/notebooks
 
 # lint and types of the package, the test suite, then every tutorial notebook top to bottom (nbmake)

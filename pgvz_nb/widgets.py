@@ -378,10 +378,12 @@ class _Counted:
         self.seconds = seconds
         self.piece = 4  # texts a call, until the first call is timed
         self.texts = 0  # texts embedded so far
+        self.calls: list[int] = []  # texts the pipeline handed over in each call, in order
         if hasattr(inner, "encode"):
             self.encode = self._encode
 
     def _pieces(self, texts: list[str], call: Callable[[list[str]], Any]) -> list[Any]:
+        self.calls.append(len(texts))
         out = []
         i = 0
         while i < len(texts):
@@ -406,6 +408,9 @@ class _Counted:
     def embed_query(self, text: str) -> list[float]:
         return self.inner.embed_query(text)
 
+
+#: lanes of the panel's sync(), spelled out: the first claim's estimate counts on them
+_LANES = 2
 
 _STATUS_COLUMNS = ["pending", "claimable", "retrying", "failed", "embedded_rows", "source_rows",
                    "coverage_pct", "oldest_pending_age"]
@@ -455,6 +460,7 @@ class SyncPanel(_Fallback, W.VBox):
         self._counter: _Counted | None = None
         self._base = 0  # rows done by earlier runs of this panel that were stopped (resume)
         self._resume = False
+        self._first_rows = 0  # rows of the smallest claim sync()'s first round can make (see _tick)
         self.thread: threading.Thread | None = None
         self.last_error: BaseException | None = None
         self.last_report: Any = None
@@ -586,6 +592,8 @@ class SyncPanel(_Fallback, W.VBox):
             raise
         self._stop.clear()
         pending = int(st["pending"][0])
+        # rows waiting out a retry delay are pending but no claim takes them now
+        self._first_rows = self._first_claim_rows(int(st["claimable"][0]), runner.config.batch_size)
         if not self._resume:
             self._base = 0
         self.progress.max = max(self._base + pending, 1)
@@ -601,19 +609,35 @@ class SyncPanel(_Fallback, W.VBox):
             self.thread.join()
         return self.thread
 
-    def _tick(self, start_pending: int, t0: float, texts0: int, *, estimate: bool = True) -> None:
+    @staticmethod
+    def _first_claim_rows(claimable: int, batch_size: int) -> int:
+        """The fewest rows a claim of sync()'s first round can hold: the first call to the
+        model may be any lane's, and the last lane's claim takes what the others left."""
+        claims = [min(batch_size, claimable - i * batch_size) for i in range(_LANES)]
+        return min(c for c in claims if c > 0) if claimable > 0 else 0
+
+    def _tick(self, start_pending: int, t0: float, mark: tuple[int, int], *, estimate: bool = True) -> None:
         """Move the bar, the rate and the status table to what the database holds now; with
         ``estimate``, the bar also counts the rows of a batch still in the model's hands
-        (from the chunks embedded so far), never up to the end before they are written."""
+        (from the chunks embedded so far), never up to the end before they are written.
+        ``mark``: the counter's (texts, calls) when this run started."""
         st, _ = self._read()
         pending = int(st["pending"][0])
         done = max(start_pending - pending, 0)
-        texts = (self._counter.texts if self._counter else 0) - texts0
+        counter = self._counter
+        texts = (counter.texts if counter else 0) - mark[0]
         shown = done
         if estimate and pending:
-            rows = int(st["embedded_rows"][0])
-            per_row = max(int(st["embedded_chunks"][0]) / rows, 1.0) if rows else 1.0
-            shown = max(done, min(int(texts / per_row), done + pending - 1))
+            first = counter.calls[mark[1]] if counter is not None and len(counter.calls) > mark[1] else 0
+            if not done and first:
+                # the first claim: nothing written yet to learn chunks per row from (or only
+                # other rows'), so count the first call's share of its own claim's rows
+                estimated = min(texts, first) * self._first_rows // first
+            else:
+                rows = int(st["embedded_rows"][0])
+                per_row = max(int(st["embedded_chunks"][0]) / rows, 1.0) if rows else 1.0
+                estimated = int(texts / per_row)
+            shown = max(done, min(estimated, done + pending - 1))
         self.progress.max = max(self._base + done + pending, 1)
         self.progress.value = max(self._base + shown, self.progress.value if estimate else 0)
         elapsed = max(time.perf_counter() - t0, 1e-9)
@@ -625,12 +649,12 @@ class SyncPanel(_Fallback, W.VBox):
 
     def _run(self, runner: Vectorizer, start_pending: int, failed_before: int) -> None:
         t0 = time.perf_counter()
-        texts0 = self._counter.texts if self._counter else 0
+        mark = (self._counter.texts, len(self._counter.calls)) if self._counter else (0, 0)
         outcome: dict[str, Any] = {}
 
         def work() -> None:
             try:
-                outcome["report"] = runner.sync(progress=False, stop=self._stop,
+                outcome["report"] = runner.sync(progress=False, stop=self._stop, lanes=_LANES,
                                                 batch_seconds=self.batch_seconds)
             except BaseException as exc:  # noqa: BLE001 - shown in the panel below
                 outcome["error"] = exc
@@ -641,8 +665,8 @@ class SyncPanel(_Fallback, W.VBox):
             while worker.is_alive():
                 worker.join(self.poll)
                 with contextlib.suppress(Exception):  # a poll that fails is retried at the next
-                    self._tick(start_pending, t0, texts0)
-            self._finish(outcome, start_pending, failed_before, t0, texts0)
+                    self._tick(start_pending, t0, mark)
+            self._finish(outcome, start_pending, failed_before, t0, mark)
         except Exception as exc:  # noqa: BLE001 - the thread must not die silently
             self.last_error = exc
             self.message.value = _error_html(exc)
@@ -654,8 +678,8 @@ class SyncPanel(_Fallback, W.VBox):
                 self.errors_html.value = _table_html(self._read(errors=True)[1])
 
     def _finish(self, outcome: dict[str, Any], start_pending: int, failed_before: int, t0: float,
-                texts0: int) -> None:
-        self._tick(start_pending, t0, texts0, estimate=False)
+                mark: tuple[int, int]) -> None:
+        self._tick(start_pending, t0, mark, estimate=False)
         st, _ = self._read()
         report = outcome.get("report")
         self.last_report = report

@@ -3,7 +3,7 @@ fresh venv, then all eight tutorials top to bottom in that venv's own kernel, on
 embedded data directory.
 
 The install is not editable and is made from a copy of what the package ships (pyproject,
-README, pgvz_nb/), so a file missing from the package data (the .sql files, the vocab) fails
+README, pgvz_nb/, jupyter-config/), so a file missing from the package data (the .sql files, the vocab) fails
 here, and no stale build/ directory of the working tree can stand in for it. pip's cache makes
 a second run much faster than the first (onnxruntime, pandas, JupyterLab).
 """
@@ -14,10 +14,12 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -66,6 +68,7 @@ def fresh(tmp_path_factory):
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
     shutil.copytree(ROOT / "pgvz_nb", src / "pgvz_nb", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(ROOT / "jupyter-config", src / "jupyter-config")
     venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     py = venv / "bin" / "python"
@@ -125,9 +128,54 @@ def test_binder_installs_the_same_extra_and_its_post_build_runs(fresh):
                           timeout=600, env=fresh["env"], cwd=fresh["base"])
     assert post.returncode == 0, post.stderr[-3000:]
     assert "embedded" in post.stdout
-    # JupyterLab there saves widget state into the notebooks (no "model not found" on reopening)
-    overrides = fresh["venv"] / "share" / "jupyter" / "lab" / "settings" / "overrides.json"
-    assert json.loads(overrides.read_text())["@jupyter-widgets/jupyterlab-manager:plugin"]["saveState"] is True
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_the_installed_jupyterlab_saves_widget_state(fresh):
+    """The wheel puts its JupyterLab setting where the venv's JupyterLab reads defaults, beside
+    (not in) the user's own overrides.json, and a `jupyter lab` of that venv serves it: a
+    notebook saved there keeps its panels' state, so reopened it shows them, not "model not
+    found"."""
+    assert fresh["pip"].returncode == 0, fresh["pip"].stderr[-3000:]
+    venv, env = fresh["venv"], fresh["env"]
+    settings_dir = venv / "share" / "jupyter" / "lab" / "settings"
+    shipped = json.loads((ROOT / "jupyter-config" / "lab-settings" / "pgvz_nb.json").read_text())
+    assert json.loads((settings_dir / "overrides.d" / "pgvz_nb.json").read_text()) == shipped
+    assert not (settings_dir / "overrides.json").exists(), "the user's own file is left alone"
+    port = _free_port()
+    with open(fresh["base"] / "fresh-lab.log", "w") as log:
+        lab = subprocess.Popen(
+            [str(venv / "bin" / "jupyter"), "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             "--ServerApp.port_retries=0", "--IdentityProvider.token=", "--allow-root", "--LabApp.news_url=",
+             f"--ServerApp.root_dir={fresh['notebooks']}"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=fresh["base"])
+        url = f"http://127.0.0.1:{port}/lab/api/settings/@jupyter-widgets/jupyterlab-manager:plugin"
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=5) as answer:
+                        plugin = json.load(answer)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline or lab.poll() is not None:
+                        raise AssertionError("JupyterLab did not answer:\n"
+                                             + (fresh["base"] / "fresh-lab.log").read_text()[-3000:]) from None
+                    time.sleep(0.5)
+        finally:
+            lab.terminate()
+            try:
+                lab.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                lab.kill()
+    # the schema JupyterLab serves carries the new default; a user's own setting (none here) still wins
+    assert plugin["schema"]["properties"]["saveState"]["default"] is True, plugin["schema"]
+    assert "saveState" not in plugin.get("settings", {}), plugin
 
 
 def test_a_kernel_of_the_fresh_venv(fresh):

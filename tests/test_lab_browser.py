@@ -2,10 +2,14 @@
 chromium): open notebooks/07-panels-on-your-table.ipynb, Run All with the clicks left to the
 user (PGVZ_NB_CLICK=0), press Create with no table (the panel says why), pick the table,
 create, sync (the bar moves before 100%), search with Enter, hover a point on the map.
-Hits and map points are titled by the ticket's subject. Screenshots go to test-artifacts/lab_*.png."""
+Hits and map points are titled by the ticket's subject. Then a notebook with a panel is saved,
+its kernel shut down, and reopened in a new browser: with the setting the package installs
+(jupyter-config/lab-settings/pgvz_nb.json, in JupyterLab's overrides.d) it shows the panel, not
+"model not found". Screenshots go to test-artifacts/lab_*.png."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 TUTORIAL = ROOT / "notebooks" / "07-panels-on-your-table.ipynb"
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = ROOT / "test-artifacts"
+#: what the wheel installs as {sys.prefix}/share/jupyter/lab/settings/overrides.d/pgvz_nb.json
+LAB_SETTING = ROOT / "jupyter-config" / "lab-settings" / "pgvz_nb.json"
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -42,34 +48,37 @@ def lab(db, schema, tmp_path):
     root = tmp_path / "lab"
     root.mkdir()
     shutil.copy(TUTORIAL, root / TUTORIAL.name)
+    # JupyterLab's defaults as the package's install leaves them, whatever this venv holds
+    settings = tmp_path / "app-settings"
+    (settings / "overrides.d").mkdir(parents=True)
+    shutil.copy(LAB_SETTING, settings / "overrides.d" / LAB_SETTING.name)
     port = _free_port()
     env = {**os.environ, "PGVZ_DSN": db.dsn, "PGVZ_NB_SCHEMA": schema, "PGVZ_NB_CLICK": "0",
            "JUPYTER_CONFIG_DIR": str(tmp_path / "config"), "JUPYTER_RUNTIME_DIR": str(tmp_path / "runtime")}
-    log = open(tmp_path / "lab.log", "w")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
-         "--ServerApp.port_retries=0", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}",
-         "--allow-root", "--LabApp.news_url=",
-         "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
-    try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2).close()
-                break
-            except OSError:
-                if time.time() > deadline or server.poll() is not None:
-                    raise AssertionError("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/lab/tree/{TUTORIAL.name}"
-    finally:
-        server.terminate()
+    with open(tmp_path / "lab.log", "w") as log:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "jupyter", "lab", "--no-browser", "--ip=127.0.0.1", f"--port={port}",
+             "--ServerApp.port_retries=0", "--IdentityProvider.token=", f"--ServerApp.root_dir={root}",
+             f"--LabApp.app_settings_dir={settings}", "--allow-root", "--LabApp.news_url=",
+             "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, cwd=root)
         try:
-            server.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            server.kill()
-        log.close()
+            deadline = time.time() + 90
+            while True:
+                try:
+                    urllib.request.urlopen(f"http://127.0.0.1:{port}/api", timeout=2).close()
+                    break
+                except OSError:
+                    if time.time() > deadline or server.poll() is not None:
+                        raise AssertionError("JupyterLab did not start:\n" + (tmp_path / "lab.log").read_text()[-3000:]) from None
+                    time.sleep(0.5)
+            yield f"http://127.0.0.1:{port}/lab/tree/{TUTORIAL.name}"
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
 
 
 def _shot(page, name: str) -> None:
@@ -85,26 +94,36 @@ def _progress_percent(bar) -> float:
     return 0.0
 
 
+def _launch(p):
+    return p.chromium.launch(executable_path=CHROMIUM, args=[
+        "--headless", "--no-sandbox", "--disable-background-networking", "--use-angle=swiftshader",
+        "--enable-unsafe-swiftshader"])
+
+
+def _open(playwright, browser, url: str):
+    """A new page with the notebook at ``url`` open, its kernel chosen and idle."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_timeout(120_000)
+    page.goto(url)
+    page.locator(".jp-Notebook").wait_for()
+    select = page.get_by_role("button", name="Select", exact=True)  # a stripped notebook asks
+    try:
+        select.wait_for(timeout=20_000)
+        select.click()
+    except playwright.TimeoutError:
+        pass
+    page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
+    no_news = page.get_by_role("button", name="No", exact=True)  # JupyterLab asks about its news
+    if no_news.count():
+        no_news.first.click()
+    return page
+
+
 def test_panels_tutorial_in_jupyterlab(db, conn, schema, lab):
     playwright = pytest.importorskip("playwright.sync_api")
     with playwright.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--headless", "--no-sandbox", "--disable-background-networking", "--use-angle=swiftshader",
-            "--enable-unsafe-swiftshader"])
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.set_default_timeout(120_000)
-        page.goto(lab)
-        page.locator(".jp-Notebook").wait_for()
-        select = page.get_by_role("button", name="Select", exact=True)  # a stripped notebook asks
-        try:
-            select.wait_for(timeout=20_000)
-            select.click()
-        except playwright.TimeoutError:
-            pass
-        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
-        no_news = page.get_by_role("button", name="No", exact=True)  # JupyterLab asks about its news
-        if no_news.count():
-            no_news.first.click()
+        browser = _launch(p)
+        page = _open(playwright, browser, lab)
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
 
@@ -210,3 +229,59 @@ def test_panels_tutorial_in_jupyterlab(db, conn, schema, lab):
     assert "tickets_id=" in tip and ("parcel" in tip or "Subject" in tip or "log" in tip), tip
     row = re.search(r"\(tickets_id=(\d+)\)", tip)
     assert row and f"{subjects[row.group(1)]} (tickets_id={row.group(1)})" in tip, f"labelled by its subject: {tip}"
+
+
+REOPEN = {
+    "cells": [{"cell_type": "code", "execution_count": None, "id": "panel", "metadata": {}, "outputs": [],
+               "source": ["import os\n", "import pgvz_nb as pgvz\n",
+                          "from pgvz_nb.embedders import HashingEmbedder\n",
+                          "from pgvz_nb.sample import load_blog\n", "from pgvz_nb.widgets import SyncPanel\n",
+                          "db = pgvz.connect()\n", "schema = os.environ['PGVZ_NB_SCHEMA']\n",
+                          "load_blog(db, schema=schema)\n",
+                          "v = pgvz.Vectorizer(db, f'{schema}.blog', chunk_column='contents',\n",
+                          "                    embedder=HashingEmbedder(64)).create()\n",
+                          "v.sync(progress=False)\n", "SyncPanel(v, refresh=0)"]}],
+    "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"},
+                 "language_info": {"name": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_a_saved_panel_reopens_as_a_panel_not_model_not_found(db, schema, lab, tmp_path):
+    """Saved with the package's setting, the notebook holds its widgets' state; reopened with no
+    live kernel behind it, JupyterLab draws the panel from that state."""
+    playwright = pytest.importorskip("playwright.sync_api")
+    path = tmp_path / "lab" / "reopen.ipynb"
+    path.write_text(json.dumps(REOPEN))
+    base = lab.split("/lab/tree/")[0]
+    with playwright.sync_playwright() as p:
+        browser = _launch(p)
+        page = _open(playwright, browser, f"{base}/lab/tree/{path.name}")
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name="Run All Cells", exact=False).first.click()
+        page.locator(".pgvz-sync .widget-button", has_text="Run one batch").wait_for()
+        page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").wait_for()
+        page.keyboard.press("Control+s")
+        deadline = time.time() + 60
+        while "application/vnd.jupyter.widget-state+json" not in json.loads(path.read_text())["metadata"].get(
+                "widgets", {}):
+            assert time.time() < deadline, "the saved notebook holds no widget state"
+            page.wait_for_timeout(300)
+        # no kernel left to ask for the panel's models: only the notebook's saved state has them
+        # (shut down from the page, which holds the _xsrf cookie a DELETE needs)
+        page.evaluate("""async () => {
+            const x = document.cookie.match(/_xsrf=([^;]+)/);
+            const headers = x ? {'X-XSRFToken': decodeURIComponent(x[1])} : {};
+            for (const k of await (await fetch('/api/kernels')).json())
+                await fetch('/api/kernels/' + k.id, {method: 'DELETE', headers});
+        }""")
+        page.close()
+        with urllib.request.urlopen(f"{base}/api/kernels", timeout=10) as answer:
+            assert json.load(answer) == [], "a kernel is still running"
+        again = _open(playwright, browser, f"{base}/lab/tree/{path.name}")  # a new browser context
+        again.locator(".jp-OutputArea-output .pgvz-sync .widget-button", has_text="Run one batch").wait_for()
+        _shot(again, "6_reopened_panel")
+        text = again.locator(".jp-Notebook").inner_text()
+        browser.close()
+    assert "model not found" not in text, text[:1000]
+    assert "Sync all" in text and "Failed rows" in text, text[:1000]

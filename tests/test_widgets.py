@@ -244,6 +244,30 @@ def test_sync_panel_bar_moves_while_one_large_batch_is_embedded(db, schema):
     panel.close()
 
 
+def test_sync_panel_first_claim_moves_by_the_share_embedded_never_beyond(db, schema):
+    load_blog(db, schema=schema)
+    total = len(BLOG_POSTS)
+    # short chunks: about three a row, all 23 rows in the first (and only) claim. Nothing is
+    # written before that claim commits, so no chunks-per-row can be learnt from the
+    # destination: 4 chunks embedded once showed 4 of 23 rows, about 1.4 rows' worth of work
+    slow = Slow(0.03)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", chunk_size=120, chunk_overlap=0,
+                        embedder=slow).create()
+    panel = SyncPanel(v, refresh=0, poll=0.1)
+    seen: list[tuple[int, int]] = []  # (texts the model had embedded, bar value)
+    panel.progress.observe(lambda ch: seen.append((slow.done, ch["new"])), names="value")
+    panel.sync_all(wait=True)
+    texts = slow.done  # the one claim's texts, all embedded
+    assert texts >= 2 * total, "several chunks a row"
+    during = [(d, n) for d, n in seen if d < texts]  # before the claim could commit
+    assert [n for _, n in during if 0 < n < total], f"the bar moves during the first claim: {seen}"
+    assert all(n * texts <= d * total for d, n in during), f"never more rows than their share of the work: {seen}"
+    values = [n for _, n in seen]
+    assert values == sorted(values), f"never backwards: {values}"
+    assert panel.progress.value == total and panel.progress.bar_style == "success"
+    panel.close()
+
+
 def test_sync_panel_progress_moves_during_a_sync_and_resumes_after_stop(db, schema):
     load_blog(db, schema=schema)
     total = len(BLOG_POSTS)
