@@ -32,6 +32,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import sql as q
@@ -379,12 +380,8 @@ class Migration:
                             f"view(s) {', '.join(views)} read {'.'.join(ldest)}; a view names its "
                             "table by oid and would go on showing the old vectors after the switch; "
                             "drop them, switch, and create them again (CREATE VIEW ... as before)")
-                    t0 = time.perf_counter()
-                    conn.execute(q.lock_exclusive(sorted([ldest, odest])))
-                    _swap_names(conn, ldest, odest)
-                    # the old live table's grants (it has the other name now), on the new one
-                    for role, privilege in conn.execute(q.table_grants(), list(odest)).fetchall():
-                        conn.execute(q.grant_on(privilege, ldest, role))
+                    # the catalog first (row locks only), then, in one round trip, the table
+                    # lock, the renames and the grants: readers wait only for that and the commit
                     tmp = live.name + "~swap"
                     conn.execute(q.catalog_rename(), [tmp, lrow.id])
                     conn.execute(q.catalog_rename(), [live.name, orow.id])
@@ -395,6 +392,12 @@ class Migration:
                         row.config["pipeline"] = {**row.config["pipeline"], "destination": list(dest)}
                         row.config["migration"] = info
                         conn.execute(q.catalog_set_config(), [Jsonb(row.config), row.id])
+                    switch = [q.lock_exclusive(sorted([ldest, odest])), *_swap_names(conn, ldest, odest)]
+                    # the live table's grants, on the one that takes its name
+                    switch += [q.grant_on(privilege, ldest, role)
+                               for role, privilege in conn.execute(q.table_grants(), list(ldest)).fetchall()]
+                    t0 = time.perf_counter()
+                    conn.execute(sql.SQL("; ").join(switch))
                 self.lock_ms = (time.perf_counter() - t0) * 1000
         except psycopg.errors.LockNotAvailable as exc:
             raise LockUnavailable(
@@ -464,23 +467,23 @@ def _snapshot(v: Vectorizer) -> Any:
     return s
 
 
-def _swap_names(conn: psycopg.Connection, a: q.Rel, b: q.Rel) -> None:
-    """Exchange the names of tables ``a`` and ``b`` (one schema) and of pgvz_nb's indexes on them."""
+def _swap_names(conn: psycopg.Connection, a: q.Rel, b: q.Rel) -> list[sql.Composed]:
+    """The statements that exchange the names of tables ``a`` and ``b`` (one schema) and of
+    pgvz_nb's indexes on them (which of those exist is asked now, before any lock)."""
     tmp = q.fit_name(a[1], "_pgvz_swap")
-    conn.execute(q.rename_table(a, tmp))
-    conn.execute(q.rename_table(b, a[1]))
-    conn.execute(q.rename_table((a[0], tmp), b[1]))
+    out = [q.rename_table(a, tmp), q.rename_table(b, a[1]), q.rename_table((a[0], tmp), b[1])]
     for kind in q.INDEX_KINDS:
         ia, ib = q.index_name(a, kind), q.index_name(b, kind)
         have_a = conn.execute(q.find_relation(), [a[0], ia]).fetchone() is not None
         have_b = conn.execute(q.find_relation(), [b[0], ib]).fetchone() is not None
         itmp = q.fit_name(ia, "_pgvz_swap")
         if have_a:
-            conn.execute(q.rename_index(a[0], ia, itmp))
+            out.append(q.rename_index(a[0], ia, itmp))
         if have_b:
-            conn.execute(q.rename_index(b[0], ib, ia))
+            out.append(q.rename_index(b[0], ib, ia))
         if have_a:
-            conn.execute(q.rename_index(a[0], itmp, ib))
+            out.append(q.rename_index(a[0], itmp, ib))
+    return out
 
 
 def _mirror(live: Vectorizer, shadow: Vectorizer) -> None:
