@@ -1006,12 +1006,40 @@ class Vectorizer(_Connections):
         self._take_state(now)
         return True
 
+    _title: str | None = None
+
+    def _title_column(self) -> str | None:
+        """The column that titles a hit: a metadata key, else a template field, named like a
+        title (``frames.TITLE_NAMES``: title, name, subject, ...), as search frames pick it;
+        else such a text column of the source (read for each search's hits). Asked once."""
+        if self._title is not None:
+            return self._title or None
+        from .frames import TITLE_NAMES
+        from .pipeline import template_fields
+
+        def titled(names: list[str]) -> str | None:
+            lower: dict[str, str] = {}
+            for n in names:
+                lower.setdefault(n.lower(), n)
+            return next((lower[t] for t in TITLE_NAMES if t in lower), None)
+
+        found = titled(list(self.config.metadata)) or titled(template_fields(self.config.template or ""))
+        if found is None:
+            try:
+                with self.db.connect() as conn:
+                    columns = conn.execute(q.table_columns(), list(self.source)).fetchall()
+            except psycopg.Error:
+                return None
+            found = titled([c[0] for c in columns if any(t in c[1] for t in ("text", "char"))])
+        self._title = found or ""
+        return found
+
     def _take_state(self, other: Vectorizer) -> None:
         """What this handle embeds and writes, taken from ``other`` (its connections stay)."""
         self.source, self.capture, self.embedder = other.source, other.capture, other.embedder
         self.config, self._queue = other.config, other._queue
         self._max_attempts, self._backoff = other._max_attempts, other._backoff
-        self._pipeline = None
+        self._pipeline, self._title = None, None
 
     @boundary("syncing {self.name!r}")
     def sync(self, *, progress: bool = True, max_batches: int | None = None,
@@ -1296,18 +1324,22 @@ class Vectorizer(_Connections):
 
         queue, _, conn = self._ready()
         fields = [f for f in template_fields(self.config.template) if f != "chunk"]
+        seen: list[dict[str, Any] | None] = []  # the hits' source values, for the title below
 
         def source_values(rows: list[tuple]) -> list[dict[str, Any] | None]:
-            # the template's fields of each hit's source row, to cut the chunk out exactly;
-            # a role that may not read the source, or a row gone since, falls back to matching
+            # the template's fields of each hit's source row, to cut the chunk out exactly
+            # (and a title column the frame would not see); a role that may not read the
+            # source, or a row gone since, falls back to matching
+            title = self._title_column()
             try:
                 keys = [(r[2] or {})[self.config.metadata_key] for r in rows]  # a list: a composite key
                 found = [ClaimedRow(tuple(k) if isinstance(k, list) else (k,), 0, datetime.now(timezone.utc))
                          for k in keys]
-                queue.read(self._reader.get(), found, fields)
+                queue.read(self._reader.get(), found, list(dict.fromkeys([*fields, *([title] if title else [])])))
             except (psycopg.Error, PgvzError, KeyError, TypeError):
                 return [None] * len(rows)
-            return [None if c.deleted or c.error else c.values for c in found]
+            seen[:] = [None if c.deleted or c.error else c.values for c in found]
+            return seen
 
         if (start or end) and not self.config.time_column:
             raise PgvzError("start/end filter on time, but this vectorizer has no time_column; "
@@ -1320,7 +1352,8 @@ class Vectorizer(_Connections):
                     frame = search_frame(conn, self.destination, vector, query, k,
                                          filter=filter, start=start, end=end, hybrid=hybrid,
                                          template=self.config.template, key=self.config.metadata_key,
-                                         label=self.source[1], source_values=source_values if fields else None)
+                                         label=self.source[1],
+                                         source_values=source_values if fields or self._title_column() else None)
                     # asked after the read, in its transaction: the read's lock on the destination
                     # keeps a cutover from committing until this transaction ends, so if the name
                     # still means this vectorizer now, the rows read are of this model's table
@@ -1334,6 +1367,11 @@ class Vectorizer(_Connections):
                     raise
                 frame = None
             if frame is not None and now is not None and now[0] == queue.id:
+                title = self._title_column()
+                if title and seen and "title" in frame.columns and title not in self.config.metadata \
+                        and title not in fields:
+                    # a title column of the source that is neither metadata nor in the template
+                    frame["title"] = [(vals or {}).get(title) or old for vals, old in zip(seen, frame["title"])]
                 return frame
             self._follow()  # a cutover or rollback came first: search the model that has the name
             queue, _, conn = self._ready()

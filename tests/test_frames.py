@@ -97,7 +97,9 @@ def test_search_title_from_metadata_or_key(db, schema):
                            embedder=HashingEmbedder(64)).create()
     bare.sync(progress=False)
     hits = bare.search("cats", k=2)
-    assert hits["title"][0] == f"blog {hits['blog_id'][0]}"
+    # the source's title column, neither metadata nor in the template, read for the hits
+    titles = {i + 1: p[0] for i, p in enumerate(BLOG_POSTS)}
+    assert list(hits["title"]) == [titles[i] for i in hits["blog_id"]]
     assert not hits["text"][0].startswith(hits["contents"][0].split(":")[0] + ":")
     bare.close()
 
