@@ -1165,7 +1165,7 @@ class MigrationPanel(_Fallback, W.VBox):
         if self.finished:
             return f"{self.m.live.name}: migration finished, {self.m.live.config.model_id()} live"
         st = self._st
-        shadow = f", {st['role'][1]} {st['done_pct'][1]:.0f}% built" if st is not None else ""
+        shadow = f"; {st['role'][1]} side {st['done_pct'][1]:.0f}% embedded" if st is not None else ""
         return f"{self.m.live.name}: {self.state}{shadow} ({self._models()})"
 
     @property
