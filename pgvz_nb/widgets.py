@@ -1071,8 +1071,15 @@ def embedding_map(v: Vectorizer, query: str, hits, limit: int = 400, *, filter: 
 
 # --- migration -----------------------------------------------------------------------------
 
-_MIGRATION_COLUMNS = ["role", "model", "destination", "pending", "failed", "embedded_rows", "source_rows",
-                      "done_pct", "eta", "models_in_destination"]
+# source_rows is in the line beside the bar, and models_in_destination a warning when mixed:
+# the table fits a notebook's width
+_MIGRATION_COLUMNS = ["role", "model", "destination", "pending", "failed", "embedded_rows", "done_pct", "eta"]
+
+
+def _boxed(table: str) -> str:
+    """A wide table that scrolls sideways instead of being cut, with text-sized lines (an
+    HTML widget's lines are as tall as a button)."""
+    return f"<div style='overflow-x:auto;line-height:1.4'>{table}</div>"
 
 
 class MigrationPanel(_Fallback, W.VBox):
@@ -1216,7 +1223,7 @@ class MigrationPanel(_Fallback, W.VBox):
         colour = {"building": "#1f77b4", "cut over": "#2e7d32", "rolled back": "#b45f06"}.get(state, "#555")
         self.header.value = (f"<b>Migration of {html.escape(self.m.live.name)}</b>: "
                              f"{html.escape(self._models())} · <b style='color:{colour}'>{html.escape(state)}</b>")
-        self.status_html.value = _table_html(st, _MIGRATION_COLUMNS)
+        self.status_html.value = _boxed(_table_html(st, _MIGRATION_COLUMNS))
         mixed = [str(r) for r, models in zip(st["role"], st["models_in_destination"]) if "," in str(models)]
         if mixed:
             self.status_html.value += ("<p style='color:#b00020'>The " + html.escape(" and ".join(mixed))
@@ -1336,7 +1343,7 @@ class MigrationPanel(_Fallback, W.VBox):
     def _tick(self, start_pending: int, t0: float) -> None:
         st = self._status()
         self._st = st
-        self.status_html.value = _table_html(st, _MIGRATION_COLUMNS)
+        self.status_html.value = _boxed(_table_html(st, _MIGRATION_COLUMNS))
         done = float(st["done_pct"][1])
         self.progress.value = int(done) if done < 100 else 100
         pending = int(st["pending"][1])
@@ -1437,11 +1444,12 @@ class MigrationPanel(_Fallback, W.VBox):
                         f"</b></td><td>{overlap:.0%}<br><small>{round(overlap * k)} of {k}</small></td>"
                         f"<td>{items(old, new)}</td><td>{items(new, old)}</td></tr>")
         first = found.to_dict("records")[0] if len(found) else {}
-        return (f"{note}<style>.pgvz-compare td, .pgvz-compare th {{padding:2px 10px;text-align:left}}</style>"
-                "<table class='pgvz-compare'><thead><tr><th>query</th>"
-                f"<th>overlap@{k}</th><th>old: {html.escape(str(first.get('old_model', '')))}</th>"
-                f"<th>new: {html.escape(str(first.get('new_model', '')))}</th></tr></thead>"
-                f"<tbody>{''.join(rows)}</tbody></table>")
+        return _boxed(
+            f"{note}<style>.pgvz-compare td, .pgvz-compare th {{padding:4px 10px;text-align:left}}</style>"
+            "<table class='pgvz-compare'><thead><tr><th>query</th>"
+            f"<th>overlap@{k}</th><th>old: {html.escape(str(first.get('old_model', '')))}</th>"
+            f"<th>new: {html.escape(str(first.get('new_model', '')))}</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
 
     # --- switching ----------------------------------------------------------------------
 
@@ -1457,9 +1465,9 @@ class MigrationPanel(_Fallback, W.VBox):
                 self.update()
         live = self.m.live
         lock = f"; the switch held its lock for {self.m.lock_ms:.0f} ms" if self.m.lock_ms is not None else ""
-        self.result.value = html.escape(
+        self.result.value = "<div style='line-height:1.4'>" + html.escape(
             f"{what}: readers of {'.'.join(live.destination)} now read the vectors of "
-            f"{live.config.model_id()}{lock}")
+            f"{live.config.model_id()}{lock}") + "</div>"
 
     def cutover(self) -> None:
         """``m.cutover(wait=...)``: the new vectors live, in one transaction; shows the lock time."""
@@ -1490,10 +1498,11 @@ class MigrationPanel(_Fallback, W.VBox):
         live = self.m.live
         self.header.value = (f"<b>Migration of {html.escape(live.name)}</b>: <b>finished</b>, "
                              f"{html.escape(live.config.model_id())} live")
-        self.status_html.value = _table_html(live.status(), ["name", "pending", "failed", "embedded_rows",
-                                                             "coverage_pct"])
-        self.result.value = html.escape(f"finished: {dropped} ({model}) dropped; {'.'.join(live.destination)} "
-                                        f"holds the vectors of {live.config.model_id()}")
+        self.status_html.value = _boxed(_table_html(live.status(), ["name", "pending", "failed", "embedded_rows",
+                                                                    "coverage_pct"]))
+        self.result.value = "<div style='line-height:1.4'>" + html.escape(
+            f"finished: {dropped} ({model}) dropped; {'.'.join(live.destination)} holds the vectors of "
+            f"{live.config.model_id()}") + "</div>"
 
     def close(self) -> None:
         if hasattr(self, "_closed"):  # not when __init__ refused its argument
