@@ -25,7 +25,7 @@ from .db import Database, column_names, connect, mask_dsn
 from .errors import PgvzError
 from .vectorizer import Vectorizer
 
-__all__ = ["EmbeddingMap", "SearchPanel", "SetupPanel", "SyncPanel", "embedding_map", "highlight"]
+__all__ = ["EmbeddingMap", "MigrationPanel", "SearchPanel", "SetupPanel", "SyncPanel", "embedding_map", "highlight"]
 
 EMBEDDERS = {
     "default: all-MiniLM-L6-v2 (offline, 384-d)": "default",
@@ -38,8 +38,10 @@ def _error_html(exc: BaseException) -> str:
     """An exception as the panel shows it: its message, and what to do when it is not ours."""
     import traceback
 
+    # a private class (migration's _Behind) by the public one it is a kind of
+    name = next(c.__name__ for c in type(exc).__mro__ if not c.__name__.startswith("_"))
     msg = (f"<div class='pgvz-error' style='color:#b00020;white-space:pre-wrap'><b>"
-           f"{html.escape(type(exc).__name__)}</b>: {html.escape(str(exc) or repr(exc))}")
+           f"{html.escape(name)}</b>: {html.escape(str(exc) or repr(exc))}")
     if not isinstance(exc, PgvzError):
         # pgvz_nb's own errors say what to do; anything else is unexpected: show where
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
@@ -1089,3 +1091,448 @@ def embedding_map(v: Vectorizer, query: str, hits, limit: int = 400, *, filter: 
         "id": [*ids, ""], "label": [*labels, "query"], "text": [*texts, query],
     })
     return EmbeddingMap(points, f"{'.'.join(v.destination)}: {query!r}")
+
+
+# --- migration -----------------------------------------------------------------------------
+
+# source_rows is in the line beside the bar, and models_in_destination a warning when mixed:
+# the table fits a notebook's width
+_MIGRATION_COLUMNS = ["role", "model", "destination", "pending", "failed", "embedded_rows", "done_pct", "eta"]
+
+
+def _boxed(table: str) -> str:
+    """A wide table that scrolls sideways instead of being cut, with text-sized lines (an
+    HTML widget's lines are as tall as a button)."""
+    return f"<div style='overflow-x:auto;line-height:1.4'>{table}</div>"
+
+
+class MigrationPanel(_Fallback, W.VBox):
+    """A model change in progress (``v.migrate(...)``): the shadow's progress and both sides'
+    status, Sync / Stop, the old and new models' hits side by side for your queries, Cutover,
+    Rollback and Finish.
+
+    Sync runs ``m.sync()`` in a background thread on handles of its own, as SyncPanel does;
+    the bar (the side that is not live: its rows embedded, in %) and the table move every
+    ``poll`` seconds while it runs, and every ``refresh`` seconds otherwise (a ``pgvz worker``
+    drains the shadow too). Cutover and Rollback call ``m.cutover(wait=wait)``: a shadow with
+    at most ``drain`` pending rows is drained first, a larger one needs Sync. Finish asks to be
+    pressed twice: it drops a table. Give it the Migration ``v.migrate()`` returned (it holds
+    your model objects), or a Vectorizer with a migration in progress (the shadow's model is
+    then rebuilt from the catalog, as ``v.migration`` does)."""
+
+    def __init__(self, migration: Any, refresh: float = 2.0, *, k: int = 5, wait: float = 30.0,
+                 drain: int = 500, poll: float = 0.5, batch_seconds: float = 1.0):
+        from .migration import Migration
+
+        m = migration
+        if isinstance(migration, Vectorizer):
+            m = migration.migration
+            if m is None:
+                raise PgvzError(f"{migration.name!r} has no migration in progress; start one with "
+                                "m = v.migrate(embedder=..., template=...), then MigrationPanel(m)")
+        if not isinstance(m, Migration):
+            raise PgvzError(f"expected a Migration (m = v.migrate(embedder=...)) or a Vectorizer with a "
+                            f"migration in progress, got {type(migration).__name__}")
+        self.m = m
+        self.wait, self.drain, self.poll, self.batch_seconds = wait, drain, poll, batch_seconds
+        self.header = W.HTML()
+        self.status_html = W.HTML()
+        self.progress = W.IntProgress(value=0, min=0, max=100, description="Shadow", style=_WIDE)
+        self.progress.add_class("pgvz-progress")
+        self.rate = W.HTML()
+        self.sync_button = W.Button(description="Sync", button_style="primary", icon="play",
+                                    tooltip="build the shadow and follow every change (m.sync())")
+        self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
+        self.message = W.HTML()
+        self.queries = W.Textarea(description="Queries", placeholder="one query a line, e.g.\nBlogs about cats",
+                                  layout=W.Layout(width="60%", height="90px"), style=_WIDE)
+        self.k = W.BoundedIntText(value=k, min=1, max=50, description="k", layout=W.Layout(width="120px"))
+        self.compare_button = W.Button(description="Compare", icon="columns", disabled=True,
+                                       tooltip="type a query first (one a line)")
+        self.compare_html = W.HTML()
+        self.cutover_button = W.Button(description="Cutover", button_style="success", icon="exchange")
+        self.rollback_button = W.Button(description="Rollback", button_style="warning", icon="undo")
+        self.finish_button = W.Button(description="Finish", button_style="danger", icon="trash")
+        self.switch_hint = W.HTML()
+        self.result = W.HTML()
+        self.code = W.HTML()
+        self.sync_button.on_click(lambda _: _guarded(self.sync, self.message))
+        self.stop_button.on_click(lambda _: _guarded(self.stop, self.message))
+        self.compare_button.on_click(lambda _: _guarded(self.compare, self.compare_html))
+        self.cutover_button.on_click(lambda _: _guarded(self.cutover, self.result))
+        self.rollback_button.on_click(lambda _: _guarded(self.rollback, self.result))
+        self.finish_button.on_click(lambda _: _guarded(self.finish, self.result))
+        self.queries.observe(lambda _: self._buttons(), names="value")
+        self.k.observe(lambda _: self._show_code(), names="value")
+        self._stop = threading.Event()
+        self._closed = threading.Event()
+        self._lock = threading.Lock()
+        self._runner: Any = None  # a Migration on handles of its own, for the sync thread
+        self._watch: Any = None   # another, for the status reads of the refresh threads
+        self._st: Any = None      # the last status read
+        self._armed = False       # Finish pressed once
+        self.finished = False
+        self._syncing = False
+        self.thread: threading.Thread | None = None
+        self.last_report: Any = None
+        self.last_compare: Any = None
+        super().__init__([
+            self.header, self.status_html, W.HBox([self.progress, self.rate]),
+            W.HBox([self.sync_button, self.stop_button]), self.message,
+            W.HTML("<b>Compare the models</b> <small>(the old model's top hits beside the new one's; "
+                   "highlighted: in one list only)</small>"),
+            W.HBox([self.queries, W.VBox([self.k, self.compare_button])]), self.compare_html,
+            W.HTML("<b>Switch</b>"), W.HBox([self.cutover_button, self.rollback_button, self.finish_button]),
+            self.switch_hint, self.result, self.code,
+        ])
+        self.add_class("pgvz-migration")
+        _guarded(self.update, self.message)
+        if refresh:
+            threading.Thread(target=self._auto_refresh, args=(refresh,), daemon=True).start()
+
+    # --- reading ------------------------------------------------------------------------
+
+    def summary(self) -> str:
+        if self.finished:
+            return f"{self.m.live.name}: migration finished, {self.m.live.config.model_id()} live"
+        st = self._st
+        shadow = f"; {st['role'][1]} side {st['done_pct'][1]:.0f}% embedded" if st is not None else ""
+        return f"{self.m.live.name}: {self.state}{shadow} ({self._models()})"
+
+    @property
+    def state(self) -> str:
+        return "finished" if self.finished else self.m.state
+
+    def _models(self) -> str:
+        old, new = ((self.m.other, self.m.live) if self.m.state == "cut over" else (self.m.live, self.m.other))
+        return f"{old.config.model_id()} → {new.config.model_id()}"
+
+    def _busy(self) -> bool:
+        return self._syncing
+
+    def _handles(self, live: Vectorizer, other: Vectorizer) -> Any:
+        from .migration import Migration
+
+        return Migration(Vectorizer.open(live.db, live.name, embedder=live.embedder),
+                         Vectorizer.open(other.db, other.name, embedder=other.embedder))
+
+    def _drop_handles(self) -> None:
+        """After a switch the user's handles swapped models; the panel's own follow them."""
+        with self._lock:
+            for handle in (self._runner, self._watch):
+                if handle is not None:
+                    handle.live.close()
+                    handle.other.close()
+            self._runner = self._watch = None
+
+    def _status(self) -> Any:
+        with self._lock:
+            if self._watch is None:
+                self._watch = self._handles(self.m.live, self.m.other)
+            return self._watch.status()
+
+    def update(self) -> None:
+        """Redraw the header, the status table, the bar and the buttons from the database."""
+        from .errors import NotFound
+
+        if self.finished:
+            return
+        try:
+            st = self._status()
+        except NotFound:  # finished or dropped elsewhere
+            self._over("the migration is over (finished or dropped in another session)")
+            raise
+        self._st = st
+        state = str(st["state"][0])
+        colour = {"building": "#1f77b4", "cut over": "#2e7d32", "rolled back": "#b45f06"}.get(state, "#555")
+        self.header.value = (f"<b>Migration of {html.escape(self.m.live.name)}</b>: "
+                             f"{html.escape(self._models())} · <b style='color:{colour}'>{html.escape(state)}</b>")
+        self.status_html.value = _boxed(_table_html(st, _MIGRATION_COLUMNS))
+        mixed = [str(r) for r, models in zip(st["role"], st["models_in_destination"]) if "," in str(models)]
+        if mixed:
+            self.status_html.value += ("<p style='color:#b00020'>The " + html.escape(" and ".join(mixed))
+                                       + " destination holds vectors of more than one model: sync it.</p>")
+        done = float(st["done_pct"][1])
+        self.progress.value = int(done) if done < 100 else 100
+        self.progress.description = "New model" if state != "cut over" else "Old model"
+        if not self._busy():
+            self.rate.value = html.escape(
+                f"{int(st['embedded_rows'][1])} of {int(st['source_rows'][1])} rows embedded by the "
+                f"{st['role'][1]} side, {int(st['pending'][1])} pending")
+        self._buttons()
+        self._show_code()
+
+    def _auto_refresh(self, every: float) -> None:
+        while not self._closed.wait(every):
+            if self.finished:
+                return
+            if not self._busy():
+                try:
+                    self.update()
+                except Exception as exc:  # noqa: BLE001 - a dropped vectorizer, a closed connection
+                    with contextlib.suppress(Exception):
+                        self.message.value = (_error_html(exc) + "<small>The status stopped "
+                                              "refreshing; press a button to try again.</small>")
+                    return
+
+    def _buttons(self) -> None:
+        """Enable what can work now; say why the switch buttons cannot."""
+        st, busy, state = self._st, self._busy(), self.state
+        over = self.finished
+        self.sync_button.disabled = over or busy
+        self.stop_button.disabled = not busy
+        self.compare_button.disabled = over or not self._query_list()
+        self.compare_button.tooltip = ("compare the models' top k for each query" if self._query_list()
+                                       else "type a query first (one a line)")
+        why = None
+        if over:
+            why = "the migration is finished"
+        elif busy:
+            why = "a sync is running: wait for it, or Stop"
+        elif st is not None:
+            pending, failed, role = int(st["pending"][1]), int(st["failed"][1]), str(st["role"][1])
+            if failed:
+                why = (f"the {role} side has {failed} failed rows: see m.other.errors(), fix the cause, then "
+                       "m.other.retry_failed() and Sync")
+            elif pending > self.drain:
+                why = f"the {role} side has {pending} pending rows: Sync first"
+        forward = state in ("building", "rolled back")
+        self.cutover_button.disabled = why is not None or not forward
+        self.rollback_button.disabled = why is not None or state != "cut over"
+        self.finish_button.disabled = over or busy or state == "building"
+        drops = "the old vectors" if state == "cut over" else "the new vectors (abandoning the migration)"
+        self.finish_button.tooltip = f"drop {drops}" if state != "building" else "cut over first"
+        if self._armed and not self.finish_button.disabled:
+            self.finish_button.description = "Really drop?"
+        else:
+            self._armed = False
+            self.finish_button.description = "Finish"
+        if over:
+            self.switch_hint.value = ""
+        elif why is not None:
+            self.switch_hint.value = f"<i style='color:#b45f06'>{html.escape(why)}</i>"
+        elif state == "building":
+            self.switch_hint.value = ("<small>Cutover makes the new vectors live in one transaction; Finish "
+                                      "(drop the old ones) comes after it. To abandon instead: "
+                                      "<code>m.finish(discard=True)</code>.</small>")
+        else:
+            self.switch_hint.value = f"<small>Finish drops {html.escape(drops)}.</small>"
+
+    def _query_list(self) -> list[str]:
+        return [line.strip() for line in self.queries.value.splitlines() if line.strip()]
+
+    def _show_code(self) -> None:
+        queries = self._query_list()[:3]
+        lines = [f"m = pgvz.Vectorizer.open(db, {self.m.live.name!r}).migration", "m.status()",
+                 "m.sync()"]
+        if queries:
+            lines.append(f"m.compare({queries!r}, k={self.k.value})")
+        lines.append(f"m.cutover(wait={self.wait:g})  # then m.rollback(), or m.finish()")
+        self.code.value = "<pre>" + html.escape("\n".join(lines)) + "</pre>"
+
+    def _over(self, why: str) -> None:
+        self.finished = True
+        self._closed.set()
+        self.progress.bar_style = ""
+        self.result.value = html.escape(why)
+        self._buttons()
+
+    # --- sync ---------------------------------------------------------------------------
+
+    def sync(self, wait: bool = False) -> threading.Thread:
+        """``m.sync()`` in a background thread (``wait=True`` joins it): the side that is not
+        live first, then the live one."""
+        if self._busy() and self.thread is not None:
+            return self.thread
+        if self.finished:
+            raise PgvzError("the migration is finished: nothing to sync (use the SyncPanel of the vectorizer)")
+        with self._lock:
+            if self._runner is None:
+                self._runner = self._handles(self.m.live, self.m.other)
+            runner = self._runner
+        st = self._status()
+        self._st = st
+        self._stop.clear()
+        self.progress.bar_style = "info"
+        self.message.value = html.escape(f"syncing: {int(st['pending'][1])} rows pending on the "
+                                         f"{st['role'][1]} side…")
+        thread = threading.Thread(target=self._run, args=(runner, int(st["pending"][1])), daemon=True)
+        self.thread, self._syncing = thread, True
+        self._buttons()
+        thread.start()
+        if wait:
+            thread.join()
+        return thread
+
+    def _tick(self, start_pending: int, t0: float) -> None:
+        st = self._status()
+        self._st = st
+        self.status_html.value = _boxed(_table_html(st, _MIGRATION_COLUMNS))
+        done = float(st["done_pct"][1])
+        self.progress.value = int(done) if done < 100 else 100
+        pending = int(st["pending"][1])
+        written = max(start_pending - pending, 0)
+        rate = written / max(time.perf_counter() - t0, 1e-9)
+        eta = f", ETA {pending / rate:.0f} s" if rate and pending else ""
+        self.rate.value = html.escape(f"{written} of {start_pending} rows written, {rate:.1f} rows/s{eta}")
+
+    def _run(self, runner: Any, start_pending: int) -> None:
+        t0 = time.perf_counter()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["report"] = runner.sync(progress=False, stop=self._stop, batch_seconds=self.batch_seconds)
+            except BaseException as exc:  # noqa: BLE001 - shown in the panel below
+                outcome["error"] = exc
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        try:
+            while worker.is_alive():
+                worker.join(self.poll)
+                with contextlib.suppress(Exception):  # a poll that fails is retried at the next
+                    self._tick(start_pending, t0)
+            self._tick(start_pending, t0)
+            with self._lock:  # the status table's ETA: from the rate of this sync
+                if self._watch is not None:
+                    self._watch._rates.update(runner._rates)
+            report = self.last_report = outcome.get("report")
+            st = self._st
+            if "error" in outcome:
+                self.progress.bar_style = "danger"
+                self.message.value = _error_html(outcome["error"]) + "<small>Fix the cause, then Sync resumes.</small>"
+            elif report is not None and report.answer == "stopped":
+                self.progress.bar_style = "warning"
+                self.message.value = html.escape(f"stopped: {report}; Sync resumes")
+            elif int(st["failed"][1]):
+                self.progress.bar_style = "warning"
+                self.message.value = (f"<span style='color:#b45f06'><b>{int(st['failed'][1])} failed</b> on the "
+                                      f"{html.escape(str(st['role'][1]))} side; {html.escape(str(report))}. "
+                                      "See m.other.errors(): fix the cause, then m.other.retry_failed() and "
+                                      "Sync.</span>")
+            else:
+                self.progress.bar_style = "success"
+                self.message.value = html.escape(str(report))
+        except Exception as exc:  # noqa: BLE001 - the thread must not die silently
+            self.progress.bar_style = "danger"
+            self.message.value = _error_html(exc)
+        finally:
+            self._syncing = False
+            with contextlib.suppress(Exception):
+                self.update()
+            self._buttons()
+
+    def stop(self) -> None:
+        """Stop after the current batch (a batch in the model's hands goes back whole)."""
+        self._stop.set()
+        if self._busy():
+            self.stop_button.disabled = True
+            self.message.value = "stopping after this batch…"
+
+    # --- compare ------------------------------------------------------------------------
+
+    def compare(self) -> Any:
+        """``m.compare(queries, k)`` for the queries typed, shown side by side; returns the frame."""
+        queries = self._query_list()
+        if not queries:
+            raise PgvzError("type a query first (one a line) in the Queries box")
+        k = int(self.k.value)
+        found = self.m.compare(queries, k=k)
+        self.last_compare = found
+        self.compare_html.value = self._compare_table(found, k)
+        self._show_code()
+        return found
+
+    def _compare_table(self, found: Any, k: int) -> str:
+        col = f"overlap_at_{k}"
+        note = ""
+        if self._st is not None and float(self._st["done_pct"][1]) < 100:
+            note = (f"<small style='color:#b45f06'>The {html.escape(str(self._st['role'][1]))} side is "
+                    f"{float(self._st['done_pct'][1]):.0f}% built: its hits come from the rows embedded "
+                    "so far.</small>")
+        rows = []
+        for rec in found.to_dict("records"):
+            old, new = [str(t) for t in rec["old_top"]], [str(t) for t in rec["new_top"]]
+
+            def items(titles: list[str], other: list[str]) -> str:
+                if not titles:
+                    return "<i>no hits</i>"
+                return "<ol style='margin:0;padding-left:1.4em'>" + "".join(
+                    f"<li>{html.escape(t)}</li>" if t in other else
+                    f"<li class='pgvz-only' style='background:#fff3c4'>{html.escape(t)}</li>"
+                    for t in titles) + "</ol>"
+
+            overlap = float(rec[col])
+            rows.append(f"<tr class='pgvz-compare-row' style='vertical-align:top'><td><b>{html.escape(str(rec['query']))}"
+                        f"</b></td><td>{overlap:.0%}<br><small>{round(overlap * k)} of {k}</small></td>"
+                        f"<td>{items(old, new)}</td><td>{items(new, old)}</td></tr>")
+        first = found.to_dict("records")[0] if len(found) else {}
+        return _boxed(
+            f"{note}<style>.pgvz-compare td, .pgvz-compare th {{padding:4px 10px;text-align:left}}</style>"
+            "<table class='pgvz-compare'><thead><tr><th>query</th>"
+            f"<th>overlap@{k}</th><th>old: {html.escape(str(first.get('old_model', '')))}</th>"
+            f"<th>new: {html.escape(str(first.get('new_model', '')))}</th></tr></thead>"
+            f"<tbody>{''.join(rows)}</tbody></table>")
+
+    # --- switching ----------------------------------------------------------------------
+
+    def _switch(self, action: Callable[[], Any], what: str) -> None:
+        if self._busy():
+            raise PgvzError("a sync is running: wait for it (or press Stop), then switch")
+        try:
+            action()
+        finally:
+            self._drop_handles()
+            self._armed = False
+            with contextlib.suppress(Exception):
+                self.update()
+        live = self.m.live
+        lock = f"; the switch held its lock for {self.m.lock_ms:.0f} ms" if self.m.lock_ms is not None else ""
+        self.result.value = "<div style='line-height:1.4'>" + html.escape(
+            f"{what}: readers of {'.'.join(live.destination)} now read the vectors of "
+            f"{live.config.model_id()}{lock}") + "</div>"
+
+    def cutover(self) -> None:
+        """``m.cutover(wait=...)``: the new vectors live, in one transaction; shows the lock time."""
+        self._switch(lambda: self.m.cutover(wait=self.wait), "cut over")
+
+    def rollback(self) -> None:
+        """``m.rollback(wait=...)``: the old vectors live again (they were kept in sync)."""
+        self._switch(lambda: self.m.rollback(wait=self.wait), "rolled back")
+
+    def finish(self) -> None:
+        """``m.finish()``, on the second press: drops the side that is not live."""
+        if self.state == "building":
+            raise PgvzError("not cut over yet: Finish would drop the new vectors; press Cutover first "
+                            "(to abandon the migration: m.finish(discard=True))")
+        if self._busy():
+            raise PgvzError("a sync is running: wait for it (or press Stop), then Finish")
+        if not self._armed:
+            self._armed = True
+            self._buttons()
+            drops = ".".join(self.m.other.destination)
+            self.result.value = (f"Finish drops <b>{html.escape(drops)}</b> ({html.escape(self.m.other.config.model_id())})"
+                                 " and its queue: press it again to confirm")
+            return
+        dropped, model = ".".join(self.m.other.destination), self.m.other.config.model_id()
+        self._drop_handles()
+        self.m.finish()
+        self._over("")
+        live = self.m.live
+        self.header.value = (f"<b>Migration of {html.escape(live.name)}</b>: <b>finished</b>, "
+                             f"{html.escape(live.config.model_id())} live")
+        self.status_html.value = _boxed(_table_html(live.status(), ["name", "pending", "failed", "embedded_rows",
+                                                                    "coverage_pct"]))
+        self.result.value = "<div style='line-height:1.4'>" + html.escape(
+            f"finished: {dropped} ({model}) dropped; {'.'.join(live.destination)} holds the vectors of "
+            f"{live.config.model_id()}") + "</div>"
+
+    def close(self) -> None:
+        if hasattr(self, "_closed"):  # not when __init__ refused its argument
+            self._closed.set()
+            self._stop.set()
+            if self.thread is not None:
+                self.thread.join(5)
+            self._drop_handles()
+        super().close()

@@ -1,5 +1,5 @@
 """The README's notebook install as a new user gets it: `pip install "pgvz_nb[lab]"` into a
-fresh venv, then all eight tutorials top to bottom in that venv's own kernel, on a fresh
+fresh venv, then all nine tutorials top to bottom in that venv's own kernel, on a fresh
 embedded data directory.
 
 The install is not editable and is made from a copy of what the package ships (pyproject,
@@ -39,6 +39,7 @@ EXPECTED = {
     "06-scaling-out": "drained in",
     "07-panels-on-your-table": "tickets ready",
     "08-wal-capture": "triggers on the blog table: 0",
+    "09-model-migration": "live model: pgvz-hashing-v1",
 }
 
 pytestmark = pytest.mark.timeout(1500)

@@ -15,10 +15,11 @@ ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 
 
-def test_there_are_eight_tutorials():
+def test_there_are_nine_tutorials():
     assert [p.stem for p in NOTEBOOKS] == ["01-quickstart", "02-callback-api", "03-monitoring-and-failures",
                                            "04-search-explorer", "05-export-and-schedule", "06-scaling-out",
-                                           "07-panels-on-your-table", "08-wal-capture"]
+                                           "07-panels-on-your-table", "08-wal-capture",
+                                           "09-model-migration"]
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -42,5 +43,5 @@ def test_binder_files():
     post = (ROOT / "binder" / "postBuild").read_text()
     assert post.startswith("#!/bin/bash") and "\nset -e\n" in post and os.access(ROOT / "binder" / "postBuild", os.X_OK)
 
-# the fresh venv built from binder/requirements.txt (the lab extra), running all six
+# the fresh venv built from binder/requirements.txt (the lab extra), running all nine
 # tutorials: tests/test_fresh_install.py

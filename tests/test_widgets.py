@@ -5,6 +5,7 @@ and the widgets hold afterwards."""
 
 from __future__ import annotations
 
+import html
 import re
 import time
 from datetime import date
@@ -17,7 +18,7 @@ from pgvz_nb.embedders import HashingEmbedder
 from pgvz_nb.sample import BLOG_POSTS, load_blog
 
 W = pytest.importorskip("ipywidgets")
-from pgvz_nb.widgets import SearchPanel, SetupPanel, SyncPanel, highlight  # noqa: E402
+from pgvz_nb.widgets import MigrationPanel, SearchPanel, SetupPanel, SyncPanel, highlight  # noqa: E402
 
 TEMPLATE = "Author {author}, title: {title}, contents:{chunk}"
 
@@ -532,3 +533,169 @@ def test_frames_have_proper_dtypes_and_last_success(db, conn, schema):
     listing = pgvz.vectorizers(db)
     assert str(listing["created_at"].dtype).startswith("datetime64")
     v.close()
+
+
+# --- MigrationPanel ---------------------------------------------------------------------------
+
+
+def blog_migration(db, schema, new_embedder=None, **kwargs):
+    """The blog on a 64-d hashing model, a post whose title needs escaping, and a migration
+    to another model and template."""
+    load_blog(db, schema=schema)
+    with db.connect() as c:
+        c.execute(sql.SQL("INSERT INTO {} (title, author, contents, category, published_time) VALUES "
+                          "('<b>Cats</b> & kittens', 'Matvey Arye', 'Cats and kittens nap all day.', 'Pets', now())"
+                          ).format(sql.Identifier(schema, "blog")))
+    v = pgvz.Vectorizer(db, f"{schema}.blog", template=TEMPLATE, chunk_column="contents",
+                        metadata=["author", "title"], embedder=HashingEmbedder(64), **kwargs).create()
+    v.sync(progress=False)
+    return v, v.migrate(embedder=new_embedder or HashingEmbedder(16), template="{title}: {chunk}")
+
+
+def dest_models(conn, schema: str, table: str) -> set:
+    return {r[0] for r in conn.execute(sql.SQL("SELECT DISTINCT model FROM {}").format(
+        sql.Identifier(schema, table))).fetchall()}
+
+
+def test_migration_panel_sync_compare_cutover_rollback_finish(db, conn, schema):
+    v, m = blog_migration(db, schema)
+    old_model, new_model = v.config.model_id(), m.other.config.model_id()
+    total = len(BLOG_POSTS) + 1
+    panel = MigrationPanel(m, refresh=0, k=3)
+    assert "building" in panel.header.value and f"{old_model} → {new_model}" in panel.header.value
+    assert f"<td>{total}</td>" in panel.status_html.value  # the shadow's pending: every row
+    assert panel.progress.value == 0 and f"0 of {total} rows embedded" in panel.rate.value
+    # nothing typed: no Compare; building: no Rollback, no Finish; no sync: no Stop
+    assert panel.compare_button.disabled and panel.rollback_button.disabled
+    assert panel.finish_button.disabled and panel.stop_button.disabled and not panel.sync_button.disabled
+    assert not panel.cutover_button.disabled  # fewer pending rows than it drains itself
+
+    panel.sync(wait=True)
+    assert panel.progress.value == 100 and panel.progress.bar_style == "success"
+    assert "queue empty" in panel.message.value and not panel.sync_button.disabled
+    assert list(m.status()["pending"]) == [0, 0]
+    assert dest_models(conn, schema, "blog_embedding_migration") == {new_model}
+
+    panel.queries.value = "cats and kittens\n\n  bread baking  \n"
+    assert not panel.compare_button.disabled
+    panel.compare_button.click()
+    found = panel.last_compare
+    assert list(found["query"]) == ["cats and kittens", "bread baking"]
+    out = panel.compare_html.value
+    assert out.count("class='pgvz-compare-row'") == 2 and "overlap@3" in out
+    assert f"old: {old_model}" in out and f"new: {new_model}" in out
+    assert "&lt;b&gt;Cats&lt;/b&gt; &amp; kittens" in out and "<b>Cats</b>" not in out, "titles escaped"
+    for rec in found.to_dict("records"):  # a hit in one list only is marked, one in both is not
+        only = (set(rec["old_top"]) ^ set(rec["new_top"]))
+        assert all(f"<li class='pgvz-only' style='background:#fff3c4'>{html.escape(t)}</li>" in out for t in only)
+    assert "m.compare(['cats and kittens', 'bread baking'], k=3)" in html.unescape(panel.code.value)
+
+    panel.cutover_button.click()
+    assert panel.state == "cut over" and "cut over" in panel.header.value, panel.result.value
+    assert re.search(r"held its lock for \d+ ms", panel.result.value)
+    assert dest_models(conn, schema, "blog_embedding") == {new_model}
+    assert dest_models(conn, schema, "blog_embedding_migration") == {old_model}
+    assert panel.cutover_button.disabled and not panel.rollback_button.disabled
+    assert not panel.finish_button.disabled and "old vectors" in panel.finish_button.tooltip
+    assert panel.progress.description == "Old model"
+    # a change after the cutover reaches both sides through the panel's Sync
+    conn.execute(sql.SQL("UPDATE {} SET contents = 'Zebras graze at dawn.' WHERE title = 'First Post'").format(
+        sql.Identifier(schema, "blog")))
+    panel.sync(wait=True)
+    panel.rollback_button.click()
+    assert panel.state == "rolled back" and dest_models(conn, schema, "blog_embedding") == {old_model}
+    assert "Zebras" in v.search("zebras graze", k=1)["contents"][0]
+    assert not panel.cutover_button.disabled and panel.rollback_button.disabled
+    panel.cutover_button.click()
+    assert panel.state == "cut over"
+
+    panel.finish_button.click()  # the first press asks
+    assert "press it again" in panel.result.value and panel.finish_button.description == "Really drop?"
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.blog_embedding_migration"]).fetchone()[0]
+    panel.finish_button.click()
+    assert panel.state == "finished" and "finished" in panel.result.value, panel.result.value
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.blog_embedding_migration"]).fetchone()[0] is None
+    assert pgvz.Vectorizer.open(db, v.name).migration is None
+    assert dest_models(conn, schema, "blog_embedding") == {new_model}
+    for b in (panel.sync_button, panel.cutover_button, panel.rollback_button, panel.finish_button,
+              panel.compare_button, panel.stop_button):
+        assert b.disabled, b.description
+    assert "migration finished" in panel._repr_mimebundle_()["text/plain"]
+    panel.close()
+
+
+def test_migration_panel_from_a_vectorizer_and_errors_inside(db, conn, schema):
+    class Picky(HashingEmbedder):
+        def embed_documents(self, texts):
+            if any("Sourdough" in t for t in texts):
+                raise RuntimeError("no bread <b>please</b>")
+            return super().embed_documents(texts)
+
+    load_blog(db, schema=schema)
+    v = pgvz.Vectorizer(db, f"{schema}.blog", chunk_column="contents", embedder=HashingEmbedder(64),
+                        batch_size=5, max_attempts=1, retry_backoff=0).create()
+    v.sync(progress=False)
+    with pytest.raises(pgvz.PgvzError, match=r"no migration in progress.*v\.migrate\(embedder="):
+        MigrationPanel(v)
+    with pytest.raises(pgvz.PgvzError, match="expected a Migration"):
+        MigrationPanel(None)
+    m = v.migrate(embedder=Picky(16), template="{title}: {chunk}")
+    found = MigrationPanel(pgvz.Vectorizer.open(db, v.name), refresh=0)
+    assert found.m.other.name == m.other.name and found.state == "building"
+    found.close()
+    # the Migration itself: its shadow embeds with the model object given (Vectorizer.open
+    # would rebuild a plain HashingEmbedder from the catalog)
+    panel = MigrationPanel(m, refresh=0, wait=0, drain=5)
+    # more pending rows than it drains: Cutover disabled, and why; pressed anyway, the panel says why
+    assert panel.cutover_button.disabled and "Sync first" in panel.switch_hint.value
+    panel.cutover_button.click()
+    assert "pending rows" in panel.result.value and "m.sync() first" in panel.result.value
+    assert "_Behind" not in panel.result.value and "PgvzError" in panel.result.value
+    assert panel.state == "building"
+    panel.finish_button.click()
+    assert "press Cutover first" in panel.result.value
+    assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.blog_embedding_migration"]).fetchone()[0]
+    panel.compare_button.click()
+    assert "type a query first" in panel.compare_html.value
+    # a failed row on the shadow: the bar is not green, Cutover stays disabled and says what to do
+    panel.sync(wait=True)
+    assert panel.progress.bar_style == "warning" and "1 failed" in panel.message.value
+    assert panel.cutover_button.disabled and "failed rows" in panel.switch_hint.value
+    assert "retry_failed()" in panel.switch_hint.value
+    # an unexpected error in a handler: inside the panel, escaped, with its traceback
+    panel.m.other.embedder = type("Broken", (HashingEmbedder,), {
+        "embed_query": lambda self, text: (_ for _ in ()).throw(RuntimeError("model <gone>"))})(16)
+    panel.queries.value = "cats"
+    panel.compare_button.click()
+    assert "RuntimeError" in panel.compare_html.value and "model &lt;gone&gt;" in panel.compare_html.value
+    assert "traceback" in panel.compare_html.value
+    panel.close()
+
+
+def test_migration_panel_progress_moves_and_resumes_after_stop(db, schema):
+    _, m = blog_migration(db, schema, new_embedder=Slow(0.08), batch_size=2)
+    total = len(BLOG_POSTS) + 1
+    panel = MigrationPanel(m, refresh=0, batch_seconds=0.3, poll=0.1)
+    seen, statuses = [], []
+    panel.progress.observe(lambda ch: seen.append(ch["new"]), names="value")
+    panel.status_html.observe(lambda ch: statuses.append(ch["new"]), names="value")
+    thread = panel.sync()
+    assert panel.sync_button.disabled and not panel.stop_button.disabled
+    assert panel.cutover_button.disabled and "a sync is running" in panel.switch_hint.value
+    deadline = time.monotonic() + 30
+    while ((int(m.status()["pending"][1]) > total - 4 or len(statuses) < 2)
+           and thread.is_alive() and time.monotonic() < deadline):
+        time.sleep(0.05)
+    assert len(statuses) >= 2, "the status table refreshes during the sync"
+    panel.stop_button.click()
+    assert "stopping after this batch" in panel.message.value and panel.stop_button.disabled
+    thread.join(30)
+    assert "stopped" in panel.message.value and panel.progress.bar_style == "warning"
+    stopped_at = panel.progress.value
+    assert 0 < stopped_at < 100 and any(0 < s < 100 for s in seen)
+    assert not panel.sync_button.disabled and panel.stop_button.disabled
+    panel.sync(wait=True)  # resume
+    assert panel.progress.value == 100 and panel.progress.bar_style == "success"
+    assert list(m.status()["pending"]) == [0, 0]
+    assert re.search(r"<td>\d+ s</td>", panel.status_html.value), "an ETA column from the sync's rate"
+    panel.close()
