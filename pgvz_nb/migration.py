@@ -318,7 +318,7 @@ class Migration:
             try:
                 self._swap(lock_timeout, state)
                 return
-            except _Behind:
+            except NotCaughtUp:
                 if time.monotonic() >= deadline:
                     raise
             self.other.sync(progress=False, max_batches=50)
@@ -368,7 +368,7 @@ class Migration:
                     behind, failed = _behind(conn, orow, lrow)
                     if behind or failed:
                         first_error = conn.execute(q.failed_rows(orow.failed, orow.keys)).fetchone() if failed else None
-                        raise _Behind(
+                        raise NotCaughtUp(
                             f"{other.name!r} has {behind} pending rows the live vectors already have, and "
                             f"{failed} failed rows: its table is not yet what the source implies "
                             f"under {self._model(other)}; run m.sync() first" + (
@@ -415,7 +415,7 @@ class Migration:
         other._follow()
 
 
-class _Behind(PgvzError):
+class NotCaughtUp(PgvzError):
     """The side to make live is behind the live one (see Migration.cutover)."""
 
 
