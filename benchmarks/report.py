@@ -170,6 +170,13 @@ def goals(r: dict[str, dict]) -> list[tuple[str, str, str, bool | None]]:
                      f"{_r(x, 0.8)} ({s['large']['rows_per_s']:,.0f} vs {s['small']['rows_per_s']:,.0f} rows/s)", x >= 0.8))
         peak = s["large"]["peak_rss_mb"]
         rows.append((f"worker peak RSS, {s['large']['rows']:,} rows", "< 500 MB", f"{peak:.0f} MB", peak < 500))
+    if s := r.get("migration_cutover"):
+        med = s["median"]
+        rows.append((f"migration cutover on {s['rows']:,} rows: lock held (median of {len(s['rounds'])})", "-",
+                     f"{med['lock_ms']:.1f} ms", None))
+        rows.append(("readers' slowest query during a switch / in as long a quiet stretch", "-",
+                     f"{med['reader_max_ms_during']:.1f} / {med['reader_max_ms_quiet']:.1f} ms, "
+                     f"{s['reader_errors']} errors", None))
     return rows
 
 
