@@ -225,9 +225,10 @@ def embedder_config(embedder: Any) -> dict[str, Any]:
     size, and for the kinds pgvz_nb can rebuild by itself (``embedder_from_config``) how."""
     cfg: dict[str, Any] = {"identity": embedder_identity(embedder), "dimensions": embedder_dimensions(embedder),
                            "class": f"{type(embedder).__module__}.{type(embedder).__qualname__}"}
-    if isinstance(embedder, MiniLMEmbedder):
+    # a subclass that says it is another model (its own model_id) is not rebuilt as the base
+    if isinstance(embedder, MiniLMEmbedder) and cfg["identity"] == MiniLMEmbedder.model_id:
         cfg.update(kind="default", backend=embedder.backend)
-    elif isinstance(embedder, HashingEmbedder):
+    elif isinstance(embedder, HashingEmbedder) and cfg["identity"] == HashingEmbedder.model_id:
         cfg.update(kind="hashing")
     elif type(embedder).__name__ == "OpenAIEmbeddings":
         cfg.update(kind="openai", model=embedder.model,

@@ -26,18 +26,21 @@ name).migration``.
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from langchain_core.embeddings import Embeddings
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from . import sql as q
 from .errors import ConfigConflict, LockUnavailable, NotFound, PgvzError, boundary, translate
-from .queue import Queue
+from .pipeline import PipelineConfig
+from .queue import LOCK_TIMEOUT, Queue
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -70,21 +73,54 @@ class Migration:
     # --- finding and starting ---------------------------------------------------------
 
     @classmethod
-    def find(cls, v: Vectorizer) -> Migration | None:
-        """The migration ``v`` takes part in (as the live side or the other), or None."""
-        from .vectorizer import Vectorizer
+    def find(cls, v: Vectorizer, *, embedder: Any = None) -> Migration | None:
+        """The migration ``v`` takes part in (as the live side or the other), or None.
+        ``embedder``: the other side's model, when pgvz_nb cannot rebuild it (a custom one;
+        without it, that side can be synced only once it is given, but dropped and switched).
 
+        A start cut short after the shadow was made (no markers yet) is taken up: the
+        shadow is marked as being built; markers whose other side is gone (a finish cut
+        short) are cleared."""
         v._ready()
         v._follow()
-        info = v._queue.config.get("migration") if v._queue is not None else None
-        if not info:
+        queue = _queue(v)
+        info = queue.config.get("migration")
+        if info:
+            live_name, other_name = info["live_name"], info["other_name"]
+        else:
+            live_name = v.name[:-len(SUFFIX)] if v.name.endswith(SUFFIX) else v.name
+            other_name = live_name + SUFFIX
+        try:
+            with v.db.connect() as conn:
+                live_row, other_row = Queue.find(conn, live_name), Queue.find(conn, other_name)
+                if other_row is not None and (other_row.config.get("migration") or {}).get("live") != other_row.id \
+                        and "pipeline" in other_row.config and conn.execute(q.find_relation(), list(_rel(
+                            other_row.config["pipeline"]["destination"]))).fetchone() is None:
+                    # a side that is not live lost its table (dropped with its schema, say):
+                    # nothing to resume; it goes, and the markers below
+                    conn.rollback()
+                    other_row.drop(conn)
+                    other_row = None
+        except psycopg.Error as exc:
+            raise translate(exc, f"reading the migration of {live_name!r}") from exc
+        if live_row is None or other_row is None or live_row.source != other_row.source:
+            if info:
+                _set_markers(v.db, [r for r in (live_row, other_row) if r is not None], None)
+                v._follow()
             return None
-        live_name, other_name = info["live_name"], info["other_name"]
+        if not info:
+            if other_row.config.get("kind") != "pipeline" or "pipeline" not in live_row.config:
+                return None
+            live_cfg = PipelineConfig.from_json(live_row.config["pipeline"])
+            other_cfg = PipelineConfig.from_json(other_row.config["pipeline"])
+            _set_markers(v.db, [live_row, other_row], {
+                "live": live_row.id, "live_name": live_name, "other_name": other_name,
+                "state": "building", "started_at": other_row.created_at.isoformat(),
+                "from": live_cfg.model_id(), "to": other_cfg.model_id()})
+            v._follow()
         if v.name == other_name:  # opened as the other side: the migration belongs to the live one
-            return cls(Vectorizer.open(v.db, live_name), v)
-        other = Vectorizer.open(v.db, other_name)
-        other._ready()
-        return cls(v, other)
+            return cls(_open(v.db, live_name, None), v)
+        return cls(v, _open(v.db, other_name, embedder))
 
     @classmethod
     def start(cls, v: Vectorizer, *, embedder: Any = None, template: str | None = None,
@@ -97,7 +133,7 @@ class Migration:
         cfg = v.config
         if v.name.endswith(SUFFIX):
             raise PgvzError(f"{v.name!r} is the other side of a migration; migrate {v.name[:-len(SUFFIX)]!r}")
-        dest = (cfg.destination[0], q.fit_name(f"{cfg.destination[1]}_migration", tag_if_cut=True))
+        dest = shadow_destination(_rel(cfg.destination))
         shadow = Vectorizer(
             v.db, v.source[1], schema=v.source[0], name=v.name + SUFFIX, destination=dest,
             template=template if template is not None else cfg.template,
@@ -112,7 +148,7 @@ class Migration:
             capture=_queue(v).capture,
         )
         shadow._tag_salt = f"#{time.time_ns()}"  # its own tables (an earlier shadow's names may be taken)
-        found = cls.find(v)
+        found = cls.find(v, embedder=embedder)
         if found is not None:
             if found.live is not v:
                 raise PgvzError(f"{v.name!r} is the other side of a migration; migrate {found.live.name!r}")
@@ -136,8 +172,15 @@ class Migration:
                 f"nothing to migrate: {v.name!r} already embeds with {cfg.embedder['identity']!r} and "
                 "this template, chunking and metadata; give migrate() another embedder=, template=, "
                 "chunk_size=, chunk_overlap= or metadata=")
+        with v.db.connect() as conn, conn.transaction():
+            _portable_security(conn, v.destination)
+        with v.db.connect() as conn:  # a shadow left by a start cut short, not taken up: ours, never live
+            orphan = Queue.find(conn, shadow.name)
+            if orphan is not None and not orphan.config.get("migration"):
+                conn.rollback()
+                orphan.drop(conn, then=lambda: conn.execute(q.drop_table(_rel(orphan.config["pipeline"]["destination"]))))
         # the shadow: a vectorizer of its own (create() is idempotent: a start cut short
-        # by a crash is taken up again here)
+        # by a crash is taken up again here, and by find())
         shadow.create()
         _mirror(v, shadow)
         try:
@@ -197,7 +240,7 @@ class Migration:
                 "role": role, "name": v.name, "destination": ".".join(v.destination),
                 "model": self._model(v), "pending": pending, "failed": int(st["failed"][0]),
                 "embedded_rows": int(st["embedded_rows"][0]), "source_rows": int(st["source_rows"][0]),
-                "done_pct": float(st["coverage_pct"][0]) if pending else 100.0,
+                "done_pct": float(st["coverage_pct"][0]) if pending or int(st["failed"][0]) else 100.0,
                 "eta": pd.Timedelta(seconds=math.ceil(pending / rate)) if rate and pending else (
                     pd.Timedelta(0) if not pending else pd.NaT),
                 "models_in_destination": ", ".join(str(m) for m in models),
@@ -269,14 +312,16 @@ class Migration:
         for text in queries:
             hits = {}
             for side, v in (("old", old), ("new", new)):
-                found = v.search(text, k=k)
+                found = v.search(text, k=4 * k)  # chunks: k distinct source rows among them
                 key = v.config.metadata_key
                 seen: dict[str, str] = {}
                 for _, row in found.iterrows():
-                    seen.setdefault(str(row[key]) if key in found else str(row["id"]), str(row["title"]))
+                    if len(seen) < k:
+                        seen.setdefault(str(row[key]) if key in found else str(row["id"]), str(row["title"]))
                 hits[side] = seen
             both = set(hits["old"]) & set(hits["new"])
-            out.append({"query": text, f"overlap_at_{k}": round(len(both) / k, 3),
+            fewer = max(1, min(k, max(len(hits["old"]), len(hits["new"]))))  # a table of fewer rows than k
+            out.append({"query": text, f"overlap_at_{k}": round(len(both) / fewer, 3),
                         "old_top": list(hits["old"].values())[:k], "new_top": list(hits["new"].values())[:k],
                         "old_model": self._model(old), "new_model": self._model(new)})
         return frame(out)
@@ -313,7 +358,12 @@ class Migration:
         return self
 
     def _switch(self, wait: float, lock_timeout: float, state: str) -> None:
+        """_swap until it succeeds: after a sync of the side to make live while it is behind
+        (for ``wait`` seconds), and again after a jittered pause while the destinations are
+        locked by someone else (for ``lock_timeout`` seconds: each try waits at most
+        queue.LOCK_TIMEOUT for the table lock, so readers queued behind it wait no longer)."""
         deadline = time.monotonic() + wait
+        lock_deadline = time.monotonic() + lock_timeout
         while True:
             try:
                 self._swap(lock_timeout, state)
@@ -321,7 +371,15 @@ class Migration:
             except NotCaughtUp:
                 if time.monotonic() >= deadline:
                     raise
-            self.other.sync(progress=False, max_batches=50)
+                self.other.sync(progress=False, max_batches=50)
+            except psycopg.errors.LockNotAvailable as exc:
+                if time.monotonic() >= lock_deadline:
+                    raise LockUnavailable(
+                        f"the switch found {'.'.join(self.live.destination)} or its shadow locked by "
+                        f"others ({_holders(self.live)}) for {lock_timeout:g} s, trying for "
+                        f"{LOCK_TIMEOUT} at a time; nothing changed: try again, or pass lock_timeout= "
+                        "longer") from exc
+                time.sleep(random.uniform(0.05, 0.25))
 
     @boundary("finishing the migration of {self.live.name!r}")
     def finish(self, *, discard: bool = False) -> None:
@@ -333,22 +391,37 @@ class Migration:
             raise PgvzError(
                 f"the migration of {self.live.name!r} was not cut over: finish() would drop the "
                 "shadow's vectors; m.cutover() first, or m.finish(discard=True) to abandon it")
-        self.discard_other()
+        if discard and info["state"] != "building":
+            raise PgvzError(
+                f"the migration of {self.live.name!r} is {info['state']!r} (since this Migration was "
+                "read, maybe): discard=True abandons one never cut over; finish() drops the side that "
+                "is not live, or rollback() first to keep the old vectors live")
+        self.discard_other(expect=info["state"])
 
-    def discard_other(self) -> None:
+    def discard_other(self, *, expect: str | None = None) -> None:
         """Drop the side that is not live (its catalog row, queue, capture and table) and
-        the migration's markers."""
+        end the migration. ``expect``: the state the caller saw; another one found under the
+        catalog rows' lock (a cutover by another session since) is refused. The migration is
+        marked "finishing" first, so no switch can run meanwhile; a finish cut short after
+        the drop leaves markers that find() clears."""
         live, other = self.live, self.other
         try:
             with live.db.connect() as conn, conn.transaction():
                 conn.execute(q.catalog_lock_rows(), [[_queue(live).id, _queue(other).id]])
-                for row in (_row(conn, _queue(live).id), _row(conn, _queue(other).id)):
-                    row.config.pop("migration", None)
+                lrow, orow = _row(conn, _queue(live).id), _row(conn, _queue(other).id)
+                info = lrow.config.get("migration") or {}
+                if info.get("live") != lrow.id or (expect is not None and info.get("state") != expect):
+                    raise PgvzError(
+                        f"the migration of {live.name!r} changed meanwhile (now {info.get('state')!r}, "
+                        "by another session); open it again and look before dropping anything")
+                for row in (lrow, orow):
+                    row.config["migration"] = {**info, "state": "finishing"}
                     conn.execute(q.catalog_set_config(), [Jsonb(row.config), row.id])
         except psycopg.Error as exc:
             raise translate(exc, f"ending the migration of {live.name!r}") from exc
         other._follow()
-        other.drop()
+        other.drop(_alone=True)
+        _set_markers(live.db, [_queue(live)], None)
         live._follow()
 
     def _swap(self, lock_timeout: float, state: str) -> None:
@@ -359,12 +432,16 @@ class Migration:
         try:
             with live.db.connect() as conn:
                 with conn.transaction():
+                    # the catalog rows: a batch of a handle opened before holds its row (FOR KEY
+                    # SHARE) while it runs; waiting for it holds up no reader of the destination
                     conn.execute(q.set_local(), ["lock_timeout", f"{int(lock_timeout * 1000)}ms"])
                     conn.execute(q.catalog_lock_rows(), [[_queue(live).id, _queue(other).id]])
                     lrow, orow = _row(conn, _queue(live).id), _row(conn, _queue(other).id)
-                    if lrow.name != live.name or lrow.config.get("migration", {}).get("live") != lrow.id:
+                    marks = lrow.config.get("migration") or {}
+                    if lrow.name != live.name or marks.get("live") != lrow.id or marks.get("state") == "finishing":
                         raise PgvzError(f"the migration of {live.name!r} changed meanwhile (another "
-                                        "session cut over or rolled back); open it again")
+                                        "session cut over, rolled back or finished it); open it again")
+                    _portable_security(conn, ldest)
                     behind, failed = _behind(conn, orow, lrow)
                     if behind or failed:
                         first_error = conn.execute(q.failed_rows(orow.failed, orow.keys)).fetchone() if failed else None
@@ -393,17 +470,20 @@ class Migration:
                         row.config["migration"] = info
                         conn.execute(q.catalog_set_config(), [Jsonb(row.config), row.id])
                     switch = [q.lock_exclusive(sorted([ldest, odest])), *_swap_names(conn, ldest, odest)]
-                    # the live table's grants, on the one that takes its name
-                    switch += [q.grant_on(privilege, ldest, role)
-                               for role, privilege in conn.execute(q.table_grants(), list(ldest)).fetchall()]
+                    # the table that takes the name gets exactly the grants of the one that had
+                    # it (a REVOKE since the migration started included)
+                    had = set(map(tuple, conn.execute(q.table_grants(), list(ldest)).fetchall()))
+                    has = set(map(tuple, conn.execute(q.table_grants(), list(odest)).fetchall()))
+                    switch += [q.grant_on(priv, ldest, role) for role, priv in sorted(had - has, key=str)]
+                    switch += [q.revoke_on(priv, ldest, role) for role, priv in sorted(has - had, key=str)]
+                    # the table lock waits a moment at most (readers queue behind it); _switch
+                    # tries again
+                    conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
                     t0 = time.perf_counter()
                     conn.execute(sql.SQL("; ").join(switch))
                 self.lock_ms = (time.perf_counter() - t0) * 1000
-        except psycopg.errors.LockNotAvailable as exc:
-            raise LockUnavailable(
-                f"the switch waited {lock_timeout:g} s for a lock on {'.'.join(ldest)} or its shadow "
-                "and gave up (a long query or transaction reads it); nothing changed: try again, "
-                "or pass lock_timeout= longer") from exc
+        except psycopg.errors.LockNotAvailable:
+            raise  # _switch tries again
         except psycopg.Error as exc:
             raise translate(exc, f"switching the migration of {live.name!r}") from exc
         # the two handles exchange what they embed: the live one has the new model now (the
@@ -442,6 +522,98 @@ def _identity(v: Vectorizer) -> tuple[str, int]:
     from .embedders import embedder_dimensions, embedder_identity
 
     return embedder_identity(v.embedder), embedder_dimensions(v.embedder)
+
+
+def shadow_destination(dest: q.Rel) -> q.Rel:
+    """The shadow's table: ``<dest>_migration``, or for a long name one that differs from
+    ``dest`` within the first 50 bytes, where pgvz_nb's index names cut it (sql.index_name)."""
+    if len((dest[1] + "_migration").encode()) <= 50:
+        return (dest[0], dest[1] + "_migration")
+    return (dest[0], q.cut(dest[1], 30) + "_" + q.name_tag(dest[1]) + "_migration")
+
+
+def _rel(names: Sequence[str]) -> q.Rel:
+    return (names[0], names[1])
+
+
+def _portable_security(conn: psycopg.Connection, dest: q.Rel) -> None:
+    """Refuse a destination whose protection would not move with its name: row-level
+    security, policies or column grants (a switch moves table grants only)."""
+    found = conn.execute(q.destination_security(), list(dest)).fetchone()
+    if found is not None and any(found):
+        rls, policies, columns = found
+        what = ", ".join(w for w, on in (("row-level security", rls), ("policies", policies),
+                                         ("column-level grants", columns)) if on)
+        raise PgvzError(
+            f"{'.'.join(dest)} has {what}: a migration's switch moves the table's name and its "
+            "table-level grants, and the shadow would be read without them; to migrate, remove "
+            "them for the switch and put them on again after it (or grant on the whole table)")
+
+
+def _set_markers(db: Any, rows: Sequence[Queue], info: dict[str, Any] | None) -> None:
+    """Set (or with None, remove) the migration markers of catalog rows, together."""
+    try:
+        with db.connect() as conn, conn.transaction():
+            conn.execute(q.catalog_lock_rows(), [[r.id for r in rows]])
+            for r in rows:
+                fresh = _row(conn, r.id)
+                if info is None:
+                    fresh.config.pop("migration", None)
+                else:
+                    fresh.config["migration"] = info
+                conn.execute(q.catalog_set_config(), [Jsonb(fresh.config), fresh.id])
+    except psycopg.Error as exc:
+        raise translate(exc, "recording a migration") from exc
+
+
+class _Unrebuilt(Embeddings):
+    """The model of a migration's side that pgvz_nb cannot rebuild (a custom one) and was not
+    given: the side can be switched and dropped; embedding with it says what to do."""
+
+    def __init__(self, name: str, stored: dict[str, Any]):
+        self.name, self.model_id, self.dimensions = name, stored["identity"], int(stored["dimensions"])
+
+    def _refuse(self) -> Any:
+        raise PgvzError(
+            f"{self.name!r} embeds with {self.model_id!r}, which pgvz_nb cannot rebuild by itself; "
+            "give it: Migration.find(v, embedder=<that model>), or v.migrate(embedder=<that model>) "
+            "with the settings it was started with")
+
+    def embed_documents(self, texts: list[str]) -> list[list[float]]:
+        return self._refuse()
+
+    def embed_query(self, text: str) -> list[float]:
+        return self._refuse()
+
+
+def _open(db: Any, name: str, embedder: Any) -> Vectorizer:
+    """A side of a migration, with ``embedder`` or its own model rebuilt, else a stand-in that
+    refuses to embed (_Unrebuilt)."""
+    from .vectorizer import Vectorizer
+
+    try:
+        v = Vectorizer.open(db, name, embedder=embedder)
+    except NotFound:
+        raise
+    except PgvzError:
+        if embedder is not None:
+            raise
+        with db.connect() as conn:
+            row = Queue.open(conn, name)
+        v = Vectorizer.open(db, name, embedder=_Unrebuilt(name, row.config["pipeline"]["embedder"]))
+    v._ready()
+    return v
+
+
+def _holders(v: Vectorizer) -> str:
+    """Who holds locks on the destination, for a message."""
+    try:
+        with v.db.connect() as conn:
+            rows = conn.execute(q.lock_holders(), {"schema": v.destination[0], "table": v.destination[1]}).fetchall()
+    except psycopg.Error:
+        return "unknown sessions"
+    return "; ".join(f"pid {r[0]} ({r[1] or 'no application_name'}, {r[2]}, open {r[3]}): {r[4]}"
+                     for r in rows) or "sessions gone since"
 
 
 def _queue(v: Vectorizer) -> Queue:

@@ -281,12 +281,24 @@ class Pipeline:
         keys), the model is called, and only then does the claim's transaction on ``conn``
         touch the destination, to delete and COPY: it holds no lock on the source or the
         destination while the model works."""
+        # where this vectorizer writes now, its catalog row held (FOR KEY SHARE) until the
+        # claim commits: a migration's cutover renames the destinations after taking the row
+        # FOR UPDATE, so it waits for this batch, or this batch sees where it moved. First,
+        # before the stored chunks are read: a handle opened before a cutover would compare
+        # its rows with the other model's table, take a delete the other side has applied for
+        # "nothing to do", and lose it
+        moved = conn.execute(q.catalog_destination_of(), [self.queue.id]).fetchone()
+        if moved is None or moved[0] is None or tuple(moved[0]) != self.dest:
+            from .errors import Reconfigured
+
+            raise Reconfigured(
+                f"vectorizer {self.queue.name!r} no longer writes {'.'.join(self.dest)} (a migration "
+                "was cut over or rolled back); the batch went back to the queue")
         keys_json = self._keys_json([r.key for r in rows])
         existing: dict[tuple, list[tuple]] = {}
         nk = len(self.config.dest_keys)
-        # not prepared (here and below): after a migration's cutover the name may be another
-        # table, and a prepared statement whose result type changed (vector(384) to vector(768))
-        # fails instead of being planned again; the write's check then sends the batch back
+        # not prepared (here and below): a prepared statement whose result type changed (a
+        # table of another vector(n) renamed over the name) fails instead of being planned again
         for rec in reader.execute(
             q.destination_rows(self.dest, self.queue.queue, self.queue.keys, self.config.dest_keys),
             {"keys": keys_json}, prepare=False,
@@ -347,16 +359,6 @@ class Pipeline:
         stats.unchanged += sum(1 for k in changed for c in wanted[k] if c.hash not in texts)
 
         changed_json = self._keys_json(changed)
-        # where this vectorizer writes now, its catalog row held until the commit: a
-        # migration's cutover renames the destinations, and a handle opened before it must
-        # not write its model's vectors into the table that took the name
-        moved = conn.execute(q.catalog_destination_of(), [self.queue.id]).fetchone()
-        if moved is None or moved[0] is None or tuple(moved[0]) != self.dest:
-            from .errors import Reconfigured
-
-            raise Reconfigured(
-                f"vectorizer {self.queue.name!r} no longer writes {'.'.join(self.dest)} (a migration "
-                "was cut over or rolled back); the batch went back to the queue")
         # the lock first (no other role can add a trigger while it is held), then the check:
         # code someone else put on the destination must not run with this role's privileges
         conn.execute(q.lock_for_writing(self.dest))

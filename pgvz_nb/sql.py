@@ -1570,6 +1570,24 @@ def grant_on(privilege: str, rel: Rel, role: str | None) -> sql.Composed:
         sql.SQL(privilege), ident(rel), sql.SQL("PUBLIC") if role is None else Name(role))
 
 
+def revoke_on(privilege: str, rel: Rel, role: str | None) -> sql.Composed:
+    if privilege not in TABLE_PRIVILEGES:
+        raise ValueError(f"not a table privilege: {privilege!r}")
+    return sql.SQL("REVOKE {} ON {} FROM {}").format(
+        sql.SQL(privilege), ident(rel), sql.SQL("PUBLIC") if role is None else Name(role))
+
+
+def destination_security() -> sql.Composed:
+    """(row-level security on, policies, column grants) of table %s.%s: what a migration's
+    switch cannot move with the table's name."""
+    return sql.SQL(
+        "SELECT c.relrowsecurity OR c.relforcerowsecurity, "
+        "EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid), "
+        "EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attacl IS NOT NULL) "
+        "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s"
+    ).format()
+
+
 def dependent_views() -> sql.Composed:
     """Views (and materialized views) reading table %s.%s: they name it by oid, so after a
     cutover they would go on showing the old vectors. A cutover refuses while there are any."""

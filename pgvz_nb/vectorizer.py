@@ -621,6 +621,7 @@ class Vectorizer(_Connections):
         #: mixed into the names create() derives for its tables: a migration's shadow gets new
         #: ones (the names of an earlier shadow may be the live vectorizer's tables since)
         self._tag_salt = ""
+        self._stop: threading.Event | None = None
         self._side_connections(self.db)
 
     def __repr__(self) -> str:
@@ -926,6 +927,7 @@ class Vectorizer(_Connections):
         if self._pipeline is None:
             self.config = PipelineConfig.from_json(self._queue.config["pipeline"])
             self._pipeline = Pipeline(self._queue, self.config, self.embedder)
+            self._pipeline.stop = self._stop  # a sync's stop event, for one built during it
         return self._queue, self._pipeline, self._conn
 
     def process(self, batch_size: int | None = None, *,
@@ -1075,7 +1077,7 @@ class Vectorizer(_Connections):
             if fresh is not None and fresh.source != queue.source:
                 self._queue, self.source, self._pipeline = fresh, fresh.source, None
                 queue, pipe, conn = self._ready()
-        pipe.stop = stop
+        pipe.stop = self._stop = stop
         with conn.transaction():
             if conn.execute(q.find_relation(), list(self.source)).fetchone() is None:
                 raise NotFound(
@@ -1407,12 +1409,12 @@ class Vectorizer(_Connections):
             if hybrid:
                 conn.execute(q.create_fts_index(self.destination))
 
-    def drop(self, *, keep_destination: bool = False) -> None:
+    def drop(self, *, keep_destination: bool = False, _alone: bool = False) -> None:
         """Remove triggers, queue, catalog row and (unless kept) the destination table; and
         a migration in progress, with the other model's vectorizer and its table (dropping the
         side of a migration that is not live ends the migration, as ``finish()``)."""
         queue, _, conn = self._ready()
-        found = self.migration
+        found = None if _alone else self.migration
         if found is not None:
             found.discard_other()  # this one too, when it is the side that is not live
             if found.other is self:

@@ -483,3 +483,171 @@ def test_create_after_the_cutover_with_the_new_settings_changes_nothing_and_drop
     left = conn.execute("SELECT count(*) FROM pgvz.vectorizers WHERE source_schema = %s", [schema]).fetchone()[0]
     assert left == 0
     assert conn.execute("SELECT to_regclass(%s)", [f"{schema}.docs_embedding_migration"]).fetchone()[0] is None
+
+
+# --- found by the adversarial review of the migration: each a way it broke --------------
+
+
+def test_a_stale_handle_does_not_lose_a_delete_the_other_side_applied(db, schema, conn):
+    """A handle of the shadow opened before the cutover (a worker mid-drain) must not read
+    the other model's table as its own: there the delete was applied already, and the key
+    would leave its queue as "nothing to do" while its own table kept the row."""
+    name = make_source(db, schema, rows=30, seed=2)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    stale = pgvz.Vectorizer.open(db, name + "~migration")
+    stale._ready()
+    m.cutover()
+    src = sql.Identifier(schema, "docs")
+    k = conn.execute(sql.SQL("SELECT id FROM {} WHERE visible ORDER BY id DESC LIMIT 1").format(src)).fetchone()[0]
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = %s").format(src), [k])
+    m.other.process()  # the old model's side applies the delete to its table
+    stale.process()  # the stale handle: it follows, and the live side's key is still there
+    check_converged(db, name)
+    check_converged(db, name + "~migration")
+
+
+def test_a_destination_with_row_security_or_column_grants_is_not_migrated(db, schema, conn):
+    name = make_source(db, schema, rows=5, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(sql.Identifier(schema, "docs_embedding")))
+    with pytest.raises(PgvzError, match=r"row-level security.*put them on again"):
+        v.migrate(**new_model())
+    assert v.migration is None and len(pgvz.vectorizers(db).query("source == @schema + '.docs'")) == 1
+    conn.execute(sql.SQL("ALTER TABLE {} DISABLE ROW LEVEL SECURITY").format(sql.Identifier(schema, "docs_embedding")))
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    conn.execute(sql.SQL("GRANT SELECT (contents) ON {} TO PUBLIC").format(sql.Identifier(schema, "docs_embedding")))
+    with pytest.raises(PgvzError, match="column-level grants"):
+        m.cutover()  # a column grant made since: refused at the switch too
+    assert m.state == "building"
+
+
+def test_a_cutover_behind_a_long_reader_never_holds_up_other_readers(db, schema, conn):
+    """A report holds the destination open: the cutover's table lock waits at most a moment
+    at a time (queue.LOCK_TIMEOUT) and tries again, so the application's own reads, under a
+    lock_timeout of theirs, never fail behind it; the cutover goes through once the report
+    ends."""
+    name = make_source(db, schema, rows=10, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    m = v.migrate(**new_model())
+    m.sync(progress=False)
+    dest = sql.Identifier(schema, "docs_embedding")
+    report = db.connect()
+    report.execute(sql.SQL("SELECT count(*) FROM {}").format(dest))  # its transaction stays open
+    done: dict = {}
+    th = threading.Thread(target=lambda: done.update(state=m.cutover(lock_timeout=60).state))
+    th.start()
+    failures = reads = 0
+    with db.connect(autocommit=True) as app:
+        app.execute("SET lock_timeout = '2s'")
+        while reads < 40:
+            try:
+                app.execute(sql.SQL("SELECT count(*) FROM {}").format(dest)).fetchone()
+            except psycopg.errors.LockNotAvailable:
+                failures += 1
+            reads += 1
+            time.sleep(0.05)
+    report.close()
+    th.join(timeout=120)
+    assert failures == 0 and done.get("state") == "cut over"
+
+
+def test_long_destination_names_get_the_shadow_its_own_indexes(db, conn):
+    import uuid
+
+    from .conftest import drop_schema
+
+    schema = f"t_{uuid.uuid4().hex[:10]}"
+    table = "customer_support_ticket_conversation_hist"  # its <table>_embedding is over 50 bytes
+    conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(schema)))
+    try:
+        conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(sql.Identifier(schema, table)))
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a night train'), (2, 'bread')").format(
+            sql.Identifier(schema, table)))
+        v = pgvz.Vectorizer(db, f"{schema}.{table}", template="{body}", embedder=HashingEmbedder(32)).create()
+        v.create_index()
+        v.sync(progress=False)
+        m = v.migrate(embedder=HashingEmbedder(16))
+        hnsw = conn.execute("SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid "
+                            "JOIN pg_am a ON a.oid = c.relam WHERE i.indrelid = %s::regclass AND a.amname = 'hnsw'",
+                            [f'{schema}."{m.other.destination[1]}"']).fetchone()[0]
+        assert hnsw == 1
+        m.sync(progress=False)
+        m.cutover()
+        m.rollback()
+        m.cutover()
+        m.finish()
+        assert v.search("night train", k=1)["text"][0] == "a night train"
+    finally:
+        drop_schema(db, schema)
+
+
+class MyModel(HashingEmbedder):
+    """A model pgvz_nb cannot rebuild from the catalog (a custom one)."""
+
+    model_id = "my-model-v1"
+
+
+def test_a_migration_to_a_custom_model_is_found_switched_and_dropped_from_another_session(db, schema):
+    name = make_source(db, schema, rows=8, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    v.migrate(embedder=MyModel(16)).sync(progress=False)
+    other = pgvz.Vectorizer.open(db, name)  # another session: it does not have the model
+    m = other.migration
+    assert m is not None and m.state == "building"
+    with pytest.raises(PgvzError, match="cannot rebuild"):
+        m.other.embedder.embed_query("x")  # said clearly, when it would be needed
+    assert other.migrate(embedder=MyModel(16)).other.embedder.embed_query("x")  # given: it works
+    m.cutover()
+    assert pgvz.Vectorizer.open(db, name, embedder=MyModel(16)).embedder.dimensions == 16
+    pgvz.Vectorizer.open(db, name, embedder=MyModel(16)).drop()  # both sides go
+    assert len(pgvz.vectorizers(db).query("source == @schema + '.docs'")) == 0
+
+
+def test_a_start_cut_short_is_taken_up_and_dropped_with_the_vectorizer(db, schema, conn, monkeypatch):
+    import pgvz_nb.migration as mig
+
+    name = make_source(db, schema, rows=8, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+
+    def interrupted(*_: object) -> None:
+        raise KeyboardInterrupt("kernel interrupted")
+
+    monkeypatch.setattr(mig, "_mirror", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        v.migrate(**new_model())
+    monkeypatch.undo()
+    found = pgvz.Vectorizer.open(db, name).migration  # the shadow, without markers: taken up
+    assert found is not None and found.state == "building"
+    pgvz.Vectorizer.open(db, name).drop()
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal",
+                        [f"{schema}.docs"]).fetchone()[0] == 0
+    assert len(pgvz.vectorizers(db).query("source == @schema + '.docs'")) == 0
+
+
+def test_discard_is_refused_once_another_session_cut_over(db, schema):
+    name = make_source(db, schema, rows=8, seed=1)
+    v = pgvz.Vectorizer.open(db, name)
+    mine = v.migrate(**new_model())
+    mine.sync(progress=False)
+    pgvz.Vectorizer.open(db, name).migration.cutover()  # another session
+    with pytest.raises(PgvzError, match=r"discard=True abandons one never cut over"):
+        mine.finish(discard=True)
+    assert pgvz.Vectorizer.open(db, name).migration.state == "cut over"  # the old vectors kept
+    check_converged(db, name + "~migration")
+
+
+def test_compare_counts_rows_not_chunks(db, schema):
+    """Rows split into several chunks: overlap@k over k distinct rows (the same model on
+    both sides, only the metadata changed: every row in both lists)."""
+    name = make_source(db, schema, rows=40, seed=3)
+    v = pgvz.Vectorizer.open(db, name)
+    v.sync(progress=False)
+    m = v.migrate(metadata=["category", "visible"])
+    m.sync(progress=False)
+    cmp = m.compare(["coffee train", "kitten leash garden"], k=10)
+    assert list(cmp["overlap_at_10"]) == [1.0, 1.0]
+    assert all(len(x) == 10 for x in cmp["old_top"])
