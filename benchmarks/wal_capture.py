@@ -26,8 +26,15 @@ A capture call that queues fewer keys than were written is reported as STALLED, 
 call is repeated with the session's ``logical_decoding_work_mem`` raised so that the
 transaction is not streamed; figures measured that way are marked.
 
+``--baseline REV`` also times, in part 2, pgvz_nb/capture.py as it was at git revision REV,
+its call and the current one's alternating round by round on the same server. They share
+the slot: a baseline without the restart-point fix (d7e5689) leaves the current call to
+decode the baseline's WAL again, so the ratio is then a lower bound. ``--only-throughput``
+runs part 2 alone.
+
     .venv/bin/python benchmarks/wal_capture.py [--rows 200000] [--inserts 5000] [--rounds 7]
         [--bulk-rows 200000] [--bulk-rounds 3] [--latency-writes 500] [--quick] [--out DIR]
+        [--only-throughput] [--baseline REV]
 """
 
 # ruff: noqa: T201 - a benchmark prints what it measured
@@ -39,6 +46,7 @@ import random
 import statistics
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -134,25 +142,26 @@ def write(db: pgvz.Database, table: str, kind: str, data: bytes, n: int) -> dict
         return {"wall_s": wall, "cpu_s": cpu, "wal_bytes": wal_since(conn, lsn)}
 
 
-def timed_capture(db: pgvz.Database, conn: psycopg.Connection) -> dict[str, float]:
-    """One capture call: its wall time, its backend's CPU and its Python thread's CPU."""
+def timed_capture(db: pgvz.Database, conn: psycopg.Connection, cap: Any = capture) -> dict[str, float]:
+    """One capture call (of module ``cap``): its wall time, its backend's CPU and its Python
+    thread's CPU."""
     pid = conn.info.backend_pid
     b0, p0, t0 = backend_usage(pid)[0], time.thread_time(), time.perf_counter()
-    done = capture.capture(db, conn)
+    done = cap.capture(db, conn)
     wall, py = time.perf_counter() - t0, time.thread_time() - p0
     return {"keys": done.keys, "transactions": done.transactions, "wall_s": wall,
             "backend_cpu_s": backend_usage(pid)[0] - b0, "python_cpu_s": py}
 
 
-def capture_written(db: pgvz.Database, conn: psycopg.Connection, written: int) -> dict[str, Any]:
+def capture_written(db: pgvz.Database, conn: psycopg.Connection, written: int, cap: Any = capture) -> dict[str, Any]:
     """Capture what was written; a call that queues less is a stall, and is retried with
     the transaction not streamed so that the figures exist at all."""
-    out: dict[str, Any] = {"default": timed_capture(db, conn)}
+    out: dict[str, Any] = {"default": timed_capture(db, conn, cap)}
     out["stalled"] = out["default"]["keys"] < written
     if out["stalled"]:
         conn.execute(sql.SQL("SELECT set_config('logical_decoding_work_mem', %s, false)"), [NO_STREAMING])
         try:
-            out["no_streaming"] = timed_capture(db, conn)
+            out["no_streaming"] = timed_capture(db, conn, cap)
         finally:
             conn.execute(sql.SQL("RESET logical_decoding_work_mem"))
     out["used"] = out.get("no_streaming", out["default"])
@@ -231,8 +240,26 @@ def overhead(db: pgvz.Database, args: argparse.Namespace) -> tuple[dict, dict]:
 # --- 2: capture throughput ----------------------------------------------------------------
 
 
-def throughput(db: pgvz.Database, rows: int, rounds: int) -> dict[str, dict]:
-    """Keys/s of one capture call after a bulk INSERT of ``rows`` rows, by row shape."""
+def baseline_module(rev: str) -> Any:
+    """pgvz_nb/capture.py as it was at git revision ``rev``, beside the current one (same
+    package, same sql module), so that both are timed in one run on the same server."""
+    import subprocess
+    import sys
+    import types
+
+    src = subprocess.run(["git", "show", f"{rev}:pgvz_nb/capture.py"], check=True, capture_output=True,
+                         text=True, cwd=str(Path(__file__).resolve().parent)).stdout
+    mod = types.ModuleType("pgvz_nb._baseline_capture")
+    mod.__package__ = "pgvz_nb"
+    sys.modules[mod.__name__] = mod  # dataclasses look their module up
+    exec(compile(src, f"{rev}:pgvz_nb/capture.py", "exec"), mod.__dict__)  # our own file, from git
+    return mod
+
+
+def throughput(db: pgvz.Database, rows: int, rounds: int, baseline: Any = None) -> dict[str, dict]:
+    """Keys/s of one capture call after a bulk INSERT of ``rows`` rows, by row shape. With
+    ``baseline`` (a capture module), each round also captures one more bulk INSERT with it,
+    the two calls' order alternating by round."""
     with db.connect() as conn:
         make_table(conn, "bulk_blog")
         conn.execute(sql.SQL("CREATE UNLOGGED TABLE {} (" + BLOG_DDL_COLUMNS + ")").format(rel("staging")))
@@ -251,15 +278,19 @@ def throughput(db: pgvz.Database, rows: int, rounds: int) -> dict[str, dict]:
         "narrow": sql.SQL("INSERT INTO {} (id, body) SELECT g, 'row ' || g FROM generate_series(%s::int, %s::int) g")
         .format(rel("bulk_narrow")),
     }
-    runs: dict[str, list[dict]] = {"blog": [], "narrow": []}
+    impls = {"current": capture, **({"baseline": baseline} if baseline is not None else {})}
+    runs: dict[str, dict[str, list[dict]]] = {shape: {i: [] for i in impls} for shape in ("blog", "narrow")}
     conn = warm_capture(db)
+    written = 0
     try:
         for r in range(rounds):
             for shape in (["blog", "narrow"] if r % 2 == 0 else ["narrow", "blog"]):
-                with db.connect() as w:
-                    w.execute(inserts[shape], [r * rows + 1, (r + 1) * rows] if shape == "narrow" else None)
-                    w.commit()
-                runs[shape].append(capture_written(db, conn, rows))
+                for impl in (list(impls) if r % 2 == 0 else list(impls)[::-1]):
+                    with db.connect() as w:
+                        w.execute(inserts[shape], [written + 1, written + rows] if shape == "narrow" else None)
+                        w.commit()
+                    written += rows if shape == "narrow" else 0
+                    runs[shape][impl].append(capture_written(db, conn, rows, impls[impl]))
     finally:
         conn.close()
         for v in vs:
@@ -267,18 +298,28 @@ def throughput(db: pgvz.Database, rows: int, rounds: int) -> dict[str, dict]:
         with db.connect() as c:
             for t in ("bulk_blog", "bulk_narrow", "staging"):
                 c.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(rel(t)))
-    out = {}
-    for shape, s in runs.items():
+
+    def summary(s: list[dict]) -> dict[str, Any]:
         used = [x["used"] for x in s]
-        out[shape] = {
+        return {
             "row_bytes": sizes[shape], "rows": rows,
             "keys_per_s": statistics.median(u["keys"] / u["wall_s"] for u in used),
             "wall_s": [u["wall_s"] for u in used],
             "cpu_us_per_key": statistics.median((u["backend_cpu_s"] + u["python_cpu_s"]) / u["keys"] * 1e6
                                                 for u in used if u["keys"]),
+            "backend_cpu_us_per_key": statistics.median(u["backend_cpu_s"] / u["keys"] * 1e6 for u in used if u["keys"]),
+            "python_cpu_us_per_key": statistics.median(u["python_cpu_s"] / u["keys"] * 1e6 for u in used if u["keys"]),
             "stalled_rounds": sum(x["stalled"] for x in s),
             "stalled_default_calls": [x["default"] for x in s if x["stalled"]],
         }
+
+    out = {}
+    for shape, by_impl in runs.items():
+        out[shape] = summary(by_impl["current"])
+        if baseline is not None:
+            out[shape]["baseline"] = summary(by_impl["baseline"])
+            out[shape]["speedup_vs_baseline"] = statistics.median(  # per round: the two calls ran side by side
+                b["used"]["wall_s"] / c["used"]["wall_s"] for c, b in zip(by_impl["current"], by_impl["baseline"]))
     return out
 
 
@@ -407,6 +448,9 @@ def main() -> None:
     ap.add_argument("--gap", type=float, default=0.01, help="mean seconds between the latency writes")
     ap.add_argument("--poll", type=float, default=1.0, help="the Worker's poll (pgvz worker's default: 5)")
     ap.add_argument("--quick", action="store_true", help="everything tiny: checks the script, measures nothing")
+    ap.add_argument("--only-throughput", action="store_true", help="part 2 only")
+    ap.add_argument("--baseline", metavar="REV", help="part 2 also times pgvz_nb/capture.py of git revision REV, "
+                    "alternating with the current one round by round")
     add_out_argument(ap)
     args = ap.parse_args()
     if args.quick:
@@ -424,19 +468,27 @@ def main() -> None:
     if settings["wal_level"] != "logical":
         raise SystemExit(f"wal_level is {settings['wal_level']}, not logical: capture='wal' cannot run")
     print(f"server: {', '.join(f'{k} {v}' for k, v in settings.items())}", flush=True)
+    variants: dict = {}
+    cpu: dict = {}
+    latency: dict = {}
     try:
-        variants, cpu = overhead(db, args)
+        if not args.only_throughput:
+            variants, cpu = overhead(db, args)
         print("capture throughput ...", flush=True)
-        bulk = throughput(db, args.bulk_rows, args.bulk_rounds)
-        print("latency ...", flush=True)
-        latency = {"capture_loop": latency_capture_loop(db, args.latency_writes, args.gap)}
-        for label, mode, notify in WORKER_CASES:
-            latency[label] = latency_worker(db, mode, args.worker_writes, args.gap * 2, args.poll, notify)
+        bulk = throughput(db, args.bulk_rows, args.bulk_rounds, baseline_module(args.baseline) if args.baseline else None)
+        if not args.only_throughput:
+            print("latency ...", flush=True)
+            latency = {"capture_loop": latency_capture_loop(db, args.latency_writes, args.gap)}
+            for label, mode, notify in WORKER_CASES:
+                latency[label] = latency_worker(db, mode, args.worker_writes, args.gap * 2, args.poll, notify)
     finally:
         drop_bench_schema(db, SCHEMA, EMBEDDER)
     report = {"rows": args.rows, "inserts": args.inserts, "rounds": args.rounds, "settings": settings,
-              "variants": variants, "cpu_us_per_row": cpu, "throughput": bulk, "latency": latency}
+              "variants": variants, "cpu_us_per_row": cpu, "throughput": bulk, "latency": latency,
+              "baseline": args.baseline}
     print_report(args, report)
+    if args.only_throughput:
+        return
 
     def plot(ax: Any) -> None:
         import numpy as np
@@ -460,6 +512,9 @@ def main() -> None:
 def print_report(args: argparse.Namespace, r: dict) -> None:
     v, cpu, bulk, lat = r["variants"], r["cpu_us_per_row"], r["throughput"], r["latency"]
     mark = {True: "met", False: "MISSED"}
+    if not v:
+        print_throughput(args, bulk, cpu, mark)
+        return
     print(f"\n1. Write overhead: COPY {args.rows:,} rows; {args.inserts:,} single-row INSERTs in one "
           f"transaction, and autocommitted; {args.rounds} rounds, order rotated; rows/s are medians, "
           "ratios the median of per-round ratios of time to 'none' (goal for wal: "
@@ -474,6 +529,11 @@ def print_report(args: argparse.Namespace, r: dict) -> None:
     print("wal vs none: " + ", ".join(f"{k} {v['wal'][f'{k}_ratio']:.3f}x {mark[v['wal'][f'{k}_ratio'] >= GOAL_RATIO]}"
                                       for k in KINDS))
 
+    print_throughput(args, bulk, cpu, mark)
+    print_latency_and_cpu(args, cpu, lat)
+
+
+def print_throughput(args: argparse.Namespace, bulk: dict, cpu: dict, mark: dict) -> None:
     print(f"\n2. Capture throughput: one capture.capture() call after one {args.bulk_rows:,}-row bulk INSERT "
           f"(median of {args.bulk_rounds}; goal >= {GOAL_KEYS_PER_S:,} keys/s)")
     for shape, b in bulk.items():
@@ -486,11 +546,19 @@ def print_report(args: argparse.Namespace, r: dict) -> None:
         print(f"  {shape:<7} rows (~{b['row_bytes']} B): {b['keys_per_s']:>9,.0f} keys/s, "
               f"{b['cpu_us_per_key']:.2f} us CPU/key (backend + Python)  "
               f"{mark[b['keys_per_s'] >= GOAL_KEYS_PER_S]}{note}")
-    for k in KINDS:
+        print(f"{'':13}CPU/key: backend {b['backend_cpu_us_per_key']:.2f} us, Python {b['python_cpu_us_per_key']:.2f} us")
+        if "baseline" in b:
+            o = b["baseline"]
+            print(f"    baseline {args.baseline}: {o['keys_per_s']:>9,.0f} keys/s, {o['cpu_us_per_key']:.2f} us CPU/key "
+                  f"(backend {o['backend_cpu_us_per_key']:.2f}, Python {o['python_cpu_us_per_key']:.2f}); current "
+                  f"{b['speedup_vs_baseline']:.2f}x faster (median of per-round wall ratios)")
+    for k in KINDS if cpu else ():
         c = cpu[k]
         stalled = f", STALLED in {c['stalled_rounds']} rounds (then at {NO_STREAMING})" if c["stalled_rounds"] else ""
         print(f"  after the {k:<10} writes of part 1: {c['capture_keys_per_s']:>9,.0f} keys/s{stalled}")
 
+
+def print_latency_and_cpu(args: argparse.Namespace, cpu: dict, lat: dict) -> None:
     loop = lat["capture_loop"]
     print(f"\n3. Commit-to-queued latency, {loop['n']} single-row autocommitted INSERTs ~{args.gap * 1e3:.0f} ms "
           "apart, a thread calling capture.capture() in a loop on its own connection: from the writer's "

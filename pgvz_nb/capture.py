@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg.rows import scalar_row
 from psycopg.types.json import Jsonb
 
 from . import sql as q
@@ -40,6 +41,9 @@ Rel = q.Rel
 FETCH_ROWS = 20_000
 #: Keys in one inbox row: well under PostgreSQL's 1 GB array limit for any sane key.
 KEYS_PER_INBOX_ROW = 200_000
+#: WAL from the slot's restart point that a round makes the server shorten for the next one
+#: (see _move_restart_point): a 16 MB segment, a few tens of thousands of rows.
+RESTART_LAG_BYTES = 16 << 20
 #: How long creating the slot may wait for the transactions running now to end.
 SLOT_CREATE_TIMEOUT = "30s"
 
@@ -63,15 +67,23 @@ class Relation:
 
 @dataclass
 class Txn:
-    """The keys one transaction changed, by relation oid; ``truncated``: relations emptied."""
+    """The keys one transaction changed, by relation oid, one list per key column (as the
+    inbox holds them), each value the bytes of its text form; ``truncated``: relations emptied."""
 
-    keys: dict[int, list[tuple]] = field(default_factory=lambda: defaultdict(list))
+    keys: dict[int, list[list[bytes]]] = field(default_factory=dict)
     truncated: set[int] = field(default_factory=set)
     unroutable: set[int] = field(default_factory=set)  # a key column came as 'unchanged TOAST'
 
+    def columns(self, rel: int, width: int) -> list[list[bytes]]:
+        cols = self.keys.get(rel)
+        if cols is None:
+            cols = self.keys[rel] = [[] for _ in range(width)]
+        return cols
+
     def absorb(self, other: Txn) -> None:
-        for rel, keys in other.keys.items():
-            self.keys[rel].extend(keys)
+        for rel, cols in other.keys.items():
+            for mine, theirs in zip(self.columns(rel, len(cols)), cols):
+                mine.extend(theirs)
         self.truncated |= other.truncated
         self.unroutable |= other.unroutable
 
@@ -90,18 +102,62 @@ class Decoder:
         self.stream_xid: int | None = None
         self.committed: list[tuple[int, Txn]] = []  # (end lsn, keys), in commit order
 
+    def feed_all(self, messages: Iterable[bytes]) -> None:
+        """``feed`` each message. Most are row changes of a table keyed on its first
+        column, its value in the message's first bytes: those are read here, with one
+        ``unpack_from`` each and the target list of the last such message reused (a bulk
+        change is one relation in one (sub)transaction); the rest go to ``feed``."""
+        positions = self._positions
+        feed = self.feed
+        unpack_plain, unpack_streamed = _PLAIN_HEAD.unpack_from, _STREAMED_HEAD.unpack_from
+        streamed = self.stream_xid is not None
+        last_sub = last_rel = -1  # the (sub)transaction and relation of ``col``; -1: none
+        col: list[bytes] | None = None  # where their keys go; None: not ours
+        for data in messages:
+            kind = data[0]
+            if kind == 73 or kind == 85 or kind == 68:  # I, U, D
+                try:
+                    if streamed:
+                        sub, rel, tag, fmt, length = unpack_streamed(data, 1)
+                        start = 17
+                    else:
+                        rel, tag, fmt, length = unpack_plain(data, 1)
+                        sub, start = 0, 13
+                except struct.error:  # a row shorter than the head read: no first-column key in it
+                    feed(data)
+                    continue
+                if sub != last_sub or rel != last_rel:
+                    last_sub, last_rel, col = sub, rel, None
+                    if positions.get(rel) == _FIRST:
+                        target = self._stream_target(sub) if streamed else self.current
+                        if target is not None:
+                            col = target.columns(rel, 1)[0]
+                if col is not None and fmt == 116 and (tag == 78) != (kind == 68):
+                    # an insert's or an update's sole tuple (new: 'N'), or a delete's (old: 'K'
+                    # or 'O'), its first column in text: 't', the length, the value
+                    col.append(data[start:start + length])
+                    continue
+            else:  # begin, commit, a stream's start or end, a relation: anew
+                last_sub = last_rel = -1
+                col = None
+            feed(data)
+            streamed = self.stream_xid is not None
+
+    def _stream_target(self, sub: int) -> Txn:
+        assert self.stream_xid is not None
+        subs = self.streams[self.stream_xid]
+        target = subs.get(sub)
+        if target is None:
+            target = subs[sub] = Txn()
+        return target
+
     def feed(self, data: bytes) -> None:
         kind = data[0]
-        if kind in _ROW_CHANGES:  # the hot path: a row change
+        if kind in _ROW_CHANGES:
             if self.stream_xid is None:
                 self._row(data, 1, self.current)
-                return
-            (sub,) = _UINT32.unpack_from(data, 1)  # in a stream: the (sub)transaction's xid
-            subs = self.streams[self.stream_xid]
-            target = subs.get(sub)
-            if target is None:
-                target = subs[sub] = Txn()
-            self._row(data, 5, target)
+            else:  # in a stream: the (sub)transaction's xid first
+                self._row(data, 5, self._stream_target(_UINT32.unpack_from(data, 1)[0]))
             return
         pos = 1
         if kind == 66:  # B: begin
@@ -134,27 +190,25 @@ class Decoder:
             else:
                 self.streams.get(xid, {}).pop(subxid, None)
             return
-        if kind not in (82, 84) and kind not in _ROW_CHANGES:
+        if kind not in (82, 84):
             return  # origin, type, logical message, ...: no keys in them
         target = self.current
         if self.stream_xid is not None:  # in a stream, each message names its (sub)transaction
             (sub,) = struct.unpack_from("!I", data, pos)
             pos += 4
-            target = self.streams[self.stream_xid].setdefault(sub, Txn())
+            target = self._stream_target(sub)
         if kind == 82:  # R: relation
             self._relation(data, pos)
             return
         if target is None:
             return
-        if kind == 84:  # T: truncate
-            nrels, _options = struct.unpack_from("!Ib", data, pos)
-            pos += 5
-            for _ in range(nrels):
-                (rel,) = struct.unpack_from("!I", data, pos)
-                pos += 4
-                target.truncated.add(rel)
-            return
-        self._row(data, pos, target)
+        # T: truncate
+        nrels, _options = struct.unpack_from("!Ib", data, pos)
+        pos += 5
+        for _ in range(nrels):
+            (rel,) = struct.unpack_from("!I", data, pos)
+            pos += 4
+            target.truncated.add(rel)
 
     def _row(self, data: bytes, pos: int, target: Txn | None) -> None:
         """An insert (one tuple), a delete (the old key or row) or an update (the old key or
@@ -164,13 +218,7 @@ class Decoder:
         if positions is None or target is None:
             return
         pos += 4
-        keys = target.keys[rel]
-        if positions == _FIRST and data[pos] == 78 and data[pos + 3] == 116:
-            # an insert, or an update with the key unchanged, keyed on its first column (most
-            # tables): 'N', the column count, 't', the length, the value
-            (length,) = _INT32.unpack_from(data, pos + 4)
-            keys.append((data[pos + 8:pos + 8 + length].decode(),))
-            return
+        cols = target.columns(rel, len(positions))
         end = len(data)
         while pos < end:
             tag = data[pos]
@@ -180,8 +228,9 @@ class Decoder:
             if None in key:
                 if tag == 78:  # 'N' with an unchanged TOASTed key column: not in the record
                     target.unroutable.add(rel)
-                continue
-            keys.append(key)
+            else:
+                for column, value in zip(cols, key):
+                    column.append(value)  # type: ignore[arg-type]  # no None: checked above
             if last:
                 return
 
@@ -209,14 +258,14 @@ def _cstring(data: bytes, pos: int) -> tuple[str, int]:
     return data[pos:end].decode(), end + 1
 
 
-def _key_of(data: bytes, pos: int, positions: list[int], last: bool) -> tuple[tuple[str | None, ...], int]:
+def _key_of(data: bytes, pos: int, positions: list[int], last: bool) -> tuple[tuple[bytes | None, ...], int]:
     """The values at ``positions`` of the TupleData at ``pos`` (None: null, or an unchanged
-    TOASTed value), and where it ends; only those columns are decoded, and with ``last``
+    TOASTed value), and where it ends; only those columns are read, and with ``last``
     (no tuple follows) no column after them is even walked: the position returned is then
     where reading stopped."""
     (ncols,) = _INT16.unpack_from(data, pos)
     pos += 2
-    wanted = dict.fromkeys(positions)
+    wanted: dict[int, bytes | None] = dict.fromkeys(positions)
     stop = max(positions) + 1 if last else ncols
     for i in range(min(stop, ncols)):
         kind = data[pos]
@@ -225,7 +274,7 @@ def _key_of(data: bytes, pos: int, positions: list[int], last: bool) -> tuple[tu
             (length,) = _INT32.unpack_from(data, pos)
             pos += 4
             if i in wanted:
-                wanted[i] = data[pos:pos + length].decode()
+                wanted[i] = data[pos:pos + length]
             pos += length
         # 'n' null, 'u' unchanged TOAST: no value follows
     return tuple(wanted[i] for i in positions), pos
@@ -236,11 +285,20 @@ _FIRST = [0]
 _UINT32 = struct.Struct("!I")
 _INT16 = struct.Struct("!h")
 _INT32 = struct.Struct("!i")
+# a row change's head, after its kind: [subtransaction xid,] relation, the first tuple's tag,
+# (its column count skipped), the first column's kind and length
+_PLAIN_HEAD = struct.Struct("!IB2xBi")
+_STREAMED_HEAD = struct.Struct("!IIB2xBi")
 
 
-def array_literal(values: Iterable[str]) -> str:
-    """A PostgreSQL array literal of text forms, each element quoted."""
-    return "{" + ",".join('"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"' for v in values) + "}"
+def array_literal(values: list[bytes]) -> str:
+    """A PostgreSQL array literal of text forms (UTF-8), each element quoted."""
+    if not values:
+        return "{}"
+    raw = b"".join(values)
+    if b"\\" in raw or b'"' in raw:
+        values = [v.replace(b"\\", b"\\\\").replace(b'"', b'\\"') for v in values]
+    return '{"' + b'","'.join(values).decode() + '"}'
 
 
 # --- the slot and the publication --------------------------------------------------------
@@ -501,12 +559,29 @@ def capture(db: Any, conn: psycopg.Connection) -> CaptureResult:
         return _recreate(db, conn, slot, wal, lost=info is not None)
     take_on_recreated(conn)
     with conn.transaction():  # what is committed now, flushed: no further
+        _move_restart_point(conn, slot)
         upto = first(conn.execute(q.flush_wal() if conn.info.server_version >= 170000
                                   else q.wal_server_state()))[0]
     total = _capture_round(conn, slot, upto)
     if not wal and not total.busy:
         drop_slot(db)  # read to the end: nothing in it is anyone's any more
     return total
+
+
+def _move_restart_point(conn: psycopg.Connection, slot: str) -> None:
+    """Where this round reads more than RESTART_LAG_BYTES of WAL from the slot's restart
+    point, log a running-transactions record before the round's end, so that its advance
+    moves the restart point up to it. Else each peek decodes again, without returning it,
+    all the WAL since the last such record: measured, every 200k-row bulk INSERT captured in
+    a row added ~0.3 s of server CPU to each later peek, until the server logged one itself
+    (every 15 s). The restart point is PostgreSQL's to choose; this only gives it a newer candidate.
+    Skipped where the role may not (GRANT EXECUTE ON FUNCTION pg_log_standby_snapshot() lets
+    it) and before PostgreSQL 16."""
+    if conn.info.server_version < 160000:
+        return
+    row = conn.execute(q.restart_lag(), [slot]).fetchone()
+    if row is not None and row[1] and (row[0] or 0) > RESTART_LAG_BYTES:
+        conn.execute(q.log_standby_snapshot())
 
 
 def _recreate(db: Any, conn: psycopg.Connection, slot: str, wal: list[Any], lost: bool) -> CaptureResult:
@@ -576,14 +651,13 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
 
         decoder = Decoder(key_columns)
         try:
-            with conn.cursor(name="pgvz_peek", binary=True) as cur:  # bytea as it is, no hex
+            with conn.cursor(name="pgvz_peek", binary=True, row_factory=scalar_row) as cur:  # bytea as it is, no hex
                 cur.execute(q.peek_changes(), {"slot": slot, "upto": upto})
                 while rows := cur.fetchmany(FETCH_ROWS):
-                    for (data,) in rows:
-                        decoder.feed(data)
+                    decoder.feed_all(rows)
         except psycopg.errors.ObjectInUse:
             return CaptureResult(busy=True)  # a peek of another session (a manual one, say)
-        per_target: dict[int, tuple[Target, list[tuple]]] = {}
+        per_target: dict[int, tuple[Target, list[list[bytes]]]] = {}
         truncated: list[Target] = []
         unknown: list[Target] = []  # an UPDATE whose key the record lacks: every key queued
         last = progress
@@ -592,14 +666,14 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
                 continue  # queued before a crash between the commit and the slot's advance
             last = max(last, end)
             result.transactions += 1
-            for rel, keys in txn.keys.items():
-                if not keys:
+            for rel, cols in txn.keys.items():
+                if not cols[0]:
                     continue
                 for t in route(rel, decoder.relations.get(rel)):
-                    places = pick[rel][id(t)]
-                    mine = keys if places == list(range(len(keys[0]))) else [tuple(k[i] for i in places) for k in keys]
-                    per_target.setdefault(id(t), (t, []))[1].extend(mine)
-                result.keys += len(keys)
+                    mine = per_target.setdefault(id(t), (t, [[] for _ in t.keys]))[1]
+                    for column, place in zip(mine, pick[rel][id(t)]):
+                        column.extend(cols[place])
+                result.keys += len(cols[0])
             for rel in txn.truncated:
                 truncated.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in truncated)
                 result.truncates += 1
@@ -655,11 +729,10 @@ def _isolated(conn: psycopg.Connection, t: Target, write: Any) -> None:
         conn.execute(q.catalog_add_backfill(), [Jsonb([list(t.source)]), t.name])
 
 
-def _write_keys(conn: psycopg.Connection, t: Target, keys: list[tuple]) -> None:
+def _write_keys(conn: psycopg.Connection, t: Target, cols: list[list[bytes]]) -> None:
     with conn.cursor().copy(q.copy_inbox(t.inbox, t.keys)) as copy:
-        for start in range(0, len(keys), KEYS_PER_INBOX_ROW):
-            part = keys[start:start + KEYS_PER_INBOX_ROW]
-            copy.write_row([array_literal(k[i] for k in part) for i in range(len(t.keys))])
+        for start in range(0, len(cols[0]), KEYS_PER_INBOX_ROW):
+            copy.write_row([array_literal(col[start:start + KEYS_PER_INBOX_ROW]) for col in cols])
 
 
 def _lsn(text: str) -> int:

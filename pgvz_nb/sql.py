@@ -1853,6 +1853,24 @@ def flush_wal() -> sql.Composed:
     return sql.SQL("SELECT pg_logical_emit_message(false, 'pgvz_nb', '', true)::text").format()
 
 
+def restart_lag() -> sql.Composed:
+    """(bytes from slot %s's restart_lsn to the WAL's end, may this role log a standby
+    snapshot) (PostgreSQL 16+): a peek decodes all of it, returning only what follows
+    confirmed_flush_lsn, and the slot holds it back."""
+    return sql.SQL(
+        "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+        "has_function_privilege('pg_log_standby_snapshot()', 'EXECUTE') AND NOT pg_is_in_recovery() "
+        "FROM pg_replication_slots WHERE slot_name = %s"
+    ).format()
+
+
+def log_standby_snapshot() -> sql.Composed:
+    """A running-transactions record in the WAL now: decoding past it lets the slot's
+    restart_lsn move up to it. The server writes one by itself only every 15 s and at
+    checkpoints, so after a bulk change the restart point would stay behind it."""
+    return sql.SQL("SELECT pg_log_standby_snapshot()::text").format()
+
+
 # --- notebook panels --------------------------------------------------------------------
 
 
