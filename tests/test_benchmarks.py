@@ -104,6 +104,14 @@ def test_wal_capture_compares_both_modes_and_the_floor(out):
         assert heading in stdout
 
 
+def test_migration_cutover_measures_the_lock_and_the_readers(out):
+    run("migration_cutover.py", "--rows", "300", "--rounds", "2", "--readers", "1", out=out)
+    r = result(out, "migration_cutover")
+    assert r["rows"] == 300 and [x["switch"] for x in r["rounds"]] == ["cutover", "rollback"]
+    assert r["reader_errors"] == 0  # a reader by name never fails during a switch
+    assert all(x["lock_ms"] > 0 and x["reader_queries_during"] >= 0 for x in r["rounds"])
+
+
 def test_report_lists_every_goal(out):
     """Runs last in this module: the table over everything above."""
     proc = subprocess.run([sys.executable, "benchmarks/report.py", "--out", str(out), "--markdown"],
@@ -114,11 +122,3 @@ def test_report_lists_every_goal(out):
         assert goal in table, goal
     rows = [line for line in table.splitlines() if line.startswith("| ") and "goal" not in line]
     assert all(line.rstrip().endswith(("| met |", "| MISSED |", "|  |")) for line in rows), table
-
-
-def test_migration_cutover_measures_the_lock_and_the_readers(out):
-    run("migration_cutover.py", "--rows", "300", "--rounds", "2", "--readers", "1", out=out)
-    r = result(out, "migration_cutover")
-    assert r["rows"] == 300 and [x["switch"] for x in r["rounds"]] == ["cutover", "rollback"]
-    assert r["reader_errors"] == 0  # a reader by name never fails during a switch
-    assert all(x["lock_ms"] > 0 and x["reader_queries_during"] >= 0 for x in r["rounds"])
