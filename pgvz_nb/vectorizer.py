@@ -990,6 +990,9 @@ class Vectorizer(_Connections):
         old = self._queue
         if old is not None and fresh.id == old.id and fresh.config.get("pipeline") == old.config.get("pipeline"):
             self._queue = fresh  # a migration's markers may have changed
+            if fresh.source != self.source:  # renamed or moved, and followed in the catalog
+                self.source, self._pipeline = fresh.source, None
+                return True
             return False
         stored = fresh.config["pipeline"]["embedder"]
         if (embedder_identity(self.embedder), embedder_dimensions(self.embedder)) == (

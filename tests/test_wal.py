@@ -404,6 +404,9 @@ def test_a_renamed_table_and_one_dropped_and_created_again_are_followed(db, conn
     with db.connect(autocommit=True) as c:
         capture.capture(db, c)
     assert conn.execute("SELECT source_table FROM pgvz.vectorizers WHERE name = %s", [v.name]).fetchone()[0] == "renamed"
+    # a handle opened before the rename, whose capture another process made: it follows too
+    v.sync(progress=False)
+    assert v.source == (schema, "renamed")
     w = pgvz.Vectorizer.open(db, v.name, embedder=Counting())
     w.sync(progress=False)
     assert dest_state(conn, schema) == source_state(conn, schema, "renamed") == {
