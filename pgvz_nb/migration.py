@@ -480,7 +480,7 @@ class Migration:
                     # tries again
                     conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
                     t0 = time.perf_counter()
-                    conn.execute(sql.SQL("; ").join(switch))
+                    conn.execute(q.one_round_trip(switch))
                 self.lock_ms = (time.perf_counter() - t0) * 1000
         except psycopg.errors.LockNotAvailable:
             raise  # _switch tries again

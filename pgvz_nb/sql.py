@@ -1531,6 +1531,11 @@ def lock_exclusive(rels: Sequence[Rel]) -> sql.Composed:
         sql.SQL(", ").join(ident(r) for r in rels))
 
 
+def one_round_trip(statements: Sequence[sql.Composable]) -> sql.Composed:
+    """Statements sent as one (no parameters): a cutover's lock, renames and grants."""
+    return sql.SQL("; ").join(statements)
+
+
 def rename_table(rel: Rel, new: str) -> sql.Composed:
     return sql.SQL("ALTER TABLE {} RENAME TO {}").format(ident(rel), Name(new))
 
