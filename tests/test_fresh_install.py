@@ -188,6 +188,21 @@ def test_a_kernel_of_the_fresh_venv(fresh):
     assert Path(spec["argv"][0]).parent == venv / "bin"
 
 
+def _cell_text(cell: dict) -> str:
+    """A cell's printed text and plain-text results. One print can arrive as several stream
+    outputs (the kernel flushes every 0.2 s, between the writes of one print when a background
+    thread holds the interpreter: CI once got "PROBE" and " /tmp/..." apart), so a stream's
+    pieces are joined as written, not a line apart."""
+    streams: dict[str, str] = {}
+    results = []
+    for o in cell["outputs"]:
+        if o["output_type"] == "stream":
+            streams[o["name"]] = streams.get(o["name"], "") + "".join(o["text"])
+        else:
+            results.append("".join(o.get("data", {}).get("text/plain", "")))
+    return "\n".join([*streams.values(), *results])
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
 def test_tutorial_runs_in_the_fresh_venv(fresh, path):
     assert fresh["pip"].returncode == 0, fresh["pip"].stderr[-3000:]
@@ -208,8 +223,7 @@ def test_tutorial_runs_in_the_fresh_venv(fresh, path):
     done = json.loads((out_dir / path.name).read_text())
     outputs = [o for c in done["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
     assert not [o for o in outputs if o["output_type"] == "error"]
-    text = "\n".join(
-        "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    text = "\n".join(_cell_text(c) for c in done["cells"] if c["cell_type"] == "code")
     probe = next(line for line in text.splitlines() if line.startswith("PROBE "))
     text = text.replace(probe, "")
     _, executable, module = probe.split(" ", 2)
