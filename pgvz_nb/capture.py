@@ -519,18 +519,118 @@ def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> None:
             conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])  # never queue the writers for long
             check_identity(conn, t.source, t.keys)
             ensure(conn, t.source, t.keys)
+            _follow_key_types(conn, v, oid, fresh=True)
             if t.on_truncate is not None:
                 conn.execute(t.on_truncate)
             # its rows are queued by the next claim (Queue.complete_backfill), in a transaction
             # after this one commits: a snapshot taken here would miss writes committed
             # before the table's place in the publication is
-            v.set_extra(conn, source_oid=oid, backfill=[list(t.source)])
+            v.set_extra(conn, source_oid=oid, backfill=[list(t.source)], partitions=partition_state(conn, oid))
         log.warning("vectorizer %s: %s was dropped and created again; it follows the new table",
                     v.name, ".".join(t.source))
     except (psycopg.Error, ConfigConflict) as exc:
         log.warning("vectorizer %s: %s was dropped and created again, and the capture could not "
                     "take the new one on (%s); create() it again as the table's owner", v.name,
                     ".".join(t.source), exc)
+
+
+def partition_state(conn: psycopg.Connection, oid: int) -> dict[str, str]:
+    """The partitions of table ``oid`` as the catalog rows say now: {oid: xmin of its
+    pg_inherits row} (``sql.partition_tree``); stored in a WAL vectorizer's config."""
+    return {str(rel): x for rel, x in conn.execute(q.partition_tree(), [oid]).fetchall()}
+
+
+def follow_tables(conn: psycopg.Connection) -> None:
+    """Before a capture round, under the capture lock, what the triggers' event trigger does
+    for a trigger vectorizer in the application's transaction, done after the fact for each
+    WAL vectorizer whose table exists: a key column's new type given to its own tables
+    (``_follow_key_types``), and partitions attached, detached or dropped since the last round
+    followed (``_partitions_moved``). Each vectorizer in a savepoint under the lock timeout:
+    one whose tables cannot be had now (a lock held) is tried again next round, the others
+    go on; the partitions' recorded state moves only with the keys it queued."""
+    from .queue import LOCK_TIMEOUT
+
+    with conn.transaction():
+        if not first(conn.execute(q.try_capture_lock()))[0]:
+            return  # the process capturing does it
+        for v in wal_vectorizers(conn):
+            now = conn.execute(q.relation_by_oid(), [v.config.get("source_oid")]).fetchone()
+            if now is None:
+                continue  # dropped (take_on_recreated's), or made before pgvz_nb recorded the oid
+            oid, schema, table = now
+            state, recorded = partition_state(conn, oid), v.config.get("partitions")
+            try:
+                with conn.transaction():
+                    conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
+                    _follow_key_types(conn, v, oid)
+                    if state != recorded:
+                        if recorded is not None:  # else: a vectorizer made before pgvz_nb kept one
+                            _partitions_moved(conn, v, (schema, table), recorded, state)
+                        conn.execute(q.catalog_set_partitions(), [Jsonb(state), v.id])
+            except psycopg.Error as exc:
+                log.warning("vectorizer %s: the capture could not follow what DDL did to %s.%s yet (%s); "
+                            "tried again next round", v.name, schema, table, str(exc).strip())
+
+
+def _follow_key_types(conn: psycopg.Connection, v: Any, oid: int, *, fresh: bool = False) -> None:
+    """A key column of the source took another type (int -> bigint, say): its queue, inbox,
+    failed and destination tables take it too, or keys the old type cannot hold would fail
+    to queue. Built-in types only (a domain's checks would run as the capture's role on
+    another role's code); any other stays, with a warning, and its keys fail visibly.
+    ``fresh``: the table is one created again under a dropped one's name, so every key these
+    tables hold is of a row gone; one that cannot take the new type ('k45' as an integer) is
+    emptied first, as the triggers' event trigger does."""
+    pipe = v.config.get("pipeline") or {}
+    places = [(v.queue, k, False) for k in v.keys] + [(v.inbox, k, True) for k in v.keys] \
+        + [(v.failed, k, False) for k in v.keys]
+    if pipe.get("destination"):
+        places += [(tuple(pipe["destination"]), d, False) for d in pipe["dest_keys"]]
+    keys = list(v.keys) * 3 + (list(v.keys) if pipe.get("destination") else [])
+    drift = conn.execute(q.key_type_drift(), {
+        "src": oid, "keys": keys, "schemas": [p[0][0] for p in places], "tables": [p[0][1] for p in places],
+        "cols": [p[1] for p in places], "arrays": [p[2] for p in places]}).fetchall()
+    for schema, table, column, want, builtin in drift:
+        if not builtin:
+            log.warning("vectorizer %s: its key became %s, not a built-in type; its tables follow built-in "
+                        "key types only: drop it (keep_destination=True keeps the embeddings) and create it "
+                        "again", v.name, want)
+            return
+        log.warning("vectorizer %s: its key column is %s now; %s.%s.%s follows", v.name, want, schema, table, column)
+        if not fresh:
+            conn.execute(q.alter_key_type((schema, table), column, want))
+            continue
+        try:
+            with conn.transaction():
+                conn.execute(q.alter_key_type((schema, table), column, want))
+        except psycopg.errors.DataError:  # keys of the dropped table's rows the new type cannot hold
+            conn.execute(q.delete_all((schema, table)))
+            conn.execute(q.alter_key_type((schema, table), column, want))
+
+
+def _partitions_moved(conn: psycopg.Connection, v: Any, source: Rel, recorded: dict[str, str],
+                      state: dict[str, str]) -> None:
+    t = _target(v, source)
+    came = [int(rel) for rel, x in state.items() if recorded.get(rel) != x]
+    went = [int(rel) for rel in recorded if rel not in state]
+    for rel in came:
+        found = conn.execute(q.relation_by_oid(), [rel]).fetchone()
+        if found is not None:
+            conn.execute(q.backfill(v.queue, (found[1], found[2]), v.keys))
+    if not went:
+        return
+    log.warning("vectorizer %s: %d partition(s) of %s left it (detached or dropped); their rows are "
+                "queued as deleted", v.name, len(went), ".".join(source))
+    if t.on_truncate is not None:
+        conn.execute(t.on_truncate)
+        return
+    for rel in went:
+        found = conn.execute(q.relation_by_oid(), [rel]).fetchone()
+        if found is None:
+            log.warning("vectorizer %s: a partition of %s was dropped, and a callback vectorizer has no "
+                        "destination to find its keys in: its consumer keeps those rows", v.name,
+                        ".".join(source))
+        else:  # detached: its keys are no longer the source's, and come to the callback as deleted
+            conn.execute(q.backfill(v.queue, (found[1], found[2]), v.keys))
 
 
 def wal_vectorizers(conn: psycopg.Connection) -> list[Any]:
@@ -558,6 +658,7 @@ def capture(db: Any, conn: psycopg.Connection) -> CaptureResult:
             return total
         return _recreate(db, conn, slot, wal, lost=info is not None)
     take_on_recreated(conn)
+    follow_tables(conn)
     with conn.transaction():  # what is committed now, flushed: no further
         _move_restart_point(conn, slot)
         upto = first(conn.execute(q.flush_wal() if conn.info.server_version >= 170000

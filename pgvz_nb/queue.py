@@ -531,6 +531,9 @@ class Queue:
 
         capture.check_identity(conn, self.source, self.keys)
         capture.ensure(conn, self.source, self.keys)
+        # the partitions it has now: those attached or detached later are followed from these
+        oid = first(conn.execute(q.relation_oid(), list(self.source)))[0]
+        self.set_extra(conn, partitions=capture.partition_state(conn, oid))
 
     def _remove_triggers(self, conn: psycopg.Connection) -> None:
         if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:

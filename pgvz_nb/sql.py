@@ -823,7 +823,7 @@ FOREIGN_CODE_FUNCTION: Rel = ("pgvz", "foreign_code")
 UNSAFE_TABLES_FUNCTION: Rel = ("pgvz", "unsafe_tables")
 
 #: the version each file in plpgsql/ must state on its first line (bump it with the body)
-PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 3, DROP_FUNCTION: 3, GUARD_DROPS_FUNCTION: 2,
+PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 4, DROP_FUNCTION: 4, GUARD_DROPS_FUNCTION: 2,
                     FOREIGN_CODE_FUNCTION: 1, UNSAFE_TABLES_FUNCTION: 1}
 
 
@@ -1802,6 +1802,51 @@ SELECT oid::bigint FROM up ORDER BY depth DESC LIMIT 1"""
     ).format()
 
 
+def partition_tree() -> sql.Composed:
+    """(oid, xmin of its pg_inherits row) of every partition of table oid %s, at any depth.
+    The xmin tells a partition detached and attached again (a new row) from one that stayed:
+    its rows may have changed while it was out, with no change of theirs published. Catalog
+    rows only: no lock on the application's tables."""
+    return sql.SQL(
+        """WITH RECURSIVE down(oid, x, depth) AS (
+    SELECT i.inhrelid, i.xmin::text, 1 FROM pg_inherits i WHERE i.inhparent = %s::oid
+    UNION ALL
+    SELECT i.inhrelid, i.xmin::text, down.depth + 1 FROM down JOIN pg_inherits i ON i.inhparent = down.oid
+    WHERE down.depth < 100
+)
+SELECT oid::bigint, x FROM down"""
+    ).format()
+
+
+def key_type_drift() -> sql.Composed:
+    """(schema, table, column, type wanted, whether it is built in) of each key column of a
+    vectorizer's own tables whose type is not its source key column's now (an int key made
+    bigint with no trigger to follow it). %(src)s: the source's oid; the parallel arrays
+    %(keys)s (source key column), %(schemas)s, %(tables)s, %(cols)s (the table's column for it)
+    and %(arrays)s (the inbox holds arrays of keys)."""
+    return sql.SQL(
+        """SELECT t.s, t.r, t.c, CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END, k.builtin
+FROM unnest(%(keys)s::text[], %(schemas)s::text[], %(tables)s::text[], %(cols)s::text[], %(arrays)s::bool[])
+     AS t(k, s, r, c, arr)
+JOIN LATERAL (SELECT format_type(a.atttypid, a.atttypmod) AS typ, ty.typnamespace = 'pg_catalog'::regnamespace AS builtin
+              FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+              WHERE a.attrelid = %(src)s::oid AND a.attname = t.k AND a.attnum > 0 AND NOT a.attisdropped) AS k ON true
+JOIN pg_namespace n ON n.nspname = t.s
+JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = t.r
+JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.c AND a.attnum > 0 AND NOT a.attisdropped
+WHERE format_type(a.atttypid, a.atttypmod) <> CASE WHEN t.arr THEN k.typ || '[]' ELSE k.typ END"""
+    ).format()
+
+
+def alter_key_type(rel: Rel, column: str, type_name: str) -> sql.Composed:
+    """Give a vectorizer's own key column the source key's new type. ``type_name`` is
+    format_type()'s text of a built-in type (key_type_drift checks it is one): PostgreSQL's
+    own spelling, a fixed name with at most a numeric modifier, so it goes in as SQL; the
+    values go through text, as any key can."""
+    return sql.SQL("ALTER TABLE {} ALTER COLUMN {c} TYPE {t} USING {c}::text::{t}").format(
+        ident(rel), c=Name(column), t=sql.SQL(type_name))
+
+
 def relation_by_oid() -> sql.Composed:
     """(oid, schema, name) of table oid %s, if it exists."""
     return sql.SQL(
@@ -1825,6 +1870,12 @@ def catalog_add_backfill() -> sql.Composed:
         "UPDATE {} SET config = jsonb_set(config, '{{backfill}}', coalesce(config->'backfill', '[]') || %s) "
         "WHERE name = %s"
     ).format(ident(CATALOG))
+
+
+def catalog_set_partitions() -> sql.Composed:
+    """Record the partitions a WAL vectorizer's source has now (%s, jsonb) for vectorizer id %s."""
+    return sql.SQL("UPDATE {} SET config = jsonb_set(config, '{{partitions}}', %s) WHERE id = %s").format(
+        ident(CATALOG))
 
 
 def catalog_set_source() -> sql.Composed:

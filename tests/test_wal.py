@@ -680,3 +680,111 @@ def test_the_slot_restarts_after_what_a_round_read(db, conn, schema, wal_cleanup
     v.sync(progress=False)
     assert len(dest_state(conn, schema)) == 2000
     v.drop()
+
+
+def test_partitions_attached_detached_and_dropped_are_followed_after_the_fact(db, conn, schema, wal_cleanup):
+    """ATTACH, DETACH and DROP of a partition put no row change in the WAL: the capture
+    compares the source's partitions with those it recorded and queues what moved, with no
+    pgvz_nb code in the application's DDL."""
+    t = sql.Identifier(schema, "parts")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)").format(t))
+    for name, lo, hi in (("parts_a", 0, 100), ("parts_b", 100, 200)):
+        conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})").format(
+            sql.Identifier(schema, name), t, sql.Literal(lo), sql.Literal(hi)))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'in a'), (101, 'in b'), (102, 'in b too')").format(t))
+    v = wal_vectorizer(db, schema, name="parts")
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {1: "in a", 101: "in b", 102: "in b too"}
+    # a table with rows attached: its rows join the source as they are
+    c = sql.Identifier(schema, "parts_c")
+    conn.execute(sql.SQL("CREATE TABLE {} (id int PRIMARY KEY, body text)").format(c))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (201, 'attached with rows'), (202, 'and another')").format(c))
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM (200) TO (300)").format(t, c))
+    assert triggers_on(conn, schema, "parts_c") == []
+    v.sync(progress=False)
+    assert set(dest_state(conn, schema, "parts")) == {1, 101, 102, 201, 202}
+    # detached: its rows leave the source; written to while out, then attached again: the
+    # writes it missed (nothing of them is published) come in with it
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, c))
+    v.sync(progress=False)
+    assert set(dest_state(conn, schema, "parts")) == {1, 101, 102}
+    conn.execute(sql.SQL("UPDATE {} SET body = 'changed while detached' WHERE id = 201").format(c))
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM (200) TO (300)").format(t, c))
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts")[201] == "changed while detached"
+    # detached and attached again between two captures: told apart by its new pg_inherits row
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, c))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'out and back in' WHERE id = 202").format(c))
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES FROM (200) TO (300)").format(t, c))
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts")[202] == "out and back in"
+    # a partition dropped: its rows' embeddings go
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "parts_b")))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (2, 'written meanwhile')").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {
+        1: "in a", 2: "written meanwhile", 201: "changed while detached", 202: "out and back in"}
+    v.drop()
+
+
+def key_types(conn, queue) -> set[str]:
+    """The types of the key column id in a vectorizer's queue, inbox and failed tables."""
+    return {r[0] for r in conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attname = 'id' AND attrelid IN "
+        "(to_regclass(%s), to_regclass(%s), to_regclass(%s))",
+        [".".join(queue.queue), ".".join(queue.inbox), ".".join(queue.failed)]).fetchall()}
+
+
+def test_a_key_made_bigint_is_followed_and_a_table_created_again_with_another_key_type_taken_on(
+        db, conn, schema, wal_cleanup):
+    """No event trigger gives a WAL vectorizer's tables a key's new type: the capture does,
+    before it queues keys the old type cannot hold; a table created again under the name
+    with another key type empties the keys of the dropped one's rows that cannot take it."""
+    make_table(conn, schema, rows=3)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    t = sql.Identifier(schema, "docs")
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (3000000000, 'past 2^31')").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema)
+    assert 3000000000 in dest_state(conn, schema)
+    queue = v._queue
+    assert key_types(conn, queue) == {"bigint", "bigint[]"}
+    # dropped, created again with a text key: its keys and the kept ones' types cannot meet
+    conn.execute(sql.SQL("DROP TABLE {}").format(t))
+    conn.execute(sql.SQL("CREATE TABLE {} (id text PRIMARY KEY, body text, views int DEFAULT 0)").format(t))
+    conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES ('k1', 'a text key')").format(t))
+    v.sync(progress=False)
+    v.sync(progress=False)  # the first took the table on; its rows are queued at the next claim
+    got = conn.execute(sql.SQL("SELECT docs_id, contents FROM {}").format(
+        sql.Identifier(schema, "docs_embedding"))).fetchall()
+    assert got == [("k1", "a text key")]
+    assert key_types(conn, queue) == {"text", "text[]"}  # nothing left for the next rounds to try again
+    v.drop()
+
+
+def test_the_ddl_guard_knows_the_table_by_its_oid(db, conn, schema, wal_cleanup):
+    """The guard that keeps a WAL table's replica identity acts on the vectorizer's own table
+    wherever it is (renamed, with no capture since to move the catalog's name), and never on
+    another table that took the name of one dropped: the application creates and alters that
+    one freely."""
+    make_table(conn, schema, rows=2)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO moved").format(sql.Identifier(schema, "docs")))
+    moved = sql.Identifier(schema, "moved")
+    for ddl in ("ALTER TABLE {} DROP CONSTRAINT docs_pkey", "ALTER TABLE {} RENAME COLUMN id TO ident"):
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="replica identity") as err:
+            conn.execute(sql.SQL(ddl).format(moved))
+        assert "capture='triggers'" in err.value.diag.message_hint
+        conn.rollback()
+    conn.execute(sql.SQL("UPDATE {} SET body = 'still updatable' WHERE id = 1").format(moved))
+    # dropped; a table of the name with another key, and DDL on it, meet no refusal
+    conn.execute(sql.SQL("DROP TABLE {}").format(moved))
+    conn.execute(sql.SQL("CREATE TABLE {} (uid bigint PRIMARY KEY, body text)").format(moved))
+    conn.execute(sql.SQL("ALTER TABLE {} DROP CONSTRAINT moved_pkey").format(moved))
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(moved))
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'x')").format(moved))
+    conn.execute(sql.SQL("UPDATE {} SET body = 'y'").format(moved))
+    v.drop()

@@ -1,4 +1,4 @@
--- pgvz_nb function pgvz.follow_ddl, version 3
+-- pgvz_nb function pgvz.follow_ddl, version 4
 --
 -- Run by event trigger pgvz_follow_ddl at the end of every CREATE TABLE, ALTER TABLE and
 -- ALTER SCHEMA. For each vectorizer whose source (or a partition, child, or table running
@@ -110,6 +110,13 @@ BEGIN
     src := (SELECT c.oid FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
             WHERE n.nspname = v.source_schema AND c.relname = v.source_table);
     IF v.config->>'capture' = 'wal' THEN
+      -- its table is the one of the oid create() recorded, wherever it is now (the catalog's
+      -- name follows a rename only at the next capture); a table created under the name of
+      -- one dropped is not in the publication, and not the vectorizer's until a capture takes
+      -- it on: nothing to keep for it
+      IF v.config ? 'source_oid' THEN
+        src := (SELECT c.oid FROM pg_class c WHERE c.oid = (v.config->>'source_oid')::oid);
+      END IF;
       IF src = ANY (objs) AND NOT EXISTS (
           SELECT 1 FROM pg_class c WHERE c.oid = src AND (c.relreplident = 'f' OR EXISTS (
             SELECT 1 FROM pg_index x WHERE x.indrelid = src
