@@ -213,6 +213,14 @@ class Source:
     big_ids: bool = False  # an int key made bigint: fresh ids go past 2^31
     history: list[str] = field(default_factory=list)  # DDL that took effect
     dropped_keys: set[str] = field(default_factory=set)  # a callback's: keys of rows in dropped tables
+    # capture="wal": created again under the name its vectorizer follows, and no capture has
+    # run since to take it on; moved (renamed, its schema renamed) before one does, it is lost
+    # to the vectorizer (README, "What WAL capture follows")
+    unclaimed: bool = False
+    # capture="wal": renamed or moved since the last capture, which is when the catalog follows
+    # a move (by the table's oid); dropped and created again before one runs, the table is
+    # lost to the vectorizer too: the catalog names where it was
+    stale_name: bool = False
 
     @property
     def ref(self) -> Ref:
@@ -774,14 +782,33 @@ def index(w: World, s: Source) -> Iterator[Step]:
 # --- DDL: the table and its schema -------------------------------------------------------------
 
 
+def moved(s: Source) -> None:
+    """The table was renamed or moved: its vectorizer follows it (triggers: the table's own;
+    WAL: by the oid the catalog holds), unless WAL capture has not yet taken it on."""
+    if s.unclaimed:
+        lost(s)
+    elif s.state == "live":
+        s.followed = s.ref
+        s.stale_name = s.shape.capture == "wal"
+
+
+def lost(s: Source) -> None:
+    """A WAL vectorizer's table dropped and created again, then moved before a capture ran, or
+    moved, then dropped and created again at its new name before one ran: the capture finds
+    neither the old table's oid nor a table at the name its catalog holds, and the vectorizer
+    keeps what it had (documented: README, "What WAL capture follows"); the table is no longer its."""
+    s.unclaimed = False
+    if s.state == "live":
+        s.state, s.followed = "other", None
+
+
 @kind(4)
 def rename_table(w: World, s: Source) -> Iterator[Step]:
     new = w.new_name(s.label)
 
     def done():
         s.table = new
-        if s.state == "live":
-            s.followed = s.ref
+        moved(s)
     yield ddl(w, s, "rename_table", S("ALTER TABLE {} RENAME TO {}", s.ref, ident(new)), on_commit=done)
 
 
@@ -792,8 +819,7 @@ def set_schema(w: World, s: Source) -> Iterator[Step]:
     def done():
         s.schema = other
         s.indexes.clear()  # they went along; dropping them by their old schema would miss
-        if s.state == "live":
-            s.followed = s.ref
+        moved(s)
     yield ddl(w, s, "set_schema", S("ALTER TABLE {} SET SCHEMA {}", s.ref, Ref(other)), on_commit=done)
 
 
@@ -808,6 +834,8 @@ def rename_schema(w: World, s: Source) -> Iterator[Step]:
         for other in w.sources:  # the others in it, or with their destination in it, went along
             if other is not s and logical in (other.schema, other.home):
                 other.history.append(f"{step.role} rename_schema: (its schema) RENAME TO {new.vectorized}")
+            if other.schema == logical:
+                moved(other)
     step = ddl(w, s, "rename_schema", S("ALTER SCHEMA {} RENAME TO {}", Ref(logical), new),
                role=w.rng.choice((SUPER, OWNER)), on_commit=done)
     yield step
@@ -977,6 +1005,9 @@ def drop_recreate(w: World, s: Source) -> Iterator[Step]:
             s.dropped_keys |= {k for k, in w.inspect.execute(sql.SQL("SELECT k FROM {} WHERE label = %s").format(
                 ident(*w.mirror)), [s.label]).fetchall()}
         s.state = "live" if same and s.ref == s.followed else "other"
+        s.unclaimed = s.state == "live" and s.shape.capture == "wal"
+        if s.unclaimed and s.stale_name:
+            lost(s)
         s.keys, s.key_types, s.layout = keys, types, "plain"
         s.cols, s.extra, s.big_ids = {c: c for c in (*WATCHED, "n")}, {}, False
     create = S("CREATE TABLE {} ({}, PRIMARY KEY ({}))", s.ref, w.columns_ddl(keys, types), idents(keys))
@@ -1118,6 +1149,9 @@ def mirror_callback(w: World, label: str):
 
 def drain(w: World, s: Source) -> None:
     """Drain the vectorizer's queue as a worker would; raises what that raises."""
+    for other in w.sources:  # its sync captures first, for every WAL vectorizer of the database
+        if other.state == "live" and other.ref == other.followed:
+            other.unclaimed = other.stale_name = False
     if s.shape.vkind == "pipeline":
         for name, dims in pipeline_sides(s):
             v = pgvz.Vectorizer.open(w.db, name, embedder=HashingEmbedder(dims))
