@@ -845,7 +845,10 @@ def _lsn_text(value: int) -> str:
     return f"{value >> 32:X}/{value & 0xFFFFFFFF:X}"
 
 
-def slot_status(conn: psycopg.Connection) -> tuple[str | None, int | None]:
-    """(wal_status, bytes of WAL the slot holds back) of this database's slot, or (None, None)."""
+def slot_status(conn: psycopg.Connection) -> tuple[str | None, int | None, int | None]:
+    """(wal_status, bytes of WAL the slot holds back, bytes not captured yet) of this
+    database's slot, or Nones. The first is what counts against max_slot_wal_keep_size: it
+    runs from the restart point, which PostgreSQL moves at a running-transactions record
+    (``_move_restart_point``), so it can stay some MB above the second."""
     row = conn.execute(q.slot_info(), [slot_name(conn.info.dbname)]).fetchone()
-    return (row[0], row[1]) if row else (None, None)
+    return (row[0], row[1], row[2]) if row else (None, None, None)

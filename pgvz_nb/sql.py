@@ -1731,11 +1731,12 @@ def drop_publication() -> sql.Composed:
 
 
 def slot_info() -> sql.Composed:
-    """(wal_status, bytes of WAL the slot holds back, confirmed_flush_lsn, active) of slot %s,
-    or no row."""
+    """(wal_status, bytes of WAL the slot holds back (from its restart_lsn: what the server
+    keeps for it), bytes not captured yet (from confirmed_flush_lsn)) of slot %s, or no row."""
     return sql.SQL(
-        "SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
-        "confirmed_flush_lsn, active FROM pg_replication_slots WHERE slot_name = %s"
+        "SELECT wal_status, pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+        "pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+        "FROM pg_replication_slots WHERE slot_name = %s"
     ).format()
 
 

@@ -1161,7 +1161,7 @@ class Vectorizer(_Connections):
                 source_rows = first(conn.execute(q.count_where(self.source, where)))[0]
                 last_success = first(conn.execute(q.catalog_last_success(), [queue.id]))[0]
                 uncovered = queue.uncovered(conn)
-                wal_status, lag = capture.slot_status(conn) if queue.capture == "wal" else (None, None)
+                wal_status, lag, behind = capture.slot_status(conn) if queue.capture == "wal" else (None,) * 3
                 has_model = "model" in dict(conn.execute(q.column_types(), list(self.destination)).fetchall())
                 models = [m for m, _ in conn.execute(q.destination_models(self.destination)).fetchall()
                           ] if has_model else []
@@ -1180,8 +1180,10 @@ class Vectorizer(_Connections):
             # partitions (or inheritance children) whose direct writes are not queued yet
             "uncovered_partitions": ", ".join(".".join(r) for r in uncovered),
             # how changes reach the queue; for "wal": the slot's state ('reserved', 'extended',
-            # 'unreserved', 'lost'; None: no slot yet) and the WAL it holds back, in bytes
+            # 'unreserved', 'lost'; None: no slot yet), the WAL it holds back (what counts
+            # against max_slot_wal_keep_size) and the WAL not captured yet, in bytes
             "capture": queue.capture, "wal_status": wal_status, "slot_lag_bytes": lag,
+            "capture_lag_bytes": behind,
             "capture_error": self.capture_error,
             # what makes this vectorizer's vectors, and the models the destination holds
             # vectors of (more than one: search compares vectors of different models)
