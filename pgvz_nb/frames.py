@@ -30,8 +30,15 @@ TIME_COLUMNS = ("queued_at", "retry_after", "first_queued_at", "failed_at", "cre
 COUNT_COLUMNS = ("attempts",)
 #: metadata or template fields that make a good title for a hit, best first
 TITLE_NAMES = ("title", "name", "subject", "headline", "heading", "topic")
+#: column types (format_type's spelling, modifier cut) whose values are text to show or embed
+TEXT_TYPES = ("text", "character varying", "character", "varchar", "citext")
 MISSING = "—"
 _ROWS_SHOWN = 60  # a longer frame shows its first and last rows
+
+
+def is_text_type(sql_type: str) -> bool:
+    """A column of this type holds text (``TEXT_TYPES``): varchar(200) does, jsonb does not."""
+    return sql_type.split("(")[0].strip() in TEXT_TYPES
 
 
 class Frame(pd.DataFrame):

@@ -234,8 +234,7 @@ class Migration:
             st = v.status(full=True)
             pending = int(st["pending"][0])
             rate = self._rates.get(_queue(v).id)
-            with v.db.connect() as conn, conn.transaction():
-                models = [m for m, _ in conn.execute(q.destination_models(v.destination)).fetchall()]
+            models = st.attrs["models"]
             out.append({
                 "role": role, "name": v.name, "destination": ".".join(v.destination),
                 "model": self._model(v), "pending": pending, "failed": int(st["failed"][0]),
@@ -243,7 +242,7 @@ class Migration:
                 "done_pct": float(st["coverage_pct"][0]) if pending or int(st["failed"][0]) else 100.0,
                 "eta": pd.Timedelta(seconds=math.ceil(pending / rate)) if rate and pending else (
                     pd.Timedelta(0) if not pending else pd.NaT),
-                "models_in_destination": ", ".join(str(m) for m in models),
+                "models_in_destination": ", ".join(models),
                 "state": info["state"],
             })
         result = frame(out)

@@ -1019,7 +1019,7 @@ class Vectorizer(_Connections):
         else such a text column of the source (read for each search's hits). Asked once."""
         if self._title is not None:
             return self._title or None
-        from .frames import TITLE_NAMES
+        from .frames import TITLE_NAMES, is_text_type
         from .pipeline import template_fields
 
         def titled(names: list[str]) -> str | None:
@@ -1035,7 +1035,7 @@ class Vectorizer(_Connections):
                     columns = conn.execute(q.table_columns(), list(self.source)).fetchall()
             except psycopg.Error:
                 return None
-            found = titled([c[0] for c in columns if any(t in c[1] for t in ("text", "char"))])
+            found = titled([c[0] for c in columns if is_text_type(c[1])])
         self._title = found or ""
         return found
 
@@ -1196,6 +1196,7 @@ class Vectorizer(_Connections):
                 f"({', '.join(str(m) for m in models)}): search compares vectors that are not "
                 f"comparable; re-embed with create(replace=True), or build a clean one with "
                 f"migrate(embedder=...)", UserWarning, stacklevel=2)
+        frame.attrs["models"] = [str(m) for m in models]  # the ids themselves (a migration's status shows them)
         # proper dtypes even when a value is missing: tz-aware timestamps, timedelta ages
         frame["oldest_pending_age"] = pd.Series([frame["oldest_pending_age"][0]], dtype="timedelta64[ns]")
         for col in ("next_retry", "last_success"):

@@ -23,6 +23,7 @@ import ipywidgets as W
 from . import sql as q
 from .db import Database, column_names, connect, mask_dsn
 from .errors import PgvzError
+from .frames import is_text_type
 from .vectorizer import Vectorizer
 
 __all__ = ["EmbeddingMap", "MigrationPanel", "SearchPanel", "SetupPanel", "SyncPanel", "embedding_map", "highlight"]
@@ -78,6 +79,38 @@ class _Fallback:
         return data
 
 
+class _Refreshing:
+    """A panel whose status redraws itself every few seconds from a thread (``update``), while
+    ``_may_refresh()`` (not during its own sync, which redraws it), until it is closed or
+    ``_refresh_over()``; an error stops the loop, said in the panel's message."""
+
+    _closed: threading.Event
+    message: Any
+
+    def update(self) -> None:
+        raise NotImplementedError
+
+    def _may_refresh(self) -> bool:
+        return True
+
+    def _refresh_over(self) -> bool:
+        return False
+
+    def _auto_refresh(self, every: float) -> None:
+        while not self._closed.wait(every):
+            if self._refresh_over():
+                return
+            if not self._may_refresh():
+                continue
+            try:
+                self.update()
+            except Exception as exc:  # noqa: BLE001 - a dropped vectorizer, a closed connection
+                with contextlib.suppress(Exception):
+                    self.message.value = (_error_html(exc) + "<small>The status stopped "
+                                          "refreshing; press a button to try again.</small>")
+                return
+
+
 def _table_html(frame, columns: list[str] | None = None, max_chars: int = 160) -> str:
     """A DataFrame's ``columns`` as an escaped HTML table, displayed as the frames display
     themselves ("6 s ago", "—" for missing, long texts cut)."""
@@ -103,12 +136,7 @@ def _embedder(kind: str):
 # --- setup ---------------------------------------------------------------------------------
 
 _WIDE = {"description_width": "initial"}  # labels such as "Chunk column" are not cut
-_TEXT_TYPES = ("text", "character varying", "character", "varchar", "citext")
 _TEXT_NAMES = ("contents", "content", "body", "text")  # preferred as the chunk column
-
-
-def _is_text(sql_type: str) -> bool:
-    return sql_type.split("(")[0].strip() in _TEXT_TYPES
 
 
 class SetupPanel(_Fallback, W.VBox):
@@ -225,7 +253,7 @@ class SetupPanel(_Fallback, W.VBox):
             keys = conn.execute(q.unique_keys(), [schema, table]).fetchall()
         self._key = list(keys[0][1]) if keys else []
         cols = list(self._types)
-        texts = [c for c in cols if _is_text(self._types[c])]
+        texts = [c for c in cols if is_text_type(self._types[c])]
         self.chunk_column.options = [("(none)", None), *((c, c) for c in texts)]
         self.metadata.options = cols
         self.time_column.options = [("(none)", None), *((c, c) for c in cols if "time" in self._types[c]
@@ -418,7 +446,7 @@ _STATUS_COLUMNS = ["pending", "claimable", "retrying", "failed", "embedded_rows"
                    "coverage_pct", "oldest_pending_age"]
 
 
-class SyncPanel(_Fallback, W.VBox):
+class SyncPanel(_Refreshing, _Fallback, W.VBox):
     """Live status, Run one batch / Sync all / Stop, progress with rate and ETA, errors with Retry.
 
     Sync all runs ``Vectorizer.sync()`` (its batches sized to take about ``batch_seconds``)
@@ -508,16 +536,8 @@ class SyncPanel(_Fallback, W.VBox):
             raise PgvzError("no vectorizer yet: press Create in the SetupPanel first")
         return self.v
 
-    def _auto_refresh(self, every: float) -> None:
-        while not self._closed.wait(every):
-            if self.v is not None and (self.thread is None or not self.thread.is_alive()):
-                try:
-                    self.update()
-                except Exception as exc:  # noqa: BLE001 - a dropped vectorizer, a closed connection
-                    with contextlib.suppress(Exception):
-                        self.message.value = (_error_html(exc) + "<small>The status stopped "
-                                              "refreshing; press a button to try again.</small>")
-                    return
+    def _may_refresh(self) -> bool:
+        return self.v is not None and (self.thread is None or not self.thread.is_alive())
 
     def close(self) -> None:
         if hasattr(self, "_closed"):  # not when __init__ refused its argument
@@ -787,7 +807,7 @@ class SearchPanel(_Fallback, W.VBox):
         self.filters = {key: W.Dropdown(description=key, style=_WIDE, index=0,
                                         options=[("(any)", None)] + [(str(v), v) for v in vals])
                         for key, vals in values.items()}
-        self.title_column = _title_column(vectorizer)
+        self.title_column = vectorizer._title_column()
         self.start = W.DatePicker(description="From", disabled=not time_col)
         self.end = W.DatePicker(description="Until", disabled=not time_col)
         self.show_map = W.Checkbox(value=True, description="2-D map (PCA)")
@@ -941,27 +961,6 @@ def _source_rows(v: Vectorizer, keys: list[Any]) -> dict[str, dict[str, Any]]:
         return {str(r[names.index(key)]): dict(zip(names, r)) for r in cur.fetchall()}
 
 
-def _title_column(v: Vectorizer) -> str | None:
-    """The column that titles a hit: a metadata key, else a template field, named like a
-    title (``frames.TITLE_NAMES``: title, name, subject, ...), as search frames pick it;
-    else such a text column of the source, which the frames do not read."""
-    from .frames import TITLE_NAMES
-    from .pipeline import template_fields
-
-    def titled(names: list[str]) -> str | None:
-        lower: dict[str, str] = {}
-        for n in names:
-            lower.setdefault(n.lower(), n)
-        return next((lower[t] for t in TITLE_NAMES if t in lower), None)
-
-    found = titled(list(v.config.metadata)) or titled(template_fields(v.config.template or ""))
-    if found is not None:
-        return found
-    with v.db.connect() as conn:
-        columns = conn.execute(q.table_columns(), list(v.source)).fetchall()
-    return titled([c[0] for c in columns if _is_text(c[1])])
-
-
 def _as_utc(day):
     from datetime import datetime, timezone
 
@@ -1071,7 +1070,7 @@ def embedding_map(v: Vectorizer, query: str, hits, limit: int = 400, *, filter: 
     axes[:, :min(2, len(vt))] = vt[:2].T
     xy = np.vstack([(vecs - mean) @ axes, ((qv - mean) @ axes)[None, :]])
     hit_ids = {str(i) for i in hits["id"]} if len(hits) else set()
-    col = _title_column(v)
+    col = v._title_column()
     titles: dict[str, Any] = {}
     if col is not None and col not in v.config.metadata:  # in the source row only
         titles = {k: row.get(col) for k, row in _source_rows(v, [(r[2] or {}).get(key) for r in rows]).items()}
@@ -1106,7 +1105,7 @@ def _boxed(table: str) -> str:
     return f"<div style='overflow-x:auto;line-height:1.4'>{table}</div>"
 
 
-class MigrationPanel(_Fallback, W.VBox):
+class MigrationPanel(_Refreshing, _Fallback, W.VBox):
     """A model change in progress (``v.migrate(...)``): the shadow's progress and both sides'
     status, Sync / Stop, the old and new models' hits side by side for your queries, Cutover,
     Rollback and Finish.
@@ -1262,18 +1261,11 @@ class MigrationPanel(_Fallback, W.VBox):
         self._buttons()
         self._show_code()
 
-    def _auto_refresh(self, every: float) -> None:
-        while not self._closed.wait(every):
-            if self.finished:
-                return
-            if not self._busy():
-                try:
-                    self.update()
-                except Exception as exc:  # noqa: BLE001 - a dropped vectorizer, a closed connection
-                    with contextlib.suppress(Exception):
-                        self.message.value = (_error_html(exc) + "<small>The status stopped "
-                                              "refreshing; press a button to try again.</small>")
-                    return
+    def _may_refresh(self) -> bool:
+        return not self._busy()
+
+    def _refresh_over(self) -> bool:
+        return self.finished
 
     def _buttons(self) -> None:
         """Enable what can work now; say why the switch buttons cannot."""
