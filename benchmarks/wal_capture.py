@@ -16,7 +16,8 @@
    here) before it returns. One writer, so keys arrive in commit order and the k-th key
    queued is the k-th written. Beside it, end to end
    with a ``Worker`` running (commit to the row in the destination, seen by polling it every
-   2 ms), in each capture mode: triggers wake the worker by NOTIFY, WAL capture by its poll.
+   2 ms), in each capture mode: triggers wake the worker by NOTIFY, WAL capture by a look at
+   the slot every 0.1 s (worker.WAL_CHECK_EVERY), either way within the poll.
 4. CPU per written row. The writer backend's CPU (/proc/PID/schedstat) in each mode; for WAL
    mode also the capture call's backend (it decodes the WAL: the peek runs there) and its
    Python thread (time.thread_time). Moving keys from the inbox to the queue and embedding
@@ -430,7 +431,8 @@ def latency_worker(db: pgvz.Database, mode: str, writes: int, gap: float, poll: 
     missing = [k for k, _ in commits if k not in seen]
     if missing:
         raise SystemExit(f"the worker ({mode}) embedded {len(commits) - len(missing)} of {len(commits)} rows")
-    return {**percentiles([(seen[k] - c) * 1e3 for k, c in commits]), "poll_s": poll, "wakeups": worker.wakeups}
+    return {**percentiles([(seen[k] - c) * 1e3 for k, c in commits]), "poll_s": poll, "wakeups": worker.wakeups,
+            "wal_wakeups": worker.wal_wakeups}
 
 
 # --- the run ------------------------------------------------------------------------------
@@ -571,7 +573,7 @@ def print_latency_and_cpu(args: argparse.Namespace, cpu: dict, lat: dict) -> Non
     for label, _, _ in WORKER_CASES:
         x = lat[label]
         print(f"    {label:<24} p50 {x['p50_ms']:7.1f} ms, p99 {x['p99_ms']:7.1f} ms  ({x['n']} writes, "
-              f"{x['wakeups']} NOTIFY wake-ups)")
+              f"{x['wakeups']} NOTIFY wake-ups, {x['wal_wakeups']} from the slot)")
 
     print("\n4. CPU per written row, microseconds (medians over rounds): writer = the writing backend; "
           "WAL capture = the capture call's backend (decoding) + its Python thread")

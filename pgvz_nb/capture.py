@@ -836,6 +836,31 @@ def _write_keys(conn: psycopg.Connection, t: Target, cols: list[list[bytes]]) ->
             copy.write_row([array_literal(col[start:start + KEYS_PER_INBOX_ROW]) for col in cols])
 
 
+#: decoded messages a wake-up check looks at, at most (see ``commit_waiting``)
+WAKE_PEEK_ROWS = 1000
+
+
+def commit_waiting(conn: psycopg.Connection) -> bool | None:
+    """Whether the slot holds a committed change to a published table that no capture took
+    yet: what wakes a waiting worker under WAL capture, as a trigger's NOTIFY does under
+    triggers. pgvz_nb's own writes (queues, destinations, progress) are not published, so
+    they wake nobody. Under the capture lock, so that it never makes a capture's peek fail
+    (the slot is busy while it is peeked); None while another process captures, and before
+    PostgreSQL 15 (its pgoutput sends empty transactions: every write would wake)."""
+    if conn.info.server_version < 150000:
+        return None
+    with conn.transaction():
+        if not first(conn.execute(q.try_capture_lock()))[0]:
+            return None
+        try:
+            with conn.transaction():
+                found = conn.execute(q.peek_commit(), {"slot": slot_name(conn.info.dbname),
+                                                       "rows": WAKE_PEEK_ROWS}).fetchone()
+        except psycopg.errors.ObjectInUse:
+            return None
+    return found is not None
+
+
 def _lsn(text: str) -> int:
     hi, lo = str(text).split("/")
     return (int(hi, 16) << 32) | int(lo, 16)

@@ -1785,6 +1785,21 @@ def peek_changes() -> sql.Composed:
     ).format(pub=sql.Literal(PUBLICATION))
 
 
+def peek_commit() -> sql.Composed:
+    """1 if slot %(slot)s holds, within its next %(rows)s decoded messages, the commit of a
+    transaction that changed a published table (pgoutput sends nothing of a transaction
+    that changed none, PostgreSQL 15+): a waiting worker's wake-up under WAL capture. A large
+    transaction still in progress arrives as stream chunks, not a commit: no wake-up for it."""
+    return sql.SQL(
+        "SELECT 1 FROM pg_logical_slot_peek_binary_changes(%(slot)s, NULL, %(rows)s, 'proto_version', '2', "
+        "'publication_names', {pub}, 'streaming', 'on') WHERE get_byte(data, 0) IN (67, 99) LIMIT 1"
+    ).format(pub=sql.Literal(PUBLICATION))
+
+
+def wal_insert_lsn() -> sql.Composed:
+    return sql.SQL("SELECT pg_current_wal_insert_lsn()::text").format()
+
+
 def advance_slot() -> sql.Composed:
     """After the keys and the progress committed: lets the server recycle the WAL."""
     return sql.SQL("SELECT pg_replication_slot_advance(%s, %s::pg_lsn)").format()

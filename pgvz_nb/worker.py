@@ -4,7 +4,9 @@ Any number of workers, in any number of processes and machines, can drain the sa
 queues: PostgreSQL's row and advisory locks keep them from processing one key twice.
 Between rounds a worker sleeps until a trigger's NOTIFY (sent once per writing statement,
 at commit) or ``poll`` seconds, whichever comes first; the poll picks up rows whose
-backoff ran out. A lost connection (the server restarted, the network blinked) is retried
+backoff ran out. Under WAL capture nothing NOTIFYs: a waiting worker looks at the slot
+every WAL_CHECK_EVERY seconds instead (only when the WAL moved since its last look, and
+less often when a look is costly: ``_wal_check``). A lost connection (the server restarted, the network blinked) is retried
 with an exponential backoff, a batch the server rolled back (a deadlock) at once;
 SIGTERM / SIGINT finish the current batch and exit.
 """
@@ -21,8 +23,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
+from . import capture
 from . import sql as q
-from .db import Database
+from .db import Database, first
 from .errors import PgvzError, blame, connection_lost, rolled_back, translate
 from .queue import Queue
 from .vectorizer import SyncReport, Vectorizer
@@ -30,6 +33,12 @@ from .vectorizer import SyncReport, Vectorizer
 __all__ = ["Worker", "WorkerStats"]
 
 log = logging.getLogger("pgvz_nb.worker")
+
+#: how often a waiting worker with a WAL vectorizer looks for a change committed to it
+WAL_CHECK_EVERY = 0.1
+#: the share of a waiting worker's time those looks may take: a look that took 20 ms (the
+#: slot decodes the WAL written since its restart point) puts the next 200 ms off
+WAL_CHECK_SHARE = 0.1
 
 
 @dataclass
@@ -60,6 +69,9 @@ class Worker:
         self._open: dict[str, Vectorizer] = {}
         self._listener: psycopg.Connection | None = None
         self.wakeups = 0  # rounds started by a NOTIFY rather than the poll
+        self.wal_wakeups = 0  # rounds started by a change found in the slot (WAL capture)
+        self._wal_conn: psycopg.Connection | None = None  # the looks at the slot
+        self._wal_mark: str | None = None  # the WAL's insert position at the last look
 
     def install_signal_handlers(self) -> None:
         """SIGTERM and SIGINT ask for a clean stop after the current batch."""
@@ -100,6 +112,9 @@ class Worker:
         if self._listener is not None:
             self._listener.close()
             self._listener = None
+        if self._wal_conn is not None:
+            self._wal_conn.close()
+            self._wal_conn = None
 
     def _listen(self) -> psycopg.Connection:
         """LISTEN before each round, not after it: a NOTIFY sent while the round runs (a
@@ -112,19 +127,55 @@ class Worker:
         return self._listener
 
     def _wait(self) -> None:
-        """Sleep until a NOTIFY for one of our vectorizers, ``poll`` seconds, or a stop."""
+        """Sleep until a NOTIFY for one of our vectorizers, a change in the slot for a WAL
+        one, ``poll`` seconds, or a stop."""
         listener = self._listen()
         ids = {str(v._queue.id) for v in self._open.values() if v._queue is not None}
-        deadline = time.monotonic() + self.poll
+        wal = any(v._queue is not None and v._queue.capture == "wal" for v in self._open.values())
+        now = time.monotonic()
+        deadline, next_look = now + self.poll, now
         while not self.stop_event.is_set():
-            left = deadline - time.monotonic()
+            now = time.monotonic()
+            left = deadline - now
             if left <= 0:
                 return
-            # short slices, so that a stop request is seen quickly
-            for note in listener.notifies(timeout=min(left, 0.5)):
+            if wal and now >= next_look:
+                pause = self._wal_check()
+                if pause is None:
+                    self.wal_wakeups += 1
+                    return
+                next_look = now + pause
+            # short slices, so that a stop request (and the slot) is seen quickly
+            slice_ = min(left, 0.5, max(next_look - now, 0.01) if wal else 0.5)
+            for note in listener.notifies(timeout=slice_):
                 if not ids or note.payload in ids:
                     self.wakeups += 1
                     return
+
+    def _wal_check(self) -> float | None:
+        """Look at the slot (on a connection of its own) when the WAL moved since the last
+        look: None if a committed change waits there, else the seconds until the next look.
+        A look that fails (no REPLICATION for this role, the slot gone) leaves it to the poll."""
+        try:
+            if self._wal_conn is None:
+                self._wal_conn = self.db.connect(autocommit=True)
+            lsn = first(self._wal_conn.execute(q.wal_insert_lsn()))[0]
+            if lsn == self._wal_mark:
+                return WAL_CHECK_EVERY
+            t0 = time.monotonic()
+            found = capture.commit_waiting(self._wal_conn)
+            took = time.monotonic() - t0
+        except psycopg.Error as exc:
+            log.debug("looking at the slot failed (%s); the poll wakes this worker", exc)
+            if self._wal_conn is not None:
+                self._wal_conn.close()
+                self._wal_conn = None
+            return self.poll
+        if found:
+            return None
+        if found is not None:  # nothing committed for us up to ``lsn``; None: look again
+            self._wal_mark = lsn
+        return max(WAL_CHECK_EVERY, took / WAL_CHECK_SHARE)
 
     def run_once(self) -> int:
         """Drain every vectorizer until its queue has nothing claimable; returns keys processed.

@@ -790,3 +790,36 @@ def test_the_ddl_guard_knows_the_table_by_its_oid(db, conn, schema, wal_cleanup)
     conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'x')").format(moved))
     conn.execute(sql.SQL("UPDATE {} SET body = 'y'").format(moved))
     v.drop()
+
+
+def test_a_waiting_worker_wakes_for_a_change_in_the_slot_and_not_for_its_own_writes(db, conn, schema, wal_cleanup):
+    """No trigger NOTIFYs a worker of a change to a WAL-captured table: a waiting worker looks
+    at the slot instead, so a change is embedded long before its poll (here two minutes),
+    while its own writes (queues, destination, progress: none published) wake it for nothing."""
+    from pgvz_nb.worker import Worker
+
+    make_table(conn, schema, rows=2)
+    v = wal_vectorizer(db, schema)
+    worker = Worker(db, [v.name], poll=120)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: worker.stats.rounds >= 1)  # its first round done: it waits
+        assert dest_state(conn, schema) == source_state(conn, schema)
+        worker.stop_event.wait(0.5)
+        rounds = worker.stats.rounds
+        conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (3, 'found in the slot')").format(
+            sql.Identifier(schema, "docs")))
+        wait_for(lambda: dest_state(conn, schema).get(3) == "found in the slot" and worker.stats.rounds > rounds)
+        assert worker.wal_wakeups >= 1 and worker.wakeups == 0
+        settled = worker.stats.rounds
+        # a write to a table no vectorizer follows, and the worker's own: no round
+        conn.execute(sql.SQL("CREATE TABLE {} (x int)").format(sql.Identifier(schema, "elsewhere")))
+        conn.execute(sql.SQL("INSERT INTO {} SELECT generate_series(1, 100)").format(
+            sql.Identifier(schema, "elsewhere")))
+        worker.stop_event.wait(1.5)
+        assert worker.stats.rounds == settled
+    finally:
+        worker.stop_event.set()
+        thread.join(timeout=30)
+    v.drop()
