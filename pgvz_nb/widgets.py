@@ -468,14 +468,15 @@ class SyncPanel(_Refreshing, _Fallback, W.VBox):
         self.batch_seconds = batch_seconds
         self.poll = poll
         self.status_html = W.HTML()
-        self.batch_button = W.Button(description="Run one batch", icon="step-forward")
+        self.batch_button = W.Button(description="Run one batch", icon="step-forward",
+                                     layout=W.Layout(width="auto"))  # its label is not cut
         self.sync_button = W.Button(description="Sync all", button_style="primary", icon="play")
         self.stop_button = W.Button(description="Stop", button_style="warning", icon="stop", disabled=True)
         self.progress = W.IntProgress(value=0, min=0, max=1, description="Sync")
         self.progress.add_class("pgvz-progress")  # a stable name for browser tests
         self.rate = W.HTML()
         self.errors_html = W.HTML()
-        self.retry_button = W.Button(description="Retry failed", icon="redo")
+        self.retry_button = W.Button(description="Retry failed", icon="redo", layout=W.Layout(width="auto"))
         self.message = W.HTML()
         self.code = W.HTML()
         self.batch_button.on_click(lambda _: _guarded(self.run_batch, self.message))
@@ -664,9 +665,14 @@ class SyncPanel(_Refreshing, _Fallback, W.VBox):
         self.progress.value = max(self._base + shown, self.progress.value if estimate else 0)
         elapsed = max(time.perf_counter() - t0, 1e-9)
         rate = done / elapsed
-        eta = f", ETA {pending / rate:.0f} s" if rate else ""
+        if rate:
+            speed = f"{rate:.1f} rows/s, ETA {pending / rate:.0f} s" if pending else f"{rate:.1f} rows/s"
+        elif texts:  # the first batch is still with the model: no row written to time yet
+            speed = f"{texts / elapsed:.1f} chunks/s, the first batch not written yet"
+        else:
+            speed = "waiting for the model's first answer"
         self.rate.value = (f"{self._base + done} of {self.progress.max} rows written, {texts} chunks "
-                           f"embedded, {rate:.1f} rows/s{eta}")
+                           f"embedded, {speed}")
         self._show_status(st)
 
     def _run(self, runner: Vectorizer, start_pending: int, failed_before: int) -> None:

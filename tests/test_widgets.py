@@ -257,8 +257,13 @@ def test_sync_panel_first_claim_moves_by_the_share_embedded_never_beyond(db, sch
     panel = SyncPanel(v, refresh=0, poll=0.1)
     seen: list[tuple[int, int]] = []  # (texts the model had embedded, bar value)
     panel.progress.observe(lambda ch: seen.append((slow.done, ch["new"])), names="value")
+    rates: list[str] = []
+    panel.rate.observe(lambda ch: rates.append(ch["new"]), names="value")
     panel.sync_all(wait=True)
     texts = slow.done  # the one claim's texts, all embedded
+    first = [r for r in rates if r.startswith("0 of")]  # no row written yet
+    assert first and not [r for r in first if "0.0 rows/s" in r], rates
+    assert [r for r in first if "chunks/s" in r], f"the first batch's speed is its chunks': {rates}"
     assert texts >= 2 * total, "several chunks a row"
     during = [(d, n) for d, n in seen if d < texts]  # before the claim could commit
     assert [n for _, n in during if 0 < n < total], f"the bar moves during the first claim: {seen}"
