@@ -85,13 +85,15 @@ class RowError(PgvzError):
 
 class EmbeddingUnavailable(PgvzError):
     """The embedding service is down or refusing work; the batch went back to the queue, its
-    rows charged nothing. ``retry_after``: seconds the service asked to wait, or a backoff."""
+    rows charged nothing. ``retry_after``: seconds the service asked to wait, or a backoff;
+    ``counted``: the rest of a pause an earlier refusal asked for (already in sync's budget)."""
 
     pgvz_not_the_rows = True
 
-    def __init__(self, message: str, retry_after: float = 1.0):
+    def __init__(self, message: str, retry_after: float = 1.0, *, counted: bool = False):
         super().__init__(message)
         self.retry_after = retry_after
+        self.counted = counted
 
 
 class CallbackFailed(PgvzError):

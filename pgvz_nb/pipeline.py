@@ -239,6 +239,7 @@ class Pipeline:
         self.stop: threading.Event | None = None  # set: the batch being embedded goes back (SIGTERM)
         self._service_up_at = -math.inf  # when the model last answered
         self._outages = 0  # batches sent back in a row because the service was unavailable
+        self._refused_until = -math.inf  # the service asked for a pause until then (Retry-After)
 
     # --- pure parts ----------------------------------------------------------------------
 
@@ -417,7 +418,14 @@ class Pipeline:
         claim back whole, charges no row, and says how long to wait (Retry-After). A 5xx
         while the service answers other texts is these texts' (ServiceRowError): the batch
         is halved until the rows it refuses are isolated and retried with a backoff. No
-        waiting happens here, inside the claim: ``sync`` waits between claims."""
+        waiting happens here, inside the claim: ``sync`` waits between claims. A batch that
+        was already waiting for the model (the other lane's) when the service asked for a
+        pause goes back the same way, without a call, until the pause is over."""
+        pause = self._refused_until - time.monotonic()
+        if pause > 0:
+            raise EmbeddingUnavailable(
+                f"the embedding service asked for a pause {pause:.1f} s more; the batch went back to the "
+                "queue, no row was charged", retry_after=pause, counted=True)
         try:
             raw = self._call_model(texts)
         except Exception as exc:
@@ -429,6 +437,7 @@ class Pipeline:
                     f"the embedding service answered {len(texts)} text(s) with {type(exc).__name__}: "
                     f"{exc}, while it answers others; these rows are retried after a backoff") from exc
             self._outages += 1
+            self._refused_until = time.monotonic() + wait
             raise EmbeddingUnavailable(
                 f"the embedding service is not answering ({type(exc).__name__}: {exc}); the batch "
                 f"went back to the queue, no row was charged; next try in {wait:.0f} s",

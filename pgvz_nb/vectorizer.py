@@ -499,11 +499,13 @@ class _Lanes:
         """The batch went back because the model's service is unavailable: pause every lane
         for as long as it asks, until ``budget`` seconds in all have gone (then raise)."""
         with self.lock:
-            if self.waited + exc.retry_after > budget:
-                raise exc
-            self.waited += exc.retry_after
+            if not exc.counted:  # the rest of a pause counted when it was asked for: not again
+                if self.waited + exc.retry_after > budget:
+                    raise exc
+                self.waited += exc.retry_after
             self.hold = max(self.hold, time.monotonic() + exc.retry_after)
-        _log.warning("%s; waiting %.1f s", exc, exc.retry_after)
+        if not exc.counted:
+            _log.warning("%s; waiting %.1f s", exc, exc.retry_after)
 
     def count(self, result: ProcessResult, stats: Any, seconds: float, batch_seconds: float | None,
               *, hi: int, bar: Any) -> bool:

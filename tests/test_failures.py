@@ -86,9 +86,9 @@ def test_transient_429_and_5xx_are_waited_out_and_nothing_fails(db, conn, schema
         v = pgvz.Vectorizer(db, f"{schema}.docs", template="{body}", embedder=emb).create()
         server.fail_next = pending_failures
         start = len(server.requests)
-        # one lane: with two, a batch already waiting for the model calls it right after the
-        # other lane's 429 (Retry-After is honoured between claims, not by a call in hand)
-        report = v.sync(progress=False, lanes=1)
+        # two lanes: a batch already waiting for the model when the other lane's call got the
+        # 429 goes back without a call too (it once called right after it: 40 ms apart)
+        report = v.sync(progress=False, lanes=2)
         assert report.failed == 0 and report.processed == 30
         assert dest_keys(conn, schema) == list(range(1, 31))
         assert v.errors().empty and v.status()["retrying"][0] == 0
