@@ -73,6 +73,7 @@ class Txn:
     keys: dict[int, list[list[bytes]]] = field(default_factory=dict)
     truncated: set[int] = field(default_factory=set)
     unroutable: set[int] = field(default_factory=set)  # a key column came as 'unchanged TOAST'
+    keyless: set[int] = field(default_factory=set)  # a DELETE whose old key lacks the key columns
 
     def columns(self, rel: int, width: int) -> list[list[bytes]]:
         cols = self.keys.get(rel)
@@ -86,6 +87,7 @@ class Txn:
                 mine.extend(theirs)
         self.truncated |= other.truncated
         self.unroutable |= other.unroutable
+        self.keyless |= other.keyless
 
 
 class Decoder:
@@ -228,6 +230,8 @@ class Decoder:
             if None in key:
                 if tag == 78:  # 'N' with an unchanged TOASTed key column: not in the record
                     target.unroutable.add(rel)
+                elif data[0] == 68:  # a DELETE's old key without ours (another replica identity)
+                    target.keyless.add(rel)
             else:
                 for column, value in zip(cols, key):
                     column.append(value)  # type: ignore[arg-type]  # no None: checked above
@@ -519,13 +523,14 @@ def _take_on(conn: psycopg.Connection, v: Any, t: Target, oid: int) -> None:
             conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])  # never queue the writers for long
             check_identity(conn, t.source, t.keys)
             ensure(conn, t.source, t.keys)
-            _follow_key_types(conn, v, oid, fresh=True)
+            _follow_key_types(conn, v, fresh=True, oid=oid)
             if t.on_truncate is not None:
                 conn.execute(t.on_truncate)
             # its rows are queued by the next claim (Queue.complete_backfill), in a transaction
             # after this one commits: a snapshot taken here would miss writes committed
             # before the table's place in the publication is
-            v.set_extra(conn, source_oid=oid, backfill=[list(t.source)], partitions=partition_state(conn, oid))
+            v.set_extra(conn, source_oid=oid, backfill=[list(t.source)])
+            conn.execute(q.wal_follow_set_partitions(), [v.id, Jsonb(partition_state(conn, oid))])
         log.warning("vectorizer %s: %s was dropped and created again; it follows the new table",
                     v.name, ".".join(t.source))
     except (psycopg.Error, ConfigConflict) as exc:
@@ -540,86 +545,182 @@ def partition_state(conn: psycopg.Connection, oid: int) -> dict[str, str]:
     return {str(rel): x for rel, x in conn.execute(q.partition_tree(), [oid]).fetchall()}
 
 
+#: how long following a key's new type may wait for a lock on the vectorizer's queue, inbox
+#: and failed tables: only pgvz_nb's own workers use them (no trigger writes them under WAL
+#: capture), and a worker's claim holds its queue for as long as the model takes
+OWN_TABLE_LOCK_WAIT = "30s"
+
+
 def follow_tables(conn: psycopg.Connection) -> None:
-    """Before a capture round, under the capture lock, what the triggers' event trigger does
-    for a trigger vectorizer in the application's transaction, done after the fact for each
-    WAL vectorizer whose table exists: a key column's new type given to its own tables
-    (``_follow_key_types``), and partitions attached, detached or dropped since the last round
-    followed (``_partitions_moved``). Each vectorizer in a savepoint under the lock timeout:
-    one whose tables cannot be had now (a lock held) is tried again next round, the others
-    go on; the partitions' recorded state moves only with the keys it queued."""
-    from .queue import LOCK_TIMEOUT
-
+    """Before a capture round, what the triggers' event trigger does for a trigger vectorizer
+    in the application's transaction, done after the fact for each WAL vectorizer whose
+    table exists: a key column's new type given to its own tables (``_follow_key_types``),
+    and partitions attached, detached or dropped since the last round followed
+    (``_follow_partitions``). Each step in a short transaction of its own, under the
+    capture lock (taken again each time: another process capturing meanwhile does it): a
+    destination's lock is held no longer than its own ALTER, and one step failing (a lock
+    not had in time, a view on the destination) leaves the others to go on. What cannot be
+    followed is logged and kept (``pgvz.wal_follow``, shown by status() as ``capture_error``)
+    until it can be; it is tried again every round."""
     with conn.transaction():
-        if not first(conn.execute(q.try_capture_lock()))[0]:
-            return  # the process capturing does it
-        for v in wal_vectorizers(conn):
-            now = conn.execute(q.relation_by_oid(), [v.config.get("source_oid")]).fetchone()
-            if now is None:
-                continue  # dropped (take_on_recreated's), or made before pgvz_nb recorded the oid
-            oid, schema, table = now
-            state, recorded = partition_state(conn, oid), v.config.get("partitions")
+        found = wal_vectorizers(conn)
+        kept = {v.id: conn.execute(q.wal_follow_get(), [v.id]).fetchone() or (None, None) for v in found} \
+            if found and conn.execute(q.find_relation(), list(q.WAL_FOLLOW)).fetchone() else None
+    if kept is None:
+        return  # made before pgvz_nb kept it: create() again makes it (and a worker may not)
+    for v in found:
+        v.config["partitions"], recorded_error = kept[v.id]
+        problems: list[str] = []
+        for step in (_follow_key_types, _follow_partitions):
             try:
-                with conn.transaction():
-                    conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
-                    _follow_key_types(conn, v, oid)
-                    if state != recorded:
-                        if recorded is not None:  # else: a vectorizer made before pgvz_nb kept one
-                            _partitions_moved(conn, v, (schema, table), recorded, state)
-                        conn.execute(q.catalog_set_partitions(), [Jsonb(state), v.id])
+                if step(conn, v, isolated=True) is None:
+                    return  # another process captures now
             except psycopg.Error as exc:
-                log.warning("vectorizer %s: the capture could not follow what DDL did to %s.%s yet (%s); "
-                            "tried again next round", v.name, schema, table, str(exc).strip())
+                problems.append(str(exc).strip().splitlines()[0])
+        text = "; ".join(problems) if problems else None
+        if text != recorded_error:
+            if text:
+                log.warning("vectorizer %s: the capture could not follow what DDL did to its table yet "
+                            "(%s); tried again every round", v.name, text)
+            with conn.transaction():
+                conn.execute(q.wal_follow_set_error(), [v.id, text])
 
 
-def _follow_key_types(conn: psycopg.Connection, v: Any, oid: int, *, fresh: bool = False) -> None:
-    """A key column of the source took another type (int -> bigint, say): its queue, inbox,
-    failed and destination tables take it too, or keys the old type cannot hold would fail
-    to queue. Built-in types only (a domain's checks would run as the capture's role on
-    another role's code); any other stays, with a warning, and its keys fail visibly.
-    ``fresh``: the table is one created again under a dropped one's name, so every key these
-    tables hold is of a row gone; one that cannot take the new type ('k45' as an integer) is
-    emptied first, as the triggers' event trigger does."""
+def follow_now(conn: psycopg.Connection, v: Any) -> None:
+    """``follow_tables`` for one vectorizer in the caller's transaction (switching it to
+    triggers: what the WAL side had still to follow is done first). Raises what fails."""
+    row = conn.execute(q.wal_follow_get(), [v.id]).fetchone()
+    v.config["partitions"] = row[0] if row else None
+    _follow_key_types(conn, v)
+    _follow_partitions(conn, v)
+
+
+def _source_oid(conn: psycopg.Connection, v: Any) -> tuple[int, Rel] | None:
+    now = conn.execute(q.relation_by_oid(), [v.config.get("source_oid")]).fetchone()
+    return (now[0], (now[1], now[2])) if now is not None else None
+
+
+def _key_places(v: Any) -> tuple[list[str], list[tuple[Rel, str, bool]]]:
+    """(source key column, (table, its column, holds arrays)) of every column of the
+    vectorizer's own tables that holds a key: queue, inbox, failed, then the destination."""
     pipe = v.config.get("pipeline") or {}
     places = [(v.queue, k, False) for k in v.keys] + [(v.inbox, k, True) for k in v.keys] \
         + [(v.failed, k, False) for k in v.keys]
+    keys = list(v.keys) * 3
     if pipe.get("destination"):
         places += [(tuple(pipe["destination"]), d, False) for d in pipe["dest_keys"]]
-    keys = list(v.keys) * 3 + (list(v.keys) if pipe.get("destination") else [])
-    drift = conn.execute(q.key_type_drift(), {
-        "src": oid, "keys": keys, "schemas": [p[0][0] for p in places], "tables": [p[0][1] for p in places],
-        "cols": [p[1] for p in places], "arrays": [p[2] for p in places]}).fetchall()
-    for schema, table, column, want, builtin in drift:
+        keys += list(v.keys)
+    return keys, places
+
+
+def _follow_key_types(conn: psycopg.Connection, v: Any, *, fresh: bool = False, isolated: bool = False,
+                      oid: int | None = None) -> bool | None:
+    """A key column of the source took another type (int -> bigint, say): its queue, inbox,
+    failed and destination tables take it too, or keys the old type cannot hold would fail
+    to queue (the destination last: its rewrite is the one readers wait for, as they do when
+    the event trigger does it under triggers). Built-in types only (a domain's checks would
+    run as the capture's role on another role's code); any other stays, with a warning, and
+    its keys fail visibly. ``fresh``: the table is one created again under a dropped one's
+    name, so every key these tables hold is of a row gone; one that cannot take the new type
+    ('k45' as an integer) is emptied first, as the triggers' event trigger does.
+    ``isolated``: each ALTER in a transaction of its own under the capture lock (returns
+    None if another process holds it), else all in the caller's. ``oid``: the source's, when
+    the catalog does not hold it yet (a table being taken on)."""
+    def drift() -> list[tuple] | None:
+        src = oid if oid is not None else (_source_oid(conn, v) or (None,))[0]
+        if src is None:
+            return []
+        keys, places = _key_places(v)
+        rows = conn.execute(q.key_type_drift(), {
+            "src": src, "keys": keys, "schemas": [p[0][0] for p in places],
+            "tables": [p[0][1] for p in places], "cols": [p[1] for p in places],
+            "arrays": [p[2] for p in places]}).fetchall()
+        dest = tuple((v.config.get("pipeline") or {}).get("destination") or ())
+        return sorted(rows, key=lambda r: (r[0], r[1]) == dest)  # the destination last
+
+    if isolated:
+        with conn.transaction():
+            rows = drift()
+    else:
+        rows = drift()
+    dest = tuple((v.config.get("pipeline") or {}).get("destination") or ())
+    from .queue import LOCK_TIMEOUT
+
+    for schema, table, column, want, builtin in rows or []:
         if not builtin:
             log.warning("vectorizer %s: its key became %s, not a built-in type; its tables follow built-in "
                         "key types only: drop it (keep_destination=True keeps the embeddings) and create it "
                         "again", v.name, want)
-            return
+            return True
         log.warning("vectorizer %s: its key column is %s now; %s.%s.%s follows", v.name, want, schema, table, column)
-        if not fresh:
-            conn.execute(q.alter_key_type((schema, table), column, want))
-            continue
-        try:
+        wait = LOCK_TIMEOUT if (schema, table) == dest else OWN_TABLE_LOCK_WAIT
+        if isolated:
             with conn.transaction():
-                conn.execute(q.alter_key_type((schema, table), column, want))
-        except psycopg.errors.DataError:  # keys of the dropped table's rows the new type cannot hold
-            conn.execute(q.delete_all((schema, table)))
-            conn.execute(q.alter_key_type((schema, table), column, want))
+                if not first(conn.execute(q.try_capture_lock()))[0]:
+                    return None
+                conn.execute(q.set_local(), ["lock_timeout", wait])
+                _alter_key_type(conn, (schema, table), column, want, fresh)
+        else:
+            _alter_key_type(conn, (schema, table), column, want, fresh)
+    return True
 
 
-def _partitions_moved(conn: psycopg.Connection, v: Any, source: Rel, recorded: dict[str, str],
+def _alter_key_type(conn: psycopg.Connection, rel: Rel, column: str, want: str, fresh: bool) -> None:
+    if not fresh:
+        conn.execute(q.alter_key_type(rel, column, want))
+        return
+    try:
+        with conn.transaction():
+            conn.execute(q.alter_key_type(rel, column, want))
+    except psycopg.errors.DataError:  # keys of the dropped table's rows the new type cannot hold
+        conn.execute(q.delete_all(rel))
+        conn.execute(q.alter_key_type(rel, column, want))
+
+
+def _follow_partitions(conn: psycopg.Connection, v: Any, *, isolated: bool = False) -> bool | None:
+    """Partitions attached, detached or dropped since the state recorded (``partition_state``,
+    kept in ``pgvz.wal_follow``), which moves in the same transaction as the keys queued for them.
+    ``isolated``: in a transaction of its own under the capture lock and the lock timeout
+    (None if another process holds the lock), else in the caller's."""
+    from .queue import LOCK_TIMEOUT
+
+    def body() -> bool:
+        found = _source_oid(conn, v)
+        if found is None:
+            return True  # dropped (take_on_recreated's), or made before pgvz_nb recorded the oid
+        oid, source = found
+        state, recorded = partition_state(conn, oid), v.config.get("partitions")
+        if state == recorded:
+            return True
+        if recorded is not None:  # else: a vectorizer made before pgvz_nb kept one, from now on
+            _partitions_moved(conn, v, oid, source, recorded, state)
+        conn.execute(q.wal_follow_set_partitions(), [v.id, Jsonb(state)])
+        v.config["partitions"] = state
+        return True
+
+    if not isolated:
+        return body()
+    with conn.transaction():
+        if not first(conn.execute(q.try_capture_lock()))[0]:
+            return None
+        conn.execute(q.set_local(), ["lock_timeout", LOCK_TIMEOUT])
+        return body()
+
+
+def _partitions_moved(conn: psycopg.Connection, v: Any, oid: int, source: Rel, recorded: dict[str, str],
                       state: dict[str, str]) -> None:
+    """Partitions that came (new, or attached again: another pg_inherits row) have their
+    rows queued; if any went, or came back (rows may have gone while it was out, with
+    nothing published), the destination keys that are not in the source are queued too."""
     t = _target(v, source)
     came = [int(rel) for rel, x in state.items() if recorded.get(rel) != x]
-    went = [int(rel) for rel in recorded if rel not in state]
+    went = [int(rel) for rel, x in recorded.items() if state.get(rel) != x]
     for rel in came:
-        found = conn.execute(q.relation_by_oid(), [rel]).fetchone()
-        if found is not None:
-            conn.execute(q.backfill(v.queue, (found[1], found[2]), v.keys))
+        _queue_partition(conn, v, oid, source, rel)
     if not went:
         return
-    log.warning("vectorizer %s: %d partition(s) of %s left it (detached or dropped); their rows are "
-                "queued as deleted", v.name, len(went), ".".join(source))
+    log.warning("vectorizer %s: %d partition(s) of %s left it or came back (detached, dropped, attached "
+                "again); the rows that left are queued as deleted", v.name, len(went), ".".join(source))
     if t.on_truncate is not None:
         conn.execute(t.on_truncate)
         return
@@ -629,8 +730,22 @@ def _partitions_moved(conn: psycopg.Connection, v: Any, source: Rel, recorded: d
             log.warning("vectorizer %s: a partition of %s was dropped, and a callback vectorizer has no "
                         "destination to find its keys in: its consumer keeps those rows", v.name,
                         ".".join(source))
-        else:  # detached: its keys are no longer the source's, and come to the callback as deleted
+        elif rel not in came:  # detached: its keys are no longer the source's, and come as deleted
             conn.execute(q.backfill(v.queue, (found[1], found[2]), v.keys))
+
+
+def _queue_partition(conn: psycopg.Connection, v: Any, oid: int, source: Rel, rel: int) -> None:
+    """Queue the rows of partition ``rel`` of the source (oid ``oid``): read from it directly
+    where this role may, else through the source (a worker's grants are on the source),
+    picked by tableoid, which scans every partition."""
+    found = conn.execute(q.relation_by_oid(), [rel]).fetchone()
+    if found is None:
+        return
+    if first(conn.execute(q.may_select(), [rel]))[0]:
+        conn.execute(q.backfill(v.queue, (found[1], found[2]), v.keys))
+    else:
+        leaves = [rel] + [int(r) for r in partition_state(conn, rel)]
+        conn.execute(q.backfill_rows_of(v.queue, source, v.keys), [leaves])
 
 
 def wal_vectorizers(conn: psycopg.Connection) -> list[Any]:
@@ -780,6 +895,8 @@ def _capture_round(conn: psycopg.Connection, slot: str, upto: str) -> CaptureRes
                 result.truncates += 1
             for rel in txn.unroutable:
                 unknown.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in unknown)
+            for rel in txn.keyless:  # deleted rows with no key: found as the destination's extra keys
+                truncated.extend(t for t in route(rel, decoder.relations.get(rel)) if t not in truncated)
         for t, keys in per_target.values():
             _isolated(conn, t, lambda t=t, keys=keys: _write_keys(conn, t, keys))
         for t in truncated:

@@ -311,7 +311,7 @@ class Queue:
                 f"would write into them; drop that schema, or give it to a trusted role "
                 f"(ALTER SCHEMA {q.CATALOG[0]} OWNER TO ...) after checking what it holds"
             )
-        for rel in (q.CATALOG, q.IN_FLIGHT, q.WAL_PROGRESS):
+        for rel in (q.CATALOG, q.IN_FLIGHT, q.WAL_PROGRESS, q.WAL_FOLLOW):
             check_trusted(conn, rel, "pgvz_nb's table", superuser_ok=True)
         if first(conn.execute(q.catalog_exists(), [".".join(q.CATALOG)]))[0]:
             no_column, no_in_flight, no_policy = first(conn.execute(
@@ -330,6 +330,8 @@ class Queue:
             conn.execute(q.in_flight_policy())
         if conn.execute(q.find_relation(), list(q.WAL_PROGRESS)).fetchone() is None:
             conn.execute(q.create_wal_progress())
+        if conn.execute(q.find_relation(), list(q.WAL_FOLLOW)).fetchone() is None:
+            conn.execute(q.create_wal_follow())
         cls._ensure_event_triggers(conn)
 
     @staticmethod
@@ -533,7 +535,7 @@ class Queue:
         capture.ensure(conn, self.source, self.keys)
         # the partitions it has now: those attached or detached later are followed from these
         oid = first(conn.execute(q.relation_oid(), list(self.source)))[0]
-        self.set_extra(conn, partitions=capture.partition_state(conn, oid))
+        conn.execute(q.wal_follow_set_partitions(), [self.id, Jsonb(capture.partition_state(conn, oid))])
 
     def _remove_triggers(self, conn: psycopg.Connection) -> None:
         if conn.execute(q.find_relation(), list(self.source)).fetchone() is not None:
@@ -563,6 +565,9 @@ class Queue:
             self._remove_triggers(conn)
             self.set_extra(conn, source_oid=first(conn.execute(q.relation_oid(), list(self.source)))[0])
         else:
+            from . import capture
+
+            capture.follow_now(conn, self)  # what the capture had still to follow of the DDL
             self._install_triggers(conn)
             self._leave_publication(conn)
         self.set_extra(conn, capture=to)

@@ -823,7 +823,7 @@ FOREIGN_CODE_FUNCTION: Rel = ("pgvz", "foreign_code")
 UNSAFE_TABLES_FUNCTION: Rel = ("pgvz", "unsafe_tables")
 
 #: the version each file in plpgsql/ must state on its first line (bump it with the body)
-PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 4, DROP_FUNCTION: 4, GUARD_DROPS_FUNCTION: 2,
+PLPGSQL_VERSIONS = {PARTITION_FUNCTION: 5, DROP_FUNCTION: 5, GUARD_DROPS_FUNCTION: 2,
                     FOREIGN_CODE_FUNCTION: 1, UNSAFE_TABLES_FUNCTION: 1}
 
 
@@ -1466,7 +1466,8 @@ ORDER BY f.score DESC, distance LIMIT %(k)s
 # --- privileges -------------------------------------------------------------------------
 
 
-def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel | None) -> sql.Composed:
+def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel | None,
+                 wal_follow: bool = True) -> sql.Composed:
     """What a worker role needs, and nothing more: read the catalog and the source, work
     the queue tables (FOR UPDATE needs UPDATE), and replace rows in the destination; and
     record the WAL capture's progress (REPLICATION itself is a role attribute, not a grant)."""
@@ -1479,6 +1480,8 @@ def grant_worker(role: str, source: Rel, queue_tables: Sequence[Rel], dest: Rel 
         sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(source[0]), r),
         sql.SQL("GRANT SELECT ON {} TO {}").format(ident(source), r),
     ]
+    if wal_follow:  # (made by create() since pgvz_nb kept it)
+        parts.append(sql.SQL("GRANT SELECT, INSERT, UPDATE ON {} TO {}").format(ident(WAL_FOLLOW), r))
     for rel in queue_tables:
         parts.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(Name(rel[0]), r))
         parts.append(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {} TO {}").format(ident(rel), r))
@@ -1623,6 +1626,7 @@ PUBLICATION = "pgvz_nb"
 #: same transaction as the keys it queued, so that at a restart the progress and the
 #: queue agree whatever the slot says (its advance is not durable until a checkpoint).
 WAL_PROGRESS: Rel = ("pgvz", "wal_progress")
+WAL_FOLLOW: Rel = ("pgvz", "wal_follow")
 # pg_try_advisory_xact_lock key of the capture loop: one consumer of the slot at a time
 CAPTURE_LOCK_KEY = 0x7067767A_00000002
 
@@ -1888,10 +1892,51 @@ def catalog_add_backfill() -> sql.Composed:
     ).format(ident(CATALOG))
 
 
-def catalog_set_partitions() -> sql.Composed:
-    """Record the partitions a WAL vectorizer's source has now (%s, jsonb) for vectorizer id %s."""
-    return sql.SQL("UPDATE {} SET config = jsonb_set(config, '{{partitions}}', %s) WHERE id = %s").format(
-        ident(CATALOG))
+def create_wal_follow() -> sql.Composed:
+    """What the WAL capture keeps of each WAL vectorizer's table (see capture.follow_tables):
+    the partitions it had at the last round, and what it could not follow of a DDL. Apart
+    from the catalog, so that a worker role (grant_worker) may write it: it may not write the
+    catalog's configuration, which the event triggers act on as a superuser."""
+    return sql.SQL(
+        """CREATE TABLE IF NOT EXISTS {} (
+            vectorizer   int PRIMARY KEY REFERENCES {} (id) ON DELETE CASCADE,
+            partitions   jsonb,
+            follow_error text
+        )"""
+    ).format(ident(WAL_FOLLOW), ident(CATALOG))
+
+
+def wal_follow_get() -> sql.Composed:
+    """(partitions, follow_error) kept for vectorizer id %s, or no row."""
+    return sql.SQL("SELECT partitions, follow_error FROM {} WHERE vectorizer = %s").format(ident(WAL_FOLLOW))
+
+
+def wal_follow_set_partitions() -> sql.Composed:
+    """Vectorizer id %s's table has the partitions %s (jsonb) now."""
+    return sql.SQL(
+        "INSERT INTO {} (vectorizer, partitions) VALUES (%s, %s) "
+        "ON CONFLICT (vectorizer) DO UPDATE SET partitions = EXCLUDED.partitions"
+    ).format(ident(WAL_FOLLOW))
+
+
+def wal_follow_set_error() -> sql.Composed:
+    """What the capture could not follow for vectorizer id %s (%s, text; None: nothing now)."""
+    return sql.SQL(
+        "INSERT INTO {} (vectorizer, follow_error) VALUES (%s, %s) "
+        "ON CONFLICT (vectorizer) DO UPDATE SET follow_error = EXCLUDED.follow_error"
+    ).format(ident(WAL_FOLLOW))
+
+
+def may_select() -> sql.Composed:
+    """Whether the current role may read table oid %s itself."""
+    return sql.SQL("SELECT has_table_privilege(%s::oid, 'SELECT')").format()
+
+
+def backfill_rows_of(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Composed:
+    """Queue the source's rows that live in the partitions %s (an oid array), read through
+    the source: for a role whose grants are on the source only."""
+    return sql.SQL("INSERT INTO {} ({k}) SELECT {k} FROM {} WHERE tableoid = ANY (%s::oid[])").format(
+        ident(queue), ident(source), k=_cols(keys))
 
 
 def catalog_set_source() -> sql.Composed:

@@ -1164,6 +1164,9 @@ class Vectorizer(_Connections):
                 last_success = first(conn.execute(q.catalog_last_success(), [queue.id]))[0]
                 uncovered = queue.uncovered(conn)
                 wal_status, lag, behind = capture.slot_status(conn) if queue.capture == "wal" else (None,) * 3
+                kept = conn.execute(q.wal_follow_get(), [queue.id]).fetchone() if queue.capture == "wal" and \
+                    conn.execute(q.find_relation(), list(q.WAL_FOLLOW)).fetchone() else None
+                follow_error = kept[1] if kept else None
                 has_model = "model" in dict(conn.execute(q.column_types(), list(self.destination)).fetchall())
                 models = [m for m, _ in conn.execute(q.destination_models(self.destination)).fetchall()
                           ] if has_model else []
@@ -1186,7 +1189,8 @@ class Vectorizer(_Connections):
             # against max_slot_wal_keep_size) and the WAL not captured yet, in bytes
             "capture": queue.capture, "wal_status": wal_status, "slot_lag_bytes": lag,
             "capture_lag_bytes": behind,
-            "capture_error": self.capture_error,
+            # the capture's error, else what it could not follow of a DDL (a view on the destination)
+            "capture_error": self.capture_error or follow_error,
             # what makes this vectorizer's vectors, and the models the destination holds
             # vectors of (more than one: search compares vectors of different models)
             "model": self.config.model_id(), "models_in_destination": len(models),
@@ -1208,7 +1212,7 @@ class Vectorizer(_Connections):
         compact = ["name", "pending", "failed", "embedded_rows", "coverage_pct", "oldest_pending_age",
                    "last_success"] + (["uncovered_partitions"] if uncovered else []) + (
                    ["capture", "wal_status", "slot_lag_bytes"] if queue.capture == "wal" else []) + (
-                   ["capture_error"] if self.capture_error else []) + (
+                   ["capture_error"] if frame["capture_error"][0] else []) + (
                    ["models_in_destination"] if len(models) > 1 else []) + (
                    ["migration"] if frame["migration"][0] else [])
         return frame.show_columns(compact, "status(full=True) displays them all")
@@ -1402,8 +1406,9 @@ class Vectorizer(_Connections):
         read the catalog and the source, work the queue tables, write the destination."""
         queue, _, conn = self._ready()
         with conn.transaction():
+            follow = conn.execute(q.find_relation(), list(q.WAL_FOLLOW)).fetchone() is not None
             conn.execute(q.grant_worker(role, self.source, [queue.queue, queue.inbox, queue.failed],
-                                        self.destination))
+                                        self.destination, follow))
 
     @boundary("creating indexes for {self.name!r}")
     def create_index(self, *, hybrid: bool = False) -> None:

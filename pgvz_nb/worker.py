@@ -166,10 +166,11 @@ class Worker:
             found = capture.commit_waiting(self._wal_conn)
             took = time.monotonic() - t0
         except psycopg.Error as exc:
+            conn, self._wal_conn = self._wal_conn, None
+            if conn is None or conn.broken:
+                raise  # the server went away: the worker reconnects, as for its other connections
+            conn.close()
             log.debug("looking at the slot failed (%s); the poll wakes this worker", exc)
-            if self._wal_conn is not None:
-                self._wal_conn.close()
-                self._wal_conn = None
             return self.poll
         if found:
             return None
@@ -248,7 +249,10 @@ class Worker:
                 continue
             try:
                 self._wait()
-            except psycopg.Error:
+            except psycopg.Error as exc:
+                self.stats.reconnects += 1
+                log.warning("connection lost while waiting (%s); reconnecting at the next round",
+                            str(exc).strip() or type(exc).__name__)
                 self._drop_connections()  # reconnect on the next round
         self._drop_connections()
         return self.stats

@@ -823,3 +823,111 @@ def test_a_waiting_worker_wakes_for_a_change_in_the_slot_and_not_for_its_own_wri
         worker.stop_event.set()
         thread.join(timeout=30)
     v.drop()
+
+
+def parted(conn, schema: str, name: str = "parts") -> sql.Identifier:
+    """A table list-partitioned on region (so that its id may change type), keyed on (id,
+    region), with partitions a and b and three rows."""
+    t = sql.Identifier(schema, name)
+    conn.execute(sql.SQL("CREATE TABLE {} (id int, region text, body text, PRIMARY KEY (id, region)) "
+                         "PARTITION BY LIST (region)").format(t))
+    for region in ("a", "b"):
+        attach(conn, schema, name, region)
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (1, 'a', 'in a'), (101, 'b', 'in b'), (102, 'b', 'in b too')").format(t))
+    return t
+
+
+def attach(conn, schema: str, name: str, region: str, rows: tuple = (), *, create: bool = True) -> sql.Identifier:
+    """Partition ``region`` of ``name``: made (with ``rows``, (id, body) pairs) apart, then attached."""
+    part = sql.Identifier(schema, f"{name}_{region}")
+    if create:
+        conn.execute(sql.SQL("CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS)").format(part, sql.Identifier(schema, name)))
+        conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id, region)").format(part))
+    for id_, body in rows:
+        conn.execute(sql.SQL("INSERT INTO {} VALUES (%s, %s, %s)").format(part), [id_, region, body])
+    conn.execute(sql.SQL("ALTER TABLE {} ATTACH PARTITION {} FOR VALUES IN ({})").format(
+        sql.Identifier(schema, name), part, sql.Literal(region)))
+    return part
+
+
+def test_review_findings_what_wal_capture_follows_after_the_fact(db, conn, schema, wal_cleanup):
+    """Found by the adversarial review of the follow: each once lost a change or kept the
+    capture from following."""
+    t = parted(conn, schema)
+    b = sql.Identifier(schema, "parts_b")
+    v = wal_vectorizer(db, schema, name="parts")
+    v.sync(progress=False)
+    # (1) a row deleted while its partition was out, the partition attached again in between
+    # two captures: its embedding went (a partition back counts as one that left, too)
+    with db.connect() as app:
+        app.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, b))
+        app.execute(sql.SQL("DELETE FROM {} WHERE id = 101").format(b))
+        attach(app, schema, "parts", "b", create=False)
+        app.commit()
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {1: "in a", 102: "in b too"}
+    # (3) a key type the destination cannot follow (a view on it) keeps partitions followed,
+    # and status() says what is wrong
+    view = sql.Identifier(schema, "parts_view")
+    conn.execute(sql.SQL("CREATE VIEW {} AS SELECT parts_id FROM {}").format(view, sql.Identifier(schema, "parts_embedding")))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(t))
+    attach(conn, schema, "parts", "c", [(201, "attached while the key could not follow")])
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts")[201] == "attached while the key could not follow"
+    assert "view" in (v.status(full=True)["capture_error"][0] or "")
+    conn.execute(sql.SQL("DROP VIEW {}").format(view))
+    v.sync(progress=False)
+    assert v.status(full=True)["capture_error"][0] is None  # followed now; the error is cleared
+    assert key_types(conn, v._queue) == {"bigint", "bigint[]"}
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3000000000, 'a', 'past 2^31')").format(t))
+    # (4) a worker role (grant_worker() plus REPLICATION, no grant on the partitions) queues
+    # an attached partition's rows through the source
+    role = f"{schema}_w"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role)))
+    try:
+        v.grant_worker(role)
+        attach(conn, schema, "parts", "d", [(301, "for the worker to find")])
+        worker = pgvz.Vectorizer.open(pgvz.connect(psycopg.conninfo.make_conninfo(db.dsn, user=role)), v.name,
+                                      embedder=Counting())
+        worker.sync(progress=False)
+        assert worker.status(full=True)["capture_error"][0] is None
+        assert dest_state(conn, schema, "parts") == source_state(conn, schema, "parts")
+        assert dest_state(conn, schema, "parts")[301] == "for the worker to find"
+        worker.close()
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
+    # (6) a partition's replica identity is guarded as the table's is
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="partition of the vectorizer"):
+        conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(b))
+    e = sql.Identifier(schema, "parts_e")
+    conn.execute(sql.SQL("CREATE TABLE {} (LIKE {})").format(e, t))
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY (id, region)").format(e))
+    conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY NOTHING").format(e))  # not ours yet: free
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="partition of the vectorizer"):
+        attach(conn, schema, "parts", "e", create=False)
+    conn.execute(sql.SQL("UPDATE {} SET body = 'still updatable' WHERE id = 102").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == source_state(conn, schema, "parts")
+    v.drop()
+
+
+def test_switching_to_triggers_first_follows_what_the_capture_had_not_yet(db, conn, schema, wal_cleanup):
+    """A partition attached and a key retyped since the last capture, then the vectorizer
+    switched to triggers: the switch follows them first (found by the adversarial review: the
+    attached rows were never embedded, and big keys failed to queue in the trigger)."""
+    t = parted(conn, schema)
+    v = wal_vectorizer(db, schema, name="parts")
+    v.sync(progress=False)
+    conn.execute(sql.SQL("ALTER TABLE {} DETACH PARTITION {}").format(t, sql.Identifier(schema, "parts_b")))
+    attach(conn, schema, "parts", "c", [(150, "attached before the switch")])
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN id TYPE bigint").format(t))
+    w = pgvz.Vectorizer.open(db, v.name, embedder=Counting())
+    w.capture = "triggers"
+    w.create()
+    assert key_types(conn, w._queue) == {"bigint", "bigint[]"}
+    conn.execute(sql.SQL("INSERT INTO {} VALUES (3000000000, 'a', 'past 2^31, through the trigger')").format(t))
+    w.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == source_state(conn, schema, "parts") == {
+        1: "in a", 150: "attached before the switch", 3000000000: "past 2^31, through the trigger"}
+    w.drop()

@@ -1,4 +1,4 @@
--- pgvz_nb function pgvz.follow_ddl, version 4
+-- pgvz_nb function pgvz.follow_ddl, version 5
 --
 -- Run by event trigger pgvz_follow_ddl at the end of every CREATE TABLE, ALTER TABLE and
 -- ALTER SCHEMA. For each vectorizer whose source (or a partition, child, or table running
@@ -117,19 +117,32 @@ BEGIN
       IF v.config ? 'source_oid' THEN
         src := (SELECT c.oid FROM pg_class c WHERE c.oid = (v.config->>'source_oid')::oid);
       END IF;
-      IF src = ANY (objs) AND NOT EXISTS (
-          SELECT 1 FROM pg_class c WHERE c.oid = src AND (c.relreplident = 'f' OR EXISTS (
-            SELECT 1 FROM pg_index x WHERE x.indrelid = src
+      -- and so must each partition's, at any depth (a partition's changes are published as
+      -- its own): checked whenever the table or one of its partitions is touched (an ATTACH
+      -- names the parent, a REPLICA IDENTITY the partition)
+      FOR d IN
+        WITH RECURSIVE tree(oid) AS (
+          SELECT src WHERE src IS NOT NULL
+          UNION ALL
+          SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+        SELECT c.oid, n.nspname, c.relname FROM tree JOIN pg_class c ON c.oid = tree.oid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE (c.oid = src OR c.relkind = 'r')
+          AND EXISTS (SELECT 1 FROM tree AS touched WHERE touched.oid = ANY (objs))
+          AND NOT (c.relreplident = 'f' OR EXISTS (
+            SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid
               AND CASE c.relreplident WHEN 'i' THEN x.indisreplident
                                       WHEN 'd' THEN x.indisprimary AND x.indimmediate ELSE false END
               AND (SELECT array_agg(a.attname::text ORDER BY a.attname::text) FROM pg_attribute a
-                   WHERE a.attrelid = src AND a.attnum = ANY (x.indkey))
-                = (SELECT array_agg(k ORDER BY k) FROM jsonb_array_elements_text(v.config->'keys') AS k)))) THEN
-        RAISE EXCEPTION 'pgvz_nb: %.% is followed through the WAL by vectorizer %, whose key % must stay its replica identity: without one PostgreSQL refuses every UPDATE and DELETE of a table in a publication',
-          v.source_schema, v.source_table, v.name, v.config->'keys'
+                   WHERE a.attrelid = c.oid AND a.attnum = ANY (x.indkey))
+                = (SELECT array_agg(k ORDER BY k) FROM jsonb_array_elements_text(v.config->'keys') AS k)))
+      LOOP
+        RAISE EXCEPTION 'pgvz_nb: %.% is followed through the WAL by vectorizer %, whose key % must stay its replica identity%: without one PostgreSQL refuses every UPDATE and DELETE of a table in a publication',
+          d.nspname, d.relname, v.name, v.config->'keys',
+          CASE WHEN d.oid = src THEN '' ELSE ' (a partition of the vectorizer''s table)' END
           USING ERRCODE = 'dependent_objects_still_exist',
                 HINT = 'switch the vectorizer to capture=''triggers'' first (create() again with capture="triggers"), or drop it; then alter the table';
-      END IF;
+      END LOOP;
       CONTINUE;
     END IF;
     fn := (SELECT p.oid FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace

@@ -1,4 +1,4 @@
--- pgvz_nb function pgvz.forget_dropped_partitions, version 4
+-- pgvz_nb function pgvz.forget_dropped_partitions, version 5
 --
 -- Run by event trigger pgvz_forget_dropped_partitions when objects are dropped (sql_drop).
 -- If the dropped ones include a pipeline vectorizer's trigger on a table other than its
@@ -21,13 +21,19 @@ BEGIN
   IF current_setting('pgvz.partition_event_trigger', true) = 'off' OR to_regclass('pgvz.vectorizers') IS NULL THEN RETURN; END IF;
   IF EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS o WHERE o.object_type = 'index') THEN
     -- its table by the oid create() recorded (the catalog's name follows a rename only at
-    -- the next capture, and a table created under the name of one dropped is not its own)
-    FOR v IN SELECT c.name, n.nspname AS source_schema, k.relname AS source_table FROM pgvz.vectorizers AS c
-             JOIN pg_class k ON k.oid = CASE WHEN c.config ? 'source_oid' THEN (c.config->>'source_oid')::oid
-               ELSE (SELECT k2.oid FROM pg_class k2 JOIN pg_namespace n2 ON n2.oid = k2.relnamespace
-                     WHERE n2.nspname = c.source_schema AND k2.relname = c.source_table) END
-             JOIN pg_namespace n ON n.oid = k.relnamespace
-             WHERE c.config->>'capture' = 'wal' AND k.relreplident = 'i'
+    -- the next capture, and a table created under the name of one dropped is not its own),
+    -- and each of its partitions (their changes are published as their own)
+    FOR v IN WITH RECURSIVE tree(vname, oid) AS (
+               SELECT c.name, k.oid FROM pgvz.vectorizers AS c
+               JOIN pg_class k ON k.oid = CASE WHEN c.config ? 'source_oid' THEN (c.config->>'source_oid')::oid
+                 ELSE (SELECT k2.oid FROM pg_class k2 JOIN pg_namespace n2 ON n2.oid = k2.relnamespace
+                       WHERE n2.nspname = c.source_schema AND k2.relname = c.source_table) END
+               WHERE c.config->>'capture' = 'wal'
+               UNION ALL
+               SELECT tree.vname, i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+             SELECT tree.vname AS name, n.nspname AS source_schema, k.relname AS source_table
+             FROM tree JOIN pg_class k ON k.oid = tree.oid JOIN pg_namespace n ON n.oid = k.relnamespace
+             WHERE k.relreplident = 'i'
                AND NOT EXISTS (SELECT 1 FROM pg_index x WHERE x.indrelid = k.oid AND x.indisreplident) LOOP
       RAISE EXCEPTION 'pgvz_nb: %.% is followed through the WAL by vectorizer %, and this drops the index that is its replica identity: without one PostgreSQL refuses every UPDATE and DELETE of a table in a publication',
         v.source_schema, v.source_table, v.name
