@@ -931,3 +931,27 @@ def test_switching_to_triggers_first_follows_what_the_capture_had_not_yet(db, co
     assert dest_state(conn, schema, "parts") == source_state(conn, schema, "parts") == {
         1: "in a", 150: "attached before the switch", 3000000000: "past 2^31, through the trigger"}
     w.drop()
+
+
+def test_a_delete_whose_old_key_lacks_ours_still_removes_the_embedding(db, conn, schema, wal_cleanup):
+    """With the guard turned off in a session (pgvz.partition_event_trigger = off), a partition
+    given another replica identity sends DELETEs carrying that one's columns: the capture
+    cannot route the key, and queues the destination keys that left the source instead of
+    dropping the change (found by the adversarial review)."""
+    t = parted(conn, schema)
+    b = sql.Identifier(schema, "parts_b")
+    v = wal_vectorizer(db, schema, name="parts")
+    v.sync(progress=False)
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN slug text").format(t))
+    conn.execute(sql.SQL("UPDATE {} SET slug = 'slug-' || id").format(t))
+    conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN slug SET NOT NULL").format(b))
+    conn.execute(sql.SQL("CREATE UNIQUE INDEX parts_b_slug ON {} (slug)").format(b))
+    v.sync(progress=False)  # the UPDATE's keys taken: the DELETE's alone are left to route
+    with db.connect() as c:
+        c.execute("SET pgvz.partition_event_trigger = off")
+        c.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX parts_b_slug").format(b))
+        c.commit()
+    conn.execute(sql.SQL("DELETE FROM {} WHERE id = 101").format(t))
+    v.sync(progress=False)
+    assert dest_state(conn, schema, "parts") == {1: "in a", 102: "in b too"}
+    v.drop()
