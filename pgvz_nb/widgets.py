@@ -998,7 +998,7 @@ class EmbeddingMap:
 
         return jscatter.Scatter(
             data=self.points, x="x", y="y", color_by="kind", color_map=_KIND_COLOURS,
-            size_by="kind", size_map={"chunk": 5, "hit": 12, "query": 16}, legend=True,
+            size_by="kind", size_map={"chunk": 7, "hit": 14, "query": 18}, legend=True,  # 5 px: hard to hover
             tooltip=True, tooltip_properties=["kind", "label", "text"], height=380,
         ).show()
 

@@ -202,10 +202,16 @@ def test_panels_tutorial_in_jupyterlab(db, conn, schema, lab):
         bounds = map_box.bounding_box()
         assert bounds is not None
         tip = None
-        for fx in (0.5, 0.3, 0.7, 0.4, 0.6):
-            for fy in (0.5, 0.3, 0.7, 0.4, 0.6):
+        page.wait_for_timeout(1000)  # the map's first drawing (it animates the points in)
+        # small points on a canvas, and the tooltip shows only within a few pixels of one: sweep
+        # a grid of ~15 px from the middle out (a coarse 5 x 5 grid hit one only by luck)
+        xs = sorted((0.2 + i * 0.015 for i in range(41)), key=lambda f: abs(f - 0.5))
+        ys = sorted((0.05 + i * 0.03 for i in range(31)), key=lambda f: abs(f - 0.5))
+        for fx in xs:
+            bounds = map_box.bounding_box() or bounds  # where it is now: output below it moves it
+            for fy in ys:
                 page.mouse.move(bounds["x"] + bounds["width"] * fx, bounds["y"] + bounds["height"] * fy)
-                page.wait_for_timeout(300)
+                page.wait_for_timeout(40)
                 # jupyter-scatter's tooltip is a positioned div inside the widget's shadow root
                 found = [t for t in page.evaluate("""() => {
                     const out = [];
