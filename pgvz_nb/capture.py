@@ -480,6 +480,8 @@ def targets(conn: psycopg.Connection) -> dict[int, list[Target]]:
             log.warning("vectorizer %s: its table %s is now %s.%s; the catalog follows it",
                         v.name, ".".join(v.source), schema, table)
             conn.execute(q.catalog_set_source(), [schema, table, v.id])
+            conn.execute(q.catalog_backfill_follows(), {"id": v.id, "old": Jsonb(list(v.source)),
+                                                         "new": Jsonb([schema, table])})
         elif v.capture == "wal" and recorded and oid != recorded:
             continue  # a new table under the name: not ours until take_on_recreated() says so
         out[oid].append(target)

@@ -1939,6 +1939,17 @@ def backfill_rows_of(queue: Rel, source: Rel, keys: Sequence[str]) -> sql.Compos
         ident(queue), ident(source), k=_cols(keys))
 
 
+def catalog_backfill_follows() -> sql.Composed:
+    """The rows vectorizer id %(id)s has left to queue name its source as %(old)s (a jsonb
+    [schema, table]): they are the renamed table's, %(new)s, now (or the next claim would
+    find no table of the old name and queue nothing)."""
+    return sql.SQL(
+        "UPDATE {} SET config = jsonb_set(config, '{{backfill}}', (SELECT jsonb_agg(CASE WHEN e = %(old)s "
+        "THEN %(new)s ELSE e END) FROM jsonb_array_elements(config->'backfill') AS e)) "
+        "WHERE id = %(id)s AND jsonb_typeof(config->'backfill') = 'array' AND config->'backfill' @> jsonb_build_array(%(old)s)"
+    ).format(ident(CATALOG))
+
+
 def catalog_set_source() -> sql.Composed:
     """Follow a renamed or moved source in the catalog: (schema, table, id)."""
     return sql.SQL("UPDATE {} SET source_schema = %s, source_table = %s WHERE id = %s").format(ident(CATALOG))

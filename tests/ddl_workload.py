@@ -860,8 +860,10 @@ def row_security(w: World, s: Source) -> Iterator[Step]:
 
 @kind(1)
 def replica_identity(w: World, s: Source) -> Iterator[Step]:
+    # under WAL capture, NOTHING on a table (or a partition) of the source is refused (documented)
     yield ddl(w, s, "replica_identity", S("ALTER TABLE {} REPLICA IDENTITY {}", s.ref,
-                                          sql.SQL(w.rng.choice(("FULL", "DEFAULT", "NOTHING")))))
+                                          sql.SQL(w.rng.choice(("FULL", "DEFAULT", "NOTHING")))),
+              refusable=s.shape.capture == "wal")
 
 
 @kind(1)

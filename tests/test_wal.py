@@ -955,3 +955,20 @@ def test_a_delete_whose_old_key_lacks_ours_still_removes_the_embedding(db, conn,
     v.sync(progress=False)
     assert dest_state(conn, schema, "parts") == {1: "in a", 102: "in b too"}
     v.drop()
+
+
+def test_a_table_taken_on_and_renamed_before_its_rows_are_queued_keeps_them(db, conn, schema, wal_cleanup):
+    """A table created again under the source's name is taken on by one capture, its rows
+    left for the next claim to queue; renamed in between, they are queued from the new name
+    (the random-DDL property found them lost: the claim looked for the old one)."""
+    make_table(conn, schema, rows=2)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(schema, "docs")))
+    make_table(conn, schema, rows=4)
+    with db.connect(autocommit=True) as c:
+        capture.capture(db, c)  # takes the new table on; its rows are queued at the next claim
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO renamed").format(sql.Identifier(schema, "docs")))
+    v.sync(progress=False)
+    assert dest_state(conn, schema) == source_state(conn, schema, "renamed") and len(dest_state(conn, schema)) == 4
+    v.drop()

@@ -127,7 +127,7 @@ BEGIN
           SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.oid)
         SELECT c.oid, n.nspname, c.relname FROM tree JOIN pg_class c ON c.oid = tree.oid
         JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE (c.oid = src OR c.relkind = 'r')
+        WHERE c.relkind = 'r'  -- a partitioned table's own identity publishes nothing: its leaves' do
           AND EXISTS (SELECT 1 FROM tree AS touched WHERE touched.oid = ANY (objs))
           AND NOT (c.relreplident = 'f' OR EXISTS (
             SELECT 1 FROM pg_index x WHERE x.indrelid = c.oid
