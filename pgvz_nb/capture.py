@@ -477,11 +477,17 @@ def targets(conn: psycopg.Connection) -> dict[int, list[Target]]:
         oid, schema, table = now
         target = _target(v, (schema, table))
         if v.capture == "wal" and (schema, table) != v.source:
-            log.warning("vectorizer %s: its table %s is now %s.%s; the catalog follows it",
-                        v.name, ".".join(v.source), schema, table)
-            conn.execute(q.catalog_set_source(), [schema, table, v.id])
-            conn.execute(q.catalog_backfill_follows(), {"id": v.id, "old": Jsonb(list(v.source)),
-                                                         "new": Jsonb([schema, table])})
+            try:
+                with conn.transaction():  # a worker role may not write the catalog: the round goes on
+                    conn.execute(q.catalog_set_source(), [schema, table, v.id])
+                    conn.execute(q.catalog_backfill_follows(), {"id": v.id, "old": Jsonb(list(v.source)),
+                                                                 "new": Jsonb([schema, table])})
+                log.warning("vectorizer %s: its table %s is now %s.%s; the catalog follows it",
+                            v.name, ".".join(v.source), schema, table)
+            except psycopg.errors.InsufficientPrivilege:
+                log.warning("vectorizer %s: its table %s is now %s.%s, and this role may not move the "
+                            "catalog's name (the owner's next sync or capture does); its keys are queued "
+                            "meanwhile", v.name, ".".join(v.source), schema, table)
         elif v.capture == "wal" and recorded and oid != recorded:
             continue  # a new table under the name: not ours until take_on_recreated() says so
         out[oid].append(target)

@@ -4,6 +4,7 @@ destination, the slot, the publication, the catalog."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
@@ -971,4 +972,33 @@ def test_a_table_taken_on_and_renamed_before_its_rows_are_queued_keeps_them(db, 
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO renamed").format(sql.Identifier(schema, "docs")))
     v.sync(progress=False)
     assert dest_state(conn, schema) == source_state(conn, schema, "renamed") and len(dest_state(conn, schema)) == 4
+    v.drop()
+
+
+def test_a_worker_role_captures_on_after_a_rename_it_may_not_write_to_the_catalog(db, conn, schema, wal_cleanup):
+    """A worker role (grant_worker() plus REPLICATION) may not write the catalog, so it cannot
+    move the catalog's name after a rename: its capture goes on for every vectorizer (it once
+    failed whole, every round), and the owner's next sync moves the name."""
+    make_table(conn, schema, rows=2)
+    v = wal_vectorizer(db, schema)
+    v.sync(progress=False)
+    role = f"{schema}_w"
+    conn.execute(sql.SQL("CREATE ROLE {} LOGIN REPLICATION").format(sql.Identifier(role)))
+    try:
+        v.grant_worker(role)
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO renamed").format(sql.Identifier(schema, "docs")))
+        conn.execute(sql.SQL("INSERT INTO {} (id, body) VALUES (3, 'written after the rename')").format(
+            sql.Identifier(schema, "renamed")))
+        worker = pgvz.Vectorizer.open(pgvz.connect(psycopg.conninfo.make_conninfo(db.dsn, user=role)), v.name,
+                                      embedder=Counting())
+        with contextlib.suppress(pgvz.PgvzError):  # its handle still names the old table
+            worker.sync(progress=False)
+        assert worker.capture_error is None
+        worker.close()
+        v.sync(progress=False)
+        assert dest_state(conn, schema) == source_state(conn, schema, "renamed")
+        assert dest_state(conn, schema)[3] == "written after the rename"
+    finally:
+        conn.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+        conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
     v.drop()
