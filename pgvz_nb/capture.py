@@ -634,7 +634,9 @@ def _follow_key_types(conn: psycopg.Connection, v: Any, *, fresh: bool = False, 
     ``isolated``: each ALTER in a transaction of its own under the capture lock (returns
     None if another process holds it), else all in the caller's. ``oid``: the source's, when
     the catalog does not hold it yet (a table being taken on)."""
-    def drift() -> list[tuple] | None:
+    dest = tuple((v.config.get("pipeline") or {}).get("destination") or ())
+
+    def drift() -> list[tuple]:
         src = oid if oid is not None else (_source_oid(conn, v) or (None,))[0]
         if src is None:
             return []
@@ -643,7 +645,6 @@ def _follow_key_types(conn: psycopg.Connection, v: Any, *, fresh: bool = False, 
             "src": src, "keys": keys, "schemas": [p[0][0] for p in places],
             "tables": [p[0][1] for p in places], "cols": [p[1] for p in places],
             "arrays": [p[2] for p in places]}).fetchall()
-        dest = tuple((v.config.get("pipeline") or {}).get("destination") or ())
         return sorted(rows, key=lambda r: (r[0], r[1]) == dest)  # the destination last
 
     if isolated:
@@ -651,10 +652,9 @@ def _follow_key_types(conn: psycopg.Connection, v: Any, *, fresh: bool = False, 
             rows = drift()
     else:
         rows = drift()
-    dest = tuple((v.config.get("pipeline") or {}).get("destination") or ())
     from .queue import LOCK_TIMEOUT
 
-    for schema, table, column, want, builtin in rows or []:
+    for schema, table, column, want, builtin in rows:
         if not builtin:
             log.warning("vectorizer %s: its key became %s, not a built-in type; its tables follow built-in "
                         "key types only: drop it (keep_destination=True keeps the embeddings) and create it "
