@@ -366,17 +366,23 @@ def test_the_slot_moves_on_when_only_other_tables_are_written(db, conn, schema, 
     v.drop()
 
 
+def assert_refused(conn, table: sql.Identifier, *ddls: str) -> None:
+    """Each DDL on ``table`` is refused by the replica-identity guard, its HINT saying to
+    switch to triggers first."""
+    for ddl in ddls:
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="replica identity") as err:
+            conn.execute(sql.SQL(ddl).format(table))
+        assert "capture='triggers'" in err.value.diag.message_hint
+        conn.rollback()
+
+
 def test_ddl_that_would_make_the_application_fail_is_refused_with_a_hint(db, conn, schema, wal_cleanup):
     """Dropping the key of a table in a publication would make PostgreSQL refuse every later
     UPDATE and DELETE on it: refused, saying what to do; other DDL goes through untouched."""
     make_table(conn, schema, rows=3)
     v = wal_vectorizer(db, schema)
     t = sql.Identifier(schema, "docs")
-    for ddl in ("ALTER TABLE {} DROP CONSTRAINT docs_pkey", "ALTER TABLE {} REPLICA IDENTITY NOTHING"):
-        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="replica identity") as err:
-            conn.execute(sql.SQL(ddl).format(t))
-        assert "capture='triggers'" in err.value.diag.message_hint
-        conn.rollback()
+    assert_refused(conn, t, "ALTER TABLE {} DROP CONSTRAINT docs_pkey", "ALTER TABLE {} REPLICA IDENTITY NOTHING")
     # a REPLICA IDENTITY USING INDEX index dropped: the same, refused at sql_drop
     conn.execute(sql.SQL("CREATE UNIQUE INDEX docs_id_idx ON {} (id)").format(t))
     conn.execute(sql.SQL("ALTER TABLE {} REPLICA IDENTITY USING INDEX docs_id_idx").format(t))
@@ -777,11 +783,7 @@ def test_the_ddl_guard_knows_the_table_by_its_oid(db, conn, schema, wal_cleanup)
     v.sync(progress=False)
     conn.execute(sql.SQL("ALTER TABLE {} RENAME TO moved").format(sql.Identifier(schema, "docs")))
     moved = sql.Identifier(schema, "moved")
-    for ddl in ("ALTER TABLE {} DROP CONSTRAINT docs_pkey", "ALTER TABLE {} RENAME COLUMN id TO ident"):
-        with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="replica identity") as err:
-            conn.execute(sql.SQL(ddl).format(moved))
-        assert "capture='triggers'" in err.value.diag.message_hint
-        conn.rollback()
+    assert_refused(conn, moved, "ALTER TABLE {} DROP CONSTRAINT docs_pkey", "ALTER TABLE {} RENAME COLUMN id TO ident")
     conn.execute(sql.SQL("UPDATE {} SET body = 'still updatable' WHERE id = 1").format(moved))
     # dropped; a table of the name with another key, and DDL on it, meet no refusal
     conn.execute(sql.SQL("DROP TABLE {}").format(moved))
